@@ -1,0 +1,56 @@
+"""`python -m pipelines VERB [options]`: dispatch to pipelines/<verb>.py.
+
+Errors caused by the user's input (simulation.errors.UserInputError) are printed on
+one line as `error: ...` and exit with code 2; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help)
+VERBS = {
+    "morphology": ("pipelines.morphology", "put the L5PC morphology at data/morphology/cell1.asc"),
+    "mechanisms": ("pipelines.mechanisms", "compile the NMODL mechanisms (cached)"),
+    "simulate": ("pipelines.simulate", "simulate a dataset of HDF5 shards in parallel with dask"),
+    "resimulate": ("pipelines.resimulate", "simulate the cell on given input_spikes"),
+    "inspect": ("pipelines.inspect", "summarise a dataset (shards, rates, ISI stats)"),
+    "import-neuronio": ("pipelines.import_neuronio", "convert original NeuronIO pickles into HDF5 shards"),
+    "fit": ("pipelines.fit", "train a surrogate (elm, branch-elm, tcn)"),
+    "evaluate": ("pipelines.evaluate", "score checkpoints on the test split, write JSON"),
+    "predict": ("pipelines.predict", "run a checkpoint on input_spikes, write predictions"),
+    "validate": ("pipelines.validate", "score the published ELM checkpoints on fresh simulations"),
+    "report": ("pipelines.report", "write reports/report.md and figures"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, (module_name, help_text) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        # argument definitions are cheap; import lazily so `simulate` never imports torch
+        importlib.import_module(module_name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from simulation.errors import UserInputError
+
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.main(args) or 0)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished shards and checkpoints are kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

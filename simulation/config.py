@@ -1,0 +1,253 @@
+"""Configuration: small TOML files under configs/, read into frozen dataclasses.
+
+One TOML file holds every stage's tables; each stage reads its own tables and
+ignores the others. Unknown tables or keys, wrong types and out-of-range values
+raise ConfigError naming the file and the key, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+# Every top-level table any stage reads; a table not listed here is a typo.
+KNOWN_TABLES = {
+    # simulation
+    "cell", "synapses", "inputs", "solver", "recording", "dataset", "parallel",
+    # surrogate
+    "data", "train", "elm", "branch_elm", "tcn", "evaluate",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; missing files and syntax errors become ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    unknown = sorted(set(raw) - KNOWN_TABLES)
+    if unknown:
+        raise ConfigError(f"{path}: unknown table [{unknown[0]}] (known: {', '.join(sorted(KNOWN_TABLES))})")
+    return raw
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Coerce ints to floats where a float is expected; reject anything else of the wrong type."""
+    origin = typing.get_origin(annotation)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(value, args[0], where)
+    return value
+
+
+def from_table(cls: type, table: dict[str, Any] | None, where: str):
+    """Build dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
+    table = dict(table or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in table.items()}
+    try:
+        obj = cls(**kwargs)
+    except ValueError as err:  # raised by __post_init__ range checks
+        raise ConfigError(f"{where}: {err}") from None
+    return obj
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+# --------------------------------------------------------------------------- simulation tables
+
+@dataclass(frozen=True)
+class CellConfig:
+    """[cell]: which biophysics, temperature and initial voltage (spec 1.6, 1.7)."""
+
+    biophysics: str = "neuronio"  # "neuronio" (biophys5b, NeuronIO) or "hay2011" (biophys3)
+    celsius: float = 6.3  # NEURON's default, as NeuronIO; only enters the Nernst eca (spec 1.6)
+    v_init_mV: float = -76.0
+    nexus_section: str = "apic[50]"  # NeuronIO's "nexus" recording site (spec 6.2)
+    nexus_x: float = 0.9
+
+    def __post_init__(self):
+        _require(self.biophysics in ("neuronio", "hay2011"), f"biophysics must be 'neuronio' or 'hay2011', got {self.biophysics!r}")
+        _require(0.0 <= self.nexus_x <= 1.0, f"nexus_x must be in [0, 1], got {self.nexus_x}")
+
+
+@dataclass(frozen=True)
+class SynapseConfig:
+    """[synapses]: one AMPA+NMDA and one GABA_A synapse per segment (spec 4.2, 4.3)."""
+
+    ampa_tau_rise_ms: float = 0.3
+    ampa_tau_decay_ms: float = 3.0
+    nmda_tau_rise_ms: float = 2.0
+    nmda_tau_decay_ms: float = 70.0
+    excitatory_gmax_uS: float = 0.0004  # per component (AMPA and NMDA share it)
+    excitatory_reversal_mV: float = 0.0
+    mg_mM: float = 1.0
+    gaba_tau_rise_ms: float = 0.2
+    gaba_tau_decay_ms: float = 8.0
+    inhibitory_gmax_uS: float = 0.001
+    inhibitory_reversal_mV: float = -80.0
+
+    def __post_init__(self):
+        for name in ("ampa", "nmda", "gaba"):
+            rise, decay = getattr(self, f"{name}_tau_rise_ms"), getattr(self, f"{name}_tau_decay_ms")
+            _require(0 < rise < decay, f"{name}: need 0 < tau_rise < tau_decay, got {rise}, {decay}")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """[inputs]: the NeuronIO input generator (spec section 5), every range configurable."""
+
+    duration_ms: int = 6000
+    rate_change_interval_ms: tuple[int, ...] = (25, 30, 35, 40, 45, 55, 60, 65, 70, 75, 80, 85, 90, 100, 150, 200, 300, 450)
+    smoothing_sigma_ms: tuple[int, ...] = (25, 30, 35, 40, 50, 60, 80, 100, 150, 200, 300, 400, 500, 600)
+    jitter_range_ms: int = 20  # jitter trunc(2*range*U - range), spec 5 steps 1-2
+    excitation_per_100ms: tuple[float, float] = (0.0, 800.0)  # spikes per 100 ms per tree
+    inhibition_minus_excitation_per_100ms: tuple[float, float] = (-600.0, 200.0)
+    spatial_noise_range: tuple[float, float] = (0.5, 1.5)
+    min_segment_length_um: float = 10.0
+
+    def __post_init__(self):
+        _require(self.duration_ms > 0, f"duration_ms must be positive, got {self.duration_ms}")
+        _require(len(self.rate_change_interval_ms) > 0, "rate_change_interval_ms is empty")
+        _require(len(self.smoothing_sigma_ms) > 0, "smoothing_sigma_ms is empty")
+        _require(min(self.rate_change_interval_ms) - self.jitter_range_ms >= 1,
+                 "rate_change_interval_ms minus jitter_range_ms must stay >= 1 ms")
+        _require(min(self.smoothing_sigma_ms) - self.jitter_range_ms >= 1,
+                 "smoothing_sigma_ms minus jitter_range_ms must stay >= 1 ms")
+        lo, hi = self.excitation_per_100ms
+        _require(0 <= lo < hi, f"excitation_per_100ms must satisfy 0 <= low < high, got {self.excitation_per_100ms}")
+        lo, hi = self.inhibition_minus_excitation_per_100ms
+        _require(lo < hi, f"inhibition_minus_excitation_per_100ms must satisfy low < high, got {self.inhibition_minus_excitation_per_100ms}")
+        lo, hi = self.spatial_noise_range
+        _require(0 <= lo < hi, f"spatial_noise_range must satisfy 0 <= low < high, got {self.spatial_noise_range}")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """[solver]: "cvode" (variable step, as NeuronIO), "fixed" (dt_ms) or "coreneuron" (fixed dt on CoreNEURON's CPU engine)."""
+
+    method: str = "fixed"
+    dt_ms: float = 0.025
+    cvode_atol: float = 1e-3  # NEURON's default absolute tolerance, as NeuronIO (spec 6.1)
+    cvode_rtol: float = 0.0
+
+    def __post_init__(self):
+        _require(self.method in ("cvode", "fixed", "coreneuron"), f"method must be 'cvode', 'fixed' or 'coreneuron', got {self.method!r}")
+        _require(self.dt_ms > 0 and abs(round(1.0 / self.dt_ms) * self.dt_ms - 1.0) < 1e-9,
+                 f"dt_ms must divide 1 ms exactly (input spikes arrive on whole ms), got {self.dt_ms}")
+        _require(self.cvode_atol > 0, f"cvode_atol must be positive, got {self.cvode_atol}")
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """[recording]: what one simulation stores (spec 6.2-6.4)."""
+
+    spike_threshold_mV: float = -25.0  # NeuronIO rule: strict local maximum above this (spec 6.4)
+    high_resolution_per_ms: int = 8  # spike detection grid, 8 samples/ms as NeuronIO
+    segment_voltages: bool = False  # also store all 639 dendritic segment voltages at 1 ms
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """[dataset]: how many shards of how many simulations, and the master seed."""
+
+    n_shards: int = 4
+    simulations_per_shard: int = 4
+    seed: int = 0
+    compression_level: int = 4  # gzip level for input_spikes
+
+    def __post_init__(self):
+        _require(self.n_shards > 0, f"n_shards must be positive, got {self.n_shards}")
+        _require(self.simulations_per_shard > 0, f"simulations_per_shard must be positive, got {self.simulations_per_shard}")
+        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _require(0 <= self.compression_level <= 9, f"compression_level must be in 0..9, got {self.compression_level}")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """[parallel]: the dask LocalCluster used when no --scheduler is given."""
+
+    workers: int = 0  # 0: one single-threaded worker process per core
+    retries: int = 2  # a failing simulation is retried this many times, then reported
+
+    def __post_init__(self):
+        _require(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        _require(self.retries >= 0, f"retries must be >= 0, got {self.retries}")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    cell: CellConfig = field(default_factory=CellConfig)
+    synapses: SynapseConfig = field(default_factory=SynapseConfig)
+    inputs: InputConfig = field(default_factory=InputConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists for tuples), suitable for JSON/TOML round trips and HDF5 attributes."""
+        def plain(obj):
+            if isinstance(obj, tuple):
+                return [plain(v) for v in obj]
+            if isinstance(obj, dict):
+                return {k: plain(v) for k, v in obj.items()}
+            return obj
+        return plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "config") -> "SimulationConfig":
+        tables = {f.name: f.type for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: from_table(hints[name], raw.get(name), f"{where} [{name}]") for name in tables})
+
+
+def load_simulation_config(path: str | Path) -> SimulationConfig:
+    """Read the simulation tables of a config file."""
+    return SimulationConfig.from_dict(read_toml(path), where=str(path))

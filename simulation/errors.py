@@ -1,0 +1,25 @@
+"""Errors caused by what the user gave us (a config, a file, an array).
+
+Entry points print these on one line and exit with a non-zero code; anything else
+is a bug and keeps its traceback.
+"""
+
+
+class UserInputError(Exception):
+    """Bad input: a config typo, a missing or corrupt file, a wrong array shape."""
+
+
+class ConfigError(UserInputError):
+    """A configuration file that cannot be used as written."""
+
+
+class MorphologyError(UserInputError):
+    """The morphology file is missing or unreadable."""
+
+
+class DatasetError(UserInputError):
+    """An HDF5 shard (or input file) that is missing, truncated or of the wrong schema."""
+
+
+class InputShapeError(UserInputError):
+    """An input-spike array whose shape or type does not match the cell."""

@@ -1,0 +1,1 @@
+"""The learning side: torch (never NEURON). Models, data windows, training, metrics, checkpoints."""
