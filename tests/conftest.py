@@ -1,0 +1,12 @@
+"""Shared fixtures. The morphology comes from $L5PC_MORPHOLOGY (CI: ../shared) or data/morphology."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulation.paths import resolve_morphology
+
+
+@pytest.fixture(scope="session")
+def morphology_path():
+    return resolve_morphology(None)
