@@ -1,0 +1,104 @@
+"""The temporal convolutional network (TCN) of Beniaguev, Segev & London (Neuron 2021).
+
+A stack of causal 1-D convolutions over time, each followed by the activation and batch
+normalisation (their order), then a 1x1 convolution to the two outputs. The network sees
+the raw 0/1 input raster; excitation and inhibition are told apart by channel.
+The published L5PC network (NMDA_TCN__DWT_7_128_153) has 7 layers of 128 filters, a first
+kernel of 45 ms and 19 ms kernels after it: a receptive field of 44 + 6 * 18 + 1 = 153 ms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SPIKE_BIAS_INIT = -2.0  # the published spike head starts at sigmoid(-2): spikes are rare
+
+
+@dataclass(frozen=True)
+class TCNConfig:
+    """[tcn]: depth x width and kernel sizes (defaults: the published 7 x 128 x 153 network)."""
+
+    num_input: int = 1278
+    num_output: int = 2
+    depth: int = 7  # convolutional layers
+    width: int = 128  # filters per layer
+    first_kernel_size: int = 45  # ms, layer 1
+    kernel_size: int = 19  # ms, layers 2..depth
+    dilation: int = 1
+    batch_norm: bool = True
+    activation: str = "relu"  # "relu" or "silu"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.depth < 1 or self.width < 1 or self.num_input < 1 or self.num_output < 1:
+            raise ValueError("depth, width, num_input and num_output must be positive")
+        if self.first_kernel_size < 1 or self.kernel_size < 1 or self.dilation < 1:
+            raise ValueError("kernel sizes and dilation must be >= 1")
+        if self.activation not in ("relu", "silu"):
+            raise ValueError(f"activation must be 'relu' or 'silu', got {self.activation!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def kernel_sizes(self) -> list[int]:
+        return [self.first_kernel_size] + [self.kernel_size] * (self.depth - 1)
+
+    @property
+    def receptive_field_ms(self) -> int:
+        return 1 + sum((k - 1) * self.dilation for k in self.kernel_sizes)
+
+
+def published_tcn_config() -> TCNConfig:
+    """Beniaguev et al. 2021's best L5PC (NMDA) network: 7 layers x 128 filters, 153 ms."""
+    return TCNConfig(depth=7, width=128, first_kernel_size=45, kernel_size=19, dilation=1)
+
+
+class CausalConv1d(nn.Conv1d):
+    """Conv1d over (B, C, T) padded on the left only, so output t sees inputs <= t."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left = (self.kernel_size[0] - 1) * self.dilation[0]
+        return super().forward(F.pad(x, (left, 0)))
+
+
+class TCNLayer(nn.Module):
+    """causal conv -> activation -> batch norm (-> dropout), as the published network."""
+
+    def __init__(self, in_channels: int, config: TCNConfig, kernel_size: int):
+        super().__init__()
+        self.conv = CausalConv1d(in_channels, config.width, kernel_size, dilation=config.dilation)
+        self.activation = nn.ReLU() if config.activation == "relu" else nn.SiLU()
+        self.norm = nn.BatchNorm1d(config.width) if config.batch_norm else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.norm(self.activation(self.conv(x))))
+
+
+class TCN(nn.Module):
+    """(B, T, 1278) 0/1 input spikes -> (B, T, 2): spike logit, (V + 67.7) * 0.1.
+
+    Causal in eval mode (batch norm then uses its running statistics; in training mode it
+    normalises with statistics over the whole batch window, as any batch-normalised TCN).
+    """
+
+    def __init__(self, config: TCNConfig):
+        super().__init__()
+        self.config = config
+        channels = [config.num_input] + [config.width] * config.depth
+        self.layers = nn.ModuleList(
+            TCNLayer(channels[i], config, k) for i, k in enumerate(config.kernel_sizes)
+        )
+        self.head = nn.Conv1d(config.width, config.num_output, kernel_size=1)
+        with torch.no_grad():
+            self.head.bias[0] = SPIKE_BIAS_INIT
+
+    def forward(self, input_spikes: torch.Tensor) -> torch.Tensor:
+        x = input_spikes.to(self.head.weight.dtype).transpose(1, 2)  # (B, channels, T)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x).transpose(1, 2)

@@ -1,0 +1,181 @@
+"""The surrogate models: shapes, causality, gradient flow, the exponential filter, parameter counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from surrogate.elm import ELM, ELMConfig, exponential_filter, neuronio_routing, num_parameters
+from surrogate.kernels.reference import memory_recurrence_reference
+from surrogate.tcn import TCN, TCNConfig, published_tcn_config
+
+NUM_INPUT = 1278
+
+
+def small_models() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "elm": ELM(ELMConfig(num_memory=6, learn_memory_tau=True)),
+        "branch-elm": ELM(ELMConfig(num_memory=8, num_branch=45, num_synapse_per_branch=100, mlp_activation="silu")),
+        "tcn": TCN(TCNConfig(depth=3, width=8, first_kernel_size=9, kernel_size=5)),
+    }
+
+
+def random_spikes(batch: int, steps: int, rate: float = 0.02, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, steps, NUM_INPUT, generator=g) < rate).float()
+
+
+@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn"])
+def test_output_shape(kind):
+    model = small_models()[kind].eval()
+    with torch.no_grad():
+        out = model(random_spikes(3, 37))
+    assert out.shape == (3, 37, 2)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn"])
+def test_causal(kind):
+    """Changing inputs at t >= t0 leaves every output before t0 bit-for-bit unchanged."""
+    model = small_models()[kind].eval()  # eval: batch norm uses running statistics
+    x = random_spikes(2, 300, seed=1)
+    t0 = 173  # inside a filter chunk, not at its edge
+    y = random_spikes(2, 300, rate=0.2, seed=2)
+    x_changed = x.clone()
+    x_changed[:, t0:] = y[:, t0:]
+    with torch.no_grad():
+        before, after = model(x), model(x_changed)
+    assert torch.equal(before[:, :t0], after[:, :t0])
+    assert not torch.allclose(before[:, t0:], after[:, t0:])  # the perturbation does reach the output
+
+
+@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn"])
+def test_every_parameter_gets_a_gradient(kind):
+    model = small_models()[kind].train()
+    out = model(random_spikes(4, 60, rate=0.05, seed=3))
+    target = torch.randn_like(out)
+    torch.nn.functional.mse_loss(out, target).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("steps,chunk", [(1, 128), (50, 128), (300, 128), (257, 16), (64, 64)])
+def test_exponential_filter_matches_the_step_loop(steps, chunk):
+    a = torch.randn(3, steps, 5, dtype=torch.float64)
+    kappa = float(np.exp(-1 / 5))
+    expected = torch.zeros_like(a)
+    trace = torch.zeros(3, 5, dtype=torch.float64)
+    for t in range(steps):
+        trace = kappa * trace + a[:, t]
+        expected[:, t] = trace
+    got = exponential_filter(a, kappa, chunk=chunk)
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+    got32 = exponential_filter(a.float(), kappa, chunk=chunk)
+    assert torch.allclose(got32.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_elm_forward_equals_a_step_by_step_loop():
+    """The split computation (linear input side for all t, then the recurrence) equals the per-step model."""
+    torch.manual_seed(4)
+    model = ELM(ELMConfig(num_memory=5, num_branch=45, num_synapse_per_branch=100))
+    with torch.no_grad():
+        model.proto_w_s.uniform_(-0.2, 1.0)  # some synapses switched off by the relu
+    x = random_spikes(2, 80, rate=0.05, seed=5)
+    with torch.no_grad():
+        got = model(x)
+        c = model.config
+        signed = x * model.synapse_type
+        routed = signed[:, :, model.input_to_synapse_indices] * model.valid_indices_mask
+        s = torch.zeros(2, c.num_synapse)
+        m = torch.zeros(2, c.num_memory)
+        kappa_m = model.kappa_m
+        outputs = []
+        for t in range(x.shape[1]):
+            s = model.kappa_s * s + model.w_s * routed[:, t]
+            b = s.view(2, c.num_branch, c.num_synapse_per_branch).sum(-1)
+            h = torch.relu(model.w_hb(b) + model.w_hm(kappa_m * m))
+            z = model.w_zh(h)
+            m = kappa_m * m + c.lambda_value * (1 - kappa_m) * 1.7159 * torch.tanh(2 / 3 * z)
+            outputs.append(model.w_y(m))
+    assert torch.allclose(got, torch.stack(outputs, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_counts_follow_the_published_convention():
+    # Branch-ELM d_m = 20: 4500 synapse weights + MLP (65 -> 40 -> 20) + readout; tau_m not trained
+    assert num_parameters(ELM(ELMConfig(num_memory=20, num_branch=45))) == 8002
+    assert num_parameters(ELM(ELMConfig(num_memory=100, num_branch=45, mlp_activation="silu"))) == 54002
+    # learning tau_m adds d_m parameters
+    assert num_parameters(ELM(ELMConfig(num_memory=20, num_branch=45, learn_memory_tau=True))) == 8022
+    # plain ELM: one synapse per input
+    d_m, h = 10, 20
+    assert num_parameters(ELM(ELMConfig(num_memory=d_m))) == NUM_INPUT + (NUM_INPUT + d_m) * h + h + h * d_m + d_m + d_m * 2 + 2
+
+
+def test_memory_time_constants_initialised_log_spaced():
+    model = ELM(ELMConfig(num_memory=20, memory_tau_min=1.0, memory_tau_max=150.0))
+    tau = model.tau_m.double()
+    assert tau[0] == pytest.approx(1.0, abs=1e-4) and tau[-1] == pytest.approx(150.0, rel=1e-4)
+    ratios = tau[1:] / tau[:-1]
+    assert torch.allclose(ratios, ratios.mean().expand_as(ratios), rtol=1e-3)
+
+
+def test_neuronio_routing_construction():
+    indices, valid = neuronio_routing(NUM_INPUT, 45, 100)
+    assert indices.shape == valid.shape == (4500,)
+    assert indices[:4].tolist() == [0, 639, 1, 640]  # ex 0, inh 0, ex 1, inh 1
+    stride = 29  # ceil(1278 / 45)
+    branch = indices.view(45, 100)
+    assert branch[1, 0].item() == 639 + 14  # interleaved entry 29 = inh 14
+    assert branch[44, 1].item() == 1277 and not valid.view(45, 100)[44, 2:].any()  # past the end: masked
+    covered = torch.unique(indices[valid])
+    assert covered.tolist() == list(range(NUM_INPUT))  # every input reaches some branch
+    # the last branches run past the end of the 1278 inputs: 4282 valid synapses in all
+    assert valid.sum().item() == sum(min(100, max(0, NUM_INPUT - b * stride)) for b in range(45)) == 4282
+
+
+def test_published_tcn_config():
+    config = published_tcn_config()
+    assert (config.depth, config.width) == (7, 128)
+    assert config.kernel_sizes == [45] + [19] * 6
+    assert config.receptive_field_ms == 153  # NMDA_TCN__DWT_7_128_153
+    model = TCN(config)
+    conv_params = NUM_INPUT * 128 * 45 + 128 + 6 * (128 * 128 * 19 + 128)
+    assert num_parameters(model) == conv_params + 7 * 2 * 128 + 128 * 2 + 2
+
+
+def test_tcn_receptive_field_is_exact():
+    """Output t depends on input t - (receptive field - 1) but not one step earlier."""
+    # silu: no exactly-zero gradients, so every input in the field shows up
+    config = TCNConfig(depth=3, width=4, first_kernel_size=7, kernel_size=4, batch_norm=False, activation="silu")
+    model = TCN(config).eval()
+    rf = config.receptive_field_ms
+    x = random_spikes(1, 60, rate=0.5, seed=7).requires_grad_(True)
+    model(x)[0, 50, 1].backward()
+    touched = (x.grad[0].abs().sum(1) > 0).nonzero().flatten()
+    assert touched.min().item() == 50 - (rf - 1) and touched.max().item() == 50
+
+
+def test_elm_reference_path_used_on_cpu():
+    """On CPU the ELM uses the reference recurrence: its memory equals a direct call."""
+    model = small_models()["branch-elm"]
+    x = random_spikes(1, 20, seed=6)
+    with torch.no_grad():
+        a = x @ model.branch_input_weights().T
+        drive = model.w_hb(exponential_filter(a, model.kappa_s))
+        memory = memory_recurrence_reference(
+            drive, model.kappa_m, model.w_hm.weight, model.w_zh.weight, model.w_zh.bias,
+            model.config.lambda_value, model.config.mlp_activation)
+        assert torch.allclose(model(x), model.w_y(memory), atol=1e-6)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        ELMConfig(mlp_activation="tanh")
+    with pytest.raises(ValueError):
+        ELMConfig(num_branch=10, num_synapse_per_branch=100)  # 10 x 100 cannot cover 1278 inputs
+    with pytest.raises(ValueError):
+        TCNConfig(activation="gelu")
