@@ -1,0 +1,92 @@
+"""`python -m pipelines morphology`: put the L5PC morphology (cell1.asc) at data/morphology/.
+
+Source, in this order: the file named by $L5PC_MORPHOLOGY, else a download of the public
+ModelDB copy (--url). The content is checked against the known sha256 after normalising
+CRLF line endings to LF (published copies differ only in line endings), and written
+atomically; a wrong hash writes nothing. A destination that already holds the right file
+is left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+# Hay et al. (2011) cell1.asc, ModelDB 139653 (also the NeuronIO morphology)
+MORPHOLOGY_URL = "https://raw.githubusercontent.com/ModelDBRepository/139653/master/morphologies/cell1.asc"
+MORPHOLOGY_SHA256 = "293d0aa92af8d03dbdcc40a711ba3923522615c3a65df485906538a1de986e23"  # LF line endings
+DOWNLOAD_TIMEOUT_S = 30
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--url", default=MORPHOLOGY_URL, help="where to download cell1.asc when $L5PC_MORPHOLOGY is not set")
+    parser.add_argument("--dest", type=Path, default=None, help="destination file (default: data/morphology/cell1.asc)")
+
+
+def normalise_line_endings(content: bytes) -> bytes:
+    return content.replace(b"\r\n", b"\n")
+
+
+def sha256_of(content: bytes) -> str:
+    return hashlib.sha256(normalise_line_endings(content)).hexdigest()
+
+
+def _write_atomically(dest: Path, content: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _download(url: str, dest: Path) -> bytes:
+    import urllib.error
+    import urllib.request
+
+    from simulation.errors import MorphologyError
+    from simulation.paths import MORPHOLOGY_ENV
+
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise MorphologyError(
+            f"cannot download the morphology from {url} ({reason}); set {MORPHOLOGY_ENV}=/path/to/cell1.asc "
+            f"or copy cell1.asc to {dest}"
+        ) from None
+
+
+def main(args) -> int:
+    from simulation.errors import MorphologyError
+    from simulation.paths import DEFAULT_MORPHOLOGY, MORPHOLOGY_ENV
+
+    dest = Path(args.dest) if args.dest else DEFAULT_MORPHOLOGY
+    if dest.is_file() and sha256_of(dest.read_bytes()) == MORPHOLOGY_SHA256:
+        print(f"morphology already in place: {dest}")
+        return 0
+
+    source = os.environ.get(MORPHOLOGY_ENV)
+    if source:
+        path = Path(source)
+        if not path.is_file():
+            raise MorphologyError(f"${MORPHOLOGY_ENV} names {path}, which is not a file")
+        content, origin = path.read_bytes(), str(path)
+    else:
+        content, origin = _download(args.url, dest), args.url
+
+    digest = sha256_of(content)
+    if digest != MORPHOLOGY_SHA256:
+        raise MorphologyError(
+            f"{origin} is not the Hay et al. cell1.asc: sha256 {digest} (LF line endings), expected {MORPHOLOGY_SHA256}; "
+            "nothing written"
+        )
+    _write_atomically(dest, normalise_line_endings(content))
+    print(f"morphology written: {dest} (from {origin}, sha256 {digest})")
+    return 0
