@@ -1,0 +1,192 @@
+"""Training configuration: the [data], [train] and model tables of a config file.
+
+Each table is read strictly by simulation.config.from_table (unknown keys, wrong types
+and out-of-range values raise ConfigError naming the key). The model tables
+([elm], [branch_elm], [tcn]) map onto the models' own dataclasses (surrogate.elm.ELMConfig,
+surrogate.tcn.TCNConfig), so a model is configured by exactly the fields it defines.
+
+[train] may hold per-model sub-tables ([train.elm], [train.branch_elm], [train.tcn]) whose
+keys override the shared ones for that model only: the published recipes differ per model
+(batch 8 for the Branch-ELM, 32 for the ELM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulation.config import from_table, read_toml
+from simulation.errors import ConfigError
+
+# command-line model name -> config table
+MODEL_TABLES = {"elm": "elm", "branch-elm": "branch_elm", "tcn": "tcn"}
+# the published Branch-ELM routing on NeuronIO (Spieler et al. 2024): 45 branches x 100 synapses
+BRANCH_ELM_BRANCHES = 45
+BRANCH_ELM_SYNAPSES_PER_BRANCH = 100
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """[data]: windows, splits and targets (spec 7.2-7.4)."""
+
+    window_ms: int = 500  # training and prediction window length
+    burn_in_ms: int = 150  # prediction windows overlap by this much (spec 7.3)
+    ignore_first_ms: int = 500  # training windows start in [ignore_first_ms, T - window_ms); metrics skip it (spec 7.4)
+    valid_shards: int = 1  # split by shard: the sorted shard list ends with ...valid, test
+    test_shards: int = 1
+    voltage_cap_mV: float = -55.0  # soma target clipped from above here (spec 7.2)
+    voltage_bias_mV: float = -67.7
+    voltage_scale: float = 0.1  # training target = (min(V, cap) - bias) * scale
+    loader_workers: int = 0  # DataLoader worker processes; 0 loads in the training process
+    prefetch: int = 2  # batches each worker prepares ahead
+    streams: int = 1  # independent window streams; loader_workers must divide it (the data do not depend on it)
+    simulations_per_load: int = 32  # simulations a stream draws windows from at a time
+    cache_mb: int = 2048  # decompressed simulations kept per loading process (bit-packed: 1 MB per 6 s)
+    load_fraction: float = 0.5  # windows drawn per load, as a fraction of the loaded simulated time (published file_load_fraction)
+
+    def __post_init__(self):
+        _require(self.window_ms > 0, f"window_ms must be positive, got {self.window_ms}")
+        _require(0 <= self.burn_in_ms < self.window_ms, f"burn_in_ms must be in [0, window_ms), got {self.burn_in_ms}")
+        _require(self.ignore_first_ms >= 0, f"ignore_first_ms must be >= 0, got {self.ignore_first_ms}")
+        _require(self.valid_shards >= 1, f"valid_shards must be >= 1, got {self.valid_shards}")
+        _require(self.test_shards >= 0, f"test_shards must be >= 0, got {self.test_shards}")
+        _require(self.voltage_scale > 0, f"voltage_scale must be positive, got {self.voltage_scale}")
+        _require(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
+        _require(self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}")
+        _require(self.streams >= 1, f"streams must be >= 1, got {self.streams}")
+        _require(self.loader_workers == 0 or self.streams % self.loader_workers == 0,
+                 f"loader_workers ({self.loader_workers}) must divide streams ({self.streams}); "
+                 "raise streams to a multiple of it (streams, not workers, shape the data)")
+        _require(self.simulations_per_load >= 1, f"simulations_per_load must be >= 1, got {self.simulations_per_load}")
+        _require(self.cache_mb >= 0, f"cache_mb must be >= 0, got {self.cache_mb}")
+        _require(0 < self.load_fraction, f"load_fraction must be positive, got {self.load_fraction}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """[train]: optimiser, schedule, loss weights, device ([ELM] recipe: Adam, cosine decay, 0.5/0.5 loss)."""
+
+    batch_size: int = 32
+    epochs: int = 10
+    batches_per_epoch: int = 100
+    learning_rate: float = 5e-4
+    lr_min: float = 0.0  # cosine decay per step from learning_rate down to lr_min over all epochs
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 1.0  # clip the global gradient norm; 0 turns clipping off
+    spike_loss_weight: float = 0.5  # BCE-with-logits on the spike channel
+    voltage_loss_weight: float = 0.5  # MSE on the scaled soma channel
+    amp: str = "auto"  # "auto" (bf16 autocast for the TCN on CUDA), "off", "bf16" or "fp16"
+    device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:N"
+    seed: int = 0
+    valid_simulations: int = 8  # validation simulations scored after every epoch; 0 = all
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def __post_init__(self):
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _require(self.batches_per_epoch >= 1, f"batches_per_epoch must be >= 1, got {self.batches_per_epoch}")
+        _require(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        _require(0 <= self.lr_min <= self.learning_rate, f"lr_min must be in [0, learning_rate], got {self.lr_min}")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.grad_clip_norm >= 0, f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
+        _require(self.spike_loss_weight >= 0 and self.voltage_loss_weight >= 0
+                 and self.spike_loss_weight + self.voltage_loss_weight > 0,
+                 "spike_loss_weight and voltage_loss_weight must be >= 0 and not both 0")
+        _require(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be 'auto', 'off', 'bf16' or 'fp16', got {self.amp!r}")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _require(self.valid_simulations >= 0, f"valid_simulations must be >= 0, got {self.valid_simulations}")
+        _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything `fit` needs for one model: data, training recipe and the model's own config."""
+
+    model_kind: str  # "elm", "branch-elm" or "tcn"
+    data: DataConfig
+    train: TrainConfig
+    model: Any  # surrogate.elm.ELMConfig or surrogate.tcn.TCNConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_kind": self.model_kind, "data": dataclasses.asdict(self.data),
+                "train": dataclasses.asdict(self.train), "model": model_config_dict(self.model)}
+
+
+def model_config_dict(model_config) -> dict[str, Any]:
+    """A model config as a plain JSON-able dict (tuples become lists)."""
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(model_config))
+
+
+def check_model_kind(model_kind: str) -> str:
+    if model_kind not in MODEL_TABLES:
+        raise ConfigError(f"unknown model {model_kind!r} (expected one of: {', '.join(MODEL_TABLES)})")
+    return model_kind
+
+
+def model_config_class(model_kind: str) -> type:
+    """The dataclass a model table maps onto (imported lazily: it lives with the model)."""
+    check_model_kind(model_kind)
+    if model_kind == "tcn":
+        from surrogate.tcn import TCNConfig
+        return TCNConfig
+    from surrogate.elm import ELMConfig
+    return ELMConfig
+
+
+def model_config_from_table(model_kind: str, table: dict[str, Any] | None, where: str):
+    """The model's config from its TOML table.
+
+    The Branch-ELM is the ELM with its synapses routed onto branches (num_branch > 0;
+    Spieler et al. 2024 use 45 branches of 100 synapses, the default here); the plain ELM
+    has one synapse per input (num_branch = 0).
+    """
+    cls = model_config_class(model_kind)
+    table = dict(table or {})
+    if model_kind == "branch-elm":
+        table.setdefault("num_branch", BRANCH_ELM_BRANCHES)
+        table.setdefault("num_synapse_per_branch", BRANCH_ELM_SYNAPSES_PER_BRANCH)
+        if table["num_branch"] == 0:
+            raise ConfigError(f"{where}.num_branch: the Branch-ELM needs num_branch > 0 (0 is the plain ELM, --model elm)")
+    elif model_kind == "elm" and table.get("num_branch", 0) != 0:
+        raise ConfigError(f"{where}.num_branch: the plain ELM has num_branch = 0 (branches: use [branch_elm] and --model branch-elm)")
+    return from_table(cls, table, where)
+
+
+def train_config_for(raw_train: dict[str, Any] | None, model_kind: str, where: str) -> TrainConfig:
+    """[train] with [train.<model>] overrides applied."""
+    table = dict(raw_train or {})
+    overrides = {name: table.pop(name) for name in list(table) if name in MODEL_TABLES.values()}
+    for name, sub in overrides.items():
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{where} [train].{name}: expected a table of overrides, got {sub!r}")
+        from_table(TrainConfig, {**table, **sub}, f"{where} [train.{name}]")  # check every model's overrides
+    merged = {**table, **overrides.get(MODEL_TABLES[model_kind], {})}
+    return from_table(TrainConfig, merged, f"{where} [train]")
+
+
+def load_training_config(path: str | Path, model_kind: str) -> TrainingConfig:
+    """Read [data], [train] (with [train.<model>] overrides) and the model table for `model_kind`."""
+    check_model_kind(model_kind)
+    raw = read_toml(path)
+    where = str(path)
+    data = from_table(DataConfig, raw.get("data"), f"{where} [data]")
+    train = train_config_for(raw.get("train"), model_kind, where)
+    configs = {kind: model_config_from_table(kind, raw.get(table), f"{where} [{table}]")
+               for kind, table in MODEL_TABLES.items() if table in raw or kind == model_kind}  # a typo anywhere fails
+    model = configs[model_kind]
+    return TrainingConfig(model_kind=model_kind, data=data, train=train, model=model)

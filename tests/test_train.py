@@ -1,0 +1,201 @@
+"""The training loop: a short fit learns, writes its run directory, and resumes after a stop or a kill.
+
+Runs on tiny synthetic shards (tests/test_data.py): 1500-ms simulations, 200-ms windows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from simulation.errors import DatasetError
+from surrogate.checkpoints import load_checkpoint, load_model
+from surrogate.config import DataConfig, TrainConfig, load_training_config
+from surrogate.elm import ELMConfig
+from surrogate.train import RunMismatchError, cosine_learning_rate, fit
+from test_data import write_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = DataConfig(window_ms=200, burn_in_ms=50, ignore_first_ms=300, simulations_per_load=4)
+TRAIN = TrainConfig(batch_size=4, epochs=3, batches_per_epoch=8, learning_rate=5e-3, valid_simulations=2,
+                    num_threads=1, seed=0)
+ELM = ELMConfig(num_memory=4)
+
+CONFIG_TOML = """
+[data]
+window_ms = 200
+burn_in_ms = 50
+ignore_first_ms = 300
+simulations_per_load = 4
+
+[train]
+batch_size = 4
+epochs = {epochs}
+batches_per_epoch = 8
+learning_rate = 0.005
+valid_simulations = 2
+num_threads = 1
+
+[elm]
+num_memory = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("train_shards")
+    write_synthetic_dataset(directory, n_shards=4, simulations_per_shard=2, duration_ms=1500, seed=1)
+    return directory
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", "fit", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _history(run: Path) -> list[dict]:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_cosine_schedule_decays_from_lr_to_lr_min():
+    assert cosine_learning_rate(0, 100, 1e-3, 1e-5) == pytest.approx(1e-3)
+    assert cosine_learning_rate(50, 100, 1e-3, 1e-5) == pytest.approx(0.5 * (1e-3 + 1e-5))
+    assert cosine_learning_rate(100, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
+
+
+def test_fit_learns_and_writes_the_run(dataset_dir, tmp_path):
+    run = tmp_path / "elm"
+    events = []
+    summary = fit("elm", TRAIN, ELM, dataset_dir, run, data_config=DATA, progress=lambda e, i: events.append(e))
+
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "metrics.json", "summary.json"):
+        assert (run / name).is_file(), name
+    history = _history(run)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert [row["step"] for row in history] == [8, 16, 24]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    csv_lines = (run / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,step,train_loss") and len(csv_lines) == 4
+    for key in ("valid_auc", "valid_soma_rmse_mV", "lr", "elapsed_s", "windows_per_s", "train_spike_loss"):
+        assert key in history[0]
+
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["model_kind"] == "elm" and on_disk["model_config"]["num_memory"] == 4
+    assert on_disk["num_parameters"] == summary["num_parameters"] > 0
+    assert on_disk["shards"] == {"train": ["shard_00000.h5", "shard_00001.h5"], "valid": ["shard_00002.h5"],
+                                 "test": ["shard_00003.h5"]}
+    assert on_disk["training_simulations"] == 4 and on_disk["training_simulated_ms"] == 4 * 1500
+    assert on_disk["device"] == "cpu" and on_disk["finished"] is True
+    best = max(history, key=lambda row: row["valid_auc"])
+    assert on_disk["best_epoch"] == best["epoch"] and on_disk["best_valid_auc"] == pytest.approx(best["valid_auc"])
+    assert events[0] == "start" and events[-1] == "finished" and events.count("epoch") == 3
+
+    # the checkpoints hold what resuming and inference need
+    last = load_checkpoint(run / "checkpoint_last.pt")
+    assert (last["epoch"], last["global_step"]) == (3, 24)
+    assert last["optimizer_state"]["state"]  # Adam moments
+    assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == on_disk["best_epoch"]
+    model, info = load_model(run)
+    assert info["model_kind"] == "elm" and model(torch.zeros(1, 10, 1278)).shape == (1, 10, 2)
+    assert torch.get_num_threads() >= 1  # restored after num_threads = 1
+
+
+def test_rerun_continues_from_the_last_epoch(dataset_dir, tmp_path):
+    run = tmp_path / "elm"
+    fit("elm", TrainConfig(**{**TRAIN.__dict__, "epochs": 2}), ELM, dataset_dir, run, data_config=DATA)
+    first_two = _history(run)
+    starts = []
+    summary = fit("elm", TrainConfig(**{**TRAIN.__dict__, "epochs": 4}), ELM, dataset_dir, run, data_config=DATA,
+                  progress=lambda e, i: starts.append(i) if e == "start" else None)
+    history = _history(run)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[:2] == first_two  # not retrained from scratch
+    assert starts[0]["first_epoch"] == 3 and starts[0]["resumed"] is True
+    assert summary["resumed_at_epochs"] == [2] and summary["global_step"] == 4 * 8
+
+    # a finished run returns at once
+    again = fit("elm", TrainConfig(**{**TRAIN.__dict__, "epochs": 4}), ELM, dataset_dir, run, data_config=DATA)
+    assert again["already_finished"] is True and _history(run) == history
+
+    # another model config in the same directory is refused, not mixed in
+    with pytest.raises(RunMismatchError, match="num_memory"):
+        fit("elm", TrainConfig(**{**TRAIN.__dict__, "epochs": 5}), ELMConfig(num_memory=5), dataset_dir, run,
+            data_config=DATA)
+    with pytest.raises(RunMismatchError, match="batch_size"):
+        fit("elm", TrainConfig(**{**TRAIN.__dict__, "epochs": 5, "batch_size": 2}), ELM, dataset_dir, run,
+            data_config=DATA)
+
+
+def test_killed_run_resumes_from_the_last_finished_epoch(dataset_dir, tmp_path):
+    """SIGKILL during training; the same command finishes the run, as if never interrupted."""
+    epochs = 8
+    config = tmp_path / "fit.toml"
+    config.write_text(CONFIG_TOML.format(epochs=epochs))
+    run = tmp_path / "killed"
+    args = ["--model", "elm", "--config", str(config), "--data", str(dataset_dir), "--out", str(run)]
+    process = subprocess.Popen([sys.executable, "-m", "pipelines", "fit", *args], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (run / "checkpoint_last.pt").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = load_checkpoint(run / "checkpoint_last.pt")["epoch"]
+    assert 1 <= killed_at < epochs
+
+    result = _cli(*args)
+    assert result.returncode == 0, result.stderr
+    history = _history(run)
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_at_epochs"] == [killed_at] and summary["finished"]
+
+    # the resumed run ends exactly where an uninterrupted one does (data depend only on seed and epoch)
+    reference = tmp_path / "uninterrupted"
+    cfg = load_training_config(config, "elm")
+    fit("elm", cfg.train, cfg.model, dataset_dir, reference, data_config=cfg.data)
+    resumed_state = load_checkpoint(run / "checkpoint_last.pt")["model_state"]
+    reference_state = load_checkpoint(reference / "checkpoint_last.pt")["model_state"]
+    for name, tensor in reference_state.items():
+        assert torch.equal(resumed_state[name], tensor), name
+
+    # running the finished command again says so and exits 0
+    again = _cli(*args)
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+@pytest.mark.parametrize("kind, config", [
+    ("branch-elm", {"num_memory": 4, "num_branch": 45, "num_synapse_per_branch": 100}),
+    ("tcn", {"depth": 2, "width": 4, "first_kernel_size": 9, "kernel_size": 5}),
+])
+def test_other_models_fit(dataset_dir, tmp_path, kind, config):
+    train = TrainConfig(**{**TRAIN.__dict__, "epochs": 1, "batches_per_epoch": 3})
+    summary = fit(kind, train, config, dataset_dir, tmp_path / kind, data_config=DATA)
+    assert summary["model_kind"] == kind and summary["epochs_completed"] == 1
+    assert load_checkpoint(tmp_path / kind / "checkpoint_best.pt")["model_kind"] == kind
+
+
+def test_cli_reports_bad_input_in_one_line(dataset_dir, tmp_path):
+    config = tmp_path / "fit.toml"
+    config.write_text(CONFIG_TOML.format(epochs=1))
+    missing = _cli("--model", "elm", "--config", str(config), "--data", str(tmp_path / "nowhere"),
+                   "--out", str(tmp_path / "run"))
+    assert missing.returncode == 2 and "data directory not found" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    config.write_text(CONFIG_TOML.format(epochs=1) + "\n[tcn]\nwidht = 3\n")
+    typo = _cli("--model", "elm", "--config", str(config), "--data", str(dataset_dir), "--out", str(tmp_path / "run"))
+    assert typo.returncode == 2 and "widht" in typo.stderr
+    with pytest.raises(DatasetError, match="data directory not found"):
+        fit("elm", TRAIN, ELM, tmp_path / "nowhere", tmp_path / "run2", data_config=DATA)
