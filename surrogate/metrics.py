@@ -1,0 +1,219 @@
+"""Evaluation metrics of spec section 7 (the conventions of the ELM and NeuronIO evaluation code).
+
+Spike channel: the ROC curve of the flattened binary target against the predicted
+probability, computed as scikit-learn's `roc_curve` does by default (one point per
+distinct score, collinear intermediate points dropped, (0, 0) prepended), its area by
+the trapezoid rule, the true-positive rate at a chosen false-positive rate and the mean
+true-positive rate below it (spec 7.5).
+
+Soma channel: explained variance, RMSE and MAE in mV on the voltage clipped at -55 mV
+and shifted by +67.7 mV (spec 7.2), both for the raw prediction and for the post-hoc
+aligned one (spec 7.3: z-score the prediction over the whole evaluated array and give
+it the ground truth's mean and standard deviation).
+
+Which bins count (spec 7.4): simulations with 0..24 spike bins over their full
+duration, bins from 500 ms on. Pure numpy; no scikit-learn needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulation.errors import InputShapeError
+
+# spec 7.5: AUC @ FP interpolates the ROC onto this many equally spaced FPR values in [0, 1]
+FPR_GRID_POINTS = 20_000
+# spec 7.5: the false-positive rates of the final evaluation
+DEFAULT_FP_RATES = (0.0025, 0.01)
+
+
+# --------------------------------------------------------------------------- spike channel
+
+def roc_curve(spike_target: np.ndarray, spike_probability: np.ndarray,
+              drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) of a binary target against scores, as sklearn.metrics.roc_curve.
+
+    One operating point per distinct score, thresholds decreasing; the point for score s
+    counts every sample with score >= s as predicted positive. With drop_intermediate
+    (sklearn's default) a point is dropped when both its FP and TP counts lie on a
+    straight line with its neighbours (zero second difference): such points are never
+    corners of the curve, so the area is unchanged, but TP @ FP picks its index among the
+    remaining points, so this matters (spec 7.5). Finally (0, 0) is prepended with
+    threshold +inf. A target without negatives (positives) gives an all-NaN fpr (tpr).
+    """
+    labels = np.asarray(spike_target).ravel().astype(bool)
+    scores = np.asarray(spike_probability).ravel()
+    if labels.shape != scores.shape:
+        raise InputShapeError(f"spike target has {labels.size} values but the prediction has {scores.size}")
+    if labels.size == 0:
+        raise InputShapeError("cannot compute a ROC curve of zero samples")
+
+    # sort by decreasing score (stable); a threshold sits at the last sample of each run of equal scores
+    order = np.argsort(scores, kind="stable")[::-1]
+    scores, labels = scores[order], labels[order]
+    last_of_each_score = np.flatnonzero(np.diff(scores))
+    threshold_index = np.r_[last_of_each_score, labels.size - 1]
+    true_positives = np.cumsum(labels, dtype=np.float64)[threshold_index]
+    false_positives = 1.0 + threshold_index - true_positives
+    thresholds = scores[threshold_index]
+
+    if drop_intermediate and len(false_positives) > 2:
+        corner = np.logical_or(np.diff(false_positives, 2), np.diff(true_positives, 2))
+        keep = np.flatnonzero(np.r_[True, corner, True])
+        false_positives, true_positives, thresholds = false_positives[keep], true_positives[keep], thresholds[keep]
+
+    false_positives = np.r_[0.0, false_positives]
+    true_positives = np.r_[0.0, true_positives]
+    thresholds = np.r_[np.inf, thresholds.astype(np.float64)]
+    n_negative, n_positive = false_positives[-1], true_positives[-1]
+    fpr = false_positives / n_negative if n_negative > 0 else np.full_like(false_positives, np.nan)
+    tpr = true_positives / n_positive if n_positive > 0 else np.full_like(true_positives, np.nan)
+    return fpr, tpr, thresholds
+
+
+def trapezoid_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under the ROC curve by the trapezoid rule (sklearn.metrics.auc on a ROC)."""
+    return float(np.trapezoid(tpr, fpr))
+
+
+def tp_at_fp(fpr: np.ndarray, tpr: np.ndarray, fp_rate: float) -> float:
+    """TPR at the ROC point whose FPR is closest to fp_rate; index 0 (the prepended origin) becomes 1 (spec 7.5)."""
+    index = int(np.argmin(np.abs(fpr - fp_rate)))  # first of equally close points, as np.argmin
+    if index == 0:
+        index = 1
+    return float(tpr[index])
+
+
+def auc_at_fp(fpr: np.ndarray, tpr: np.ndarray, fp_rate: float, grid_points: int = FPR_GRID_POINTS) -> float:
+    """Mean TPR over the FPR grid below fp_rate: the partial AUC up to fp_rate divided by fp_rate (spec 7.5).
+
+    The ROC is interpolated linearly onto `grid_points` equally spaced FPR values in [0, 1];
+    the mean runs over grid indices below the one closest to fp_rate, clamped to [1, grid_points - 1].
+    """
+    fpr_grid = np.linspace(0.0, 1.0, num=grid_points)
+    tpr_grid = np.interp(fpr_grid, fpr, tpr)
+    index = min(max(1, int(np.argmin(np.abs(fpr_grid - fp_rate)))), grid_points - 1)
+    return float(tpr_grid[:index].mean())
+
+
+def fp_label(fp_rate: float) -> str:
+    """Key of a false-positive rate in result dicts, e.g. 0.0025 -> "0.0025", 0.01 -> "0.0100" (as the published JSON)."""
+    return f"{fp_rate:.4f}"
+
+
+def spike_metrics(spike_target: np.ndarray, spike_probability: np.ndarray,
+                  fp_rates=DEFAULT_FP_RATES) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """AUC, TP @ FP and AUC @ FP of flattened arrays; returns (metrics, (fpr, tpr)).
+
+    Undefined values (no spike or no non-spike bin among the evaluated ones) are NaN.
+    """
+    fpr, tpr, _ = roc_curve(spike_target, spike_probability)
+    defined = not (np.isnan(fpr).any() or np.isnan(tpr).any())
+    nan = float("nan")
+    metrics = {
+        "auc": trapezoid_auc(fpr, tpr) if defined else nan,
+        "tp_at_fp": {fp_label(f): tp_at_fp(fpr, tpr, f) if defined else nan for f in fp_rates},
+        "auc_at_fp": {fp_label(f): auc_at_fp(fpr, tpr, f) if defined else nan for f in fp_rates},
+    }
+    return metrics, (fpr, tpr)
+
+
+# --------------------------------------------------------------------------- soma channel
+
+def soma_metrics(soma_target: np.ndarray, soma_prediction: np.ndarray) -> dict:
+    """Explained variance (%), RMSE and MAE (mV) of flattened arrays (spec 7.5; sklearn's definitions)."""
+    y = np.asarray(soma_target, dtype=np.float64).ravel()
+    y_hat = np.asarray(soma_prediction, dtype=np.float64).ravel()
+    error = y - y_hat
+    variance = y.var()
+    return {
+        "explained_variance_percent": float(100.0 * (1.0 - error.var() / variance)) if variance > 0 else float("nan"),
+        "rmse_mV": float(np.sqrt(np.mean(error ** 2))),
+        "mae_mV": float(np.mean(np.abs(error))),
+    }
+
+
+def align_soma_prediction(soma_prediction: np.ndarray, soma_target: np.ndarray) -> np.ndarray:
+    """Spec 7.3: z-score the prediction over the whole array, then give it the target's mean and std.
+
+    Both statistics run over every simulation and time bin passed in (the evaluation
+    applies this before filtering simulations and before dropping the first 500 ms).
+    """
+    prediction = np.asarray(soma_prediction, dtype=np.float64)
+    target = np.asarray(soma_target, dtype=np.float64)
+    spread = prediction.std()
+    if spread == 0:  # a constant prediction has no shape to rescale; give it the target's mean
+        return np.full_like(prediction, target.mean())
+    return (prediction - prediction.mean()) / spread * target.std() + target.mean()
+
+
+def soma_target_from_voltage(soma_voltage_mV: np.ndarray, cap_mV: float = -55.0, bias_mV: float = -67.7) -> np.ndarray:
+    """Spec 7.2 at evaluation: clip the soma voltage from above at cap_mV, subtract the bias (no scale)."""
+    return np.minimum(np.asarray(soma_voltage_mV, dtype=np.float64), cap_mV) - bias_mV
+
+
+def select_simulations(spike_target: np.ndarray, min_spike_bins: int = 0, max_spike_bins: int = 24) -> np.ndarray:
+    """Spec 7.4: keep simulations whose spike-bin count over the full duration lies in [min, max]."""
+    counts = np.asarray(spike_target).astype(bool).sum(axis=1)
+    return (counts >= min_spike_bins) & (counts <= max_spike_bins)
+
+
+# --------------------------------------------------------------------------- all of section 7
+
+def evaluate_predictions(soma_true_mV: np.ndarray, spikes_true: np.ndarray,
+                         soma_pred_mV: np.ndarray, spike_prob: np.ndarray,
+                         ignore_first_ms: int = 500, max_spike_bins: int = 24,
+                         fp_rates=DEFAULT_FP_RATES, soma_cap_mV: float = -55.0, soma_bias_mV: float = -67.7,
+                         return_roc: bool = False):
+    """All section-7 metrics of one evaluated set of simulations (arrays (n, T), 1-ms bins).
+
+    soma_true_mV: simulated soma voltage (mV, unclipped); spikes_true: bool spike bins;
+    soma_pred_mV: predicted soma voltage (mV); spike_prob: predicted spike probability.
+    Steps, in the published order: ground truth clipped at soma_cap_mV and both traces
+    shifted by -soma_bias_mV (7.2); the aligned prediction computed over the whole array
+    (7.3); then only simulations with <= max_spike_bins spike bins and only bins from
+    ignore_first_ms on (7.4); metrics on the flattened result (7.5). Soma metrics come
+    both "raw" (the model's own voltage) and "aligned" (as published).
+
+    Returns a JSON-ready dict; with return_roc also the (fpr, tpr) arrays of the ROC.
+    """
+    arrays = {name: np.asarray(a) for name, a in (("soma_true_mV", soma_true_mV), ("spikes_true", spikes_true),
+                                                  ("soma_pred_mV", soma_pred_mV), ("spike_prob", spike_prob))}
+    shape = arrays["soma_true_mV"].shape
+    for name, a in arrays.items():
+        if a.ndim != 2 or a.shape != shape:
+            raise InputShapeError(f"{name} has shape {a.shape}; expected (simulations, time) = {shape}, the same for all four arrays")
+    if not 0 <= ignore_first_ms < shape[1]:
+        raise InputShapeError(f"ignore_first_ms = {ignore_first_ms} leaves no bins of simulations {shape[1]} ms long")
+
+    spikes = arrays["spikes_true"].astype(bool)
+    soma_target = soma_target_from_voltage(arrays["soma_true_mV"], soma_cap_mV, soma_bias_mV)
+    soma_raw = arrays["soma_pred_mV"].astype(np.float64) - soma_bias_mV
+    soma_aligned = align_soma_prediction(soma_raw, soma_target)
+
+    kept = select_simulations(spikes, 0, max_spike_bins)
+    window = (kept, slice(ignore_first_ms, None))
+    result = {
+        "simulations": int(shape[0]),
+        "simulations_kept": int(kept.sum()),
+        "duration_ms": int(shape[1]),
+        "ignore_first_ms": int(ignore_first_ms),
+        "max_spike_bins": int(max_spike_bins),
+        "bins_evaluated": int(kept.sum() * (shape[1] - ignore_first_ms)),
+        "spike_bins_evaluated": int(spikes[window].sum()),
+    }
+    if not kept.any():
+        nan = float("nan")
+        spike = {"auc": nan, "tp_at_fp": {fp_label(f): nan for f in fp_rates},
+                 "auc_at_fp": {fp_label(f): nan for f in fp_rates}}
+        soma_nan = {"explained_variance_percent": nan, "rmse_mV": nan, "mae_mV": nan}
+        result.update(spike=spike, soma={"raw": soma_nan, "aligned": dict(soma_nan)})
+        roc = (np.array([np.nan]), np.array([np.nan]))
+    else:
+        spike, roc = spike_metrics(spikes[window], np.asarray(arrays["spike_prob"])[window], fp_rates)
+        result["spike"] = spike
+        result["soma"] = {
+            "raw": soma_metrics(soma_target[window], soma_raw[window]),
+            "aligned": soma_metrics(soma_target[window], soma_aligned[window]),
+        }
+    return (result, roc) if return_roc else result

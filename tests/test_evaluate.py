@@ -1,0 +1,331 @@
+"""`evaluate`: test-split scoring of trained runs, the files it writes, and its one-line errors.
+
+The dataset here is a few short synthetic shards written through simulation.dataset (no
+NEURON needed: evaluation only reads shards); the models are small real ELM / TCN
+checkpoints saved through surrogate.checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipelines.__main__ import main as _cli_main
+from simulation.dataset import shard_path, write_shard
+from surrogate import metrics
+from surrogate.checkpoints import build_model, model_config_dict, save_checkpoint
+from surrogate.config import DataConfig
+from surrogate.evaluation import EvaluateConfig, choose_examples, thin_roc
+from surrogate.inference import predict_whole, predict_windowed
+
+REPO = Path(__file__).resolve().parents[1]
+N_SEGMENTS = 639
+DURATION_MS = 1200  # > ignore_first_ms (500) + one window (500)
+
+
+def fake_segments() -> dict:
+    return {
+        "index": np.arange(N_SEGMENTS),
+        "section": np.array([f"dend[{i // 3}]" for i in range(262)] + [f"apic[{i // 3}]" for i in range(377)]),
+        "x": np.full(N_SEGMENTS, 0.5),
+        "region": np.array(["basal"] * 262 + ["apical"] * 377),
+        "distance_um": np.linspace(5, 1300, N_SEGMENTS),
+        "length_um": np.full(N_SEGMENTS, 20.0),
+    }
+
+
+def write_fake_dataset(directory: Path, n_shards: int = 3, simulations_per_shard: int = 3,
+                       duration_ms: int = DURATION_MS, seed: int = 0) -> list[Path]:
+    """Shards of random inputs with a soma voltage that follows the net excitation and a few spikes."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for s in range(n_shards):
+        n = simulations_per_shard
+        inputs = rng.random((n, 2 * N_SEGMENTS, duration_ms)) < 0.004
+        drive = inputs[:, :N_SEGMENTS].sum(1) - inputs[:, N_SEGMENTS:].sum(1)
+        kernel = np.exp(-np.arange(40) / 10.0)
+        soma = np.stack([-75.0 + 0.8 * np.convolve(d, kernel)[:duration_ms] for d in drive]).astype(np.float32)
+        spikes = np.zeros((n, duration_ms), bool)
+        times = []
+        for i in range(n):
+            t_spike = np.sort(rng.choice(np.arange(100, duration_ms - 5), size=i + 1, replace=False)) + 0.625
+            spikes[i, np.trunc(t_spike - 0.5).astype(int)] = True
+            soma[i, np.trunc(t_spike - 0.5).astype(int)] = 20.0  # a spike peak, clipped to -55 by the target
+            times.append(t_spike)
+        paths.append(write_shard(
+            shard_path(directory, s), input_spikes=inputs, soma_voltage=soma, output_spikes=spikes,
+            output_spike_times=times, nexus_voltage=soma, simulation_index=np.arange(s * n, (s + 1) * n),
+            segments=fake_segments(),
+            attrs={"config": {"fake": True}, "master_seed": seed, "shard_index": s, "created_by": "simulate",
+                   "neuron_version": "none", "mechanisms_sha256": "0", "morphology_sha256": "0"},
+            compression_level=1))
+    return paths
+
+
+def cli(argv: list[str]) -> int:
+    """`python -m pipelines ...` in this process (the real dispatcher: user errors -> exit code 2)."""
+    return _cli_main(argv)
+
+
+SMALL_MODELS = {
+    "elm": {"num_memory": 4},
+    "tcn": {"depth": 2, "width": 8, "first_kernel_size": 9, "kernel_size": 5},
+}
+
+
+def write_fake_run(run_dir: Path, kind: str, seed: int = 0) -> torch.nn.Module:
+    """A run directory as `fit` leaves it: checkpoint_best.pt, summary.json, metrics.csv."""
+    torch.manual_seed(seed)
+    model = build_model(kind, SMALL_MODELS[kind]).eval()
+    save_checkpoint(run_dir / "checkpoint_best.pt", model_kind=kind, model_config=model_config_dict(model),
+                    model_state=model.state_dict(), epoch=2)
+    (run_dir / "summary.json").write_text(json.dumps({
+        "model_kind": kind, "num_parameters": sum(p.numel() for p in model.parameters()),
+        "training_time_s": 12.5, "best_epoch": 2, "training_simulations": 3, "training_simulated_ms": 3600}))
+    (run_dir / "metrics.csv").write_text(
+        "epoch,step,train_loss,train_spike_loss,train_soma_loss,valid_loss,valid_auc,valid_soma_rmse_mV,lr\n"
+        "1,10,0.9,0.5,0.4,0.8,0.7,3.1,0.0005\n2,20,0.6,0.3,0.3,0.55,0.8,2.4,0.0002\n")
+    return model
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A fake dataset, two trained-looking runs, and `python -m pipelines evaluate` run over them."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data, runs = root / "data", root / "runs"
+    shards = write_fake_dataset(data)
+    models = {kind: write_fake_run(runs / kind, kind, seed=i) for i, kind in enumerate(SMALL_MODELS)}
+    config = root / "config.toml"
+    config.write_text("[data]\nvalid_shards = 1\ntest_shards = 1\n\n[evaluate]\nbatch_size = 2\ndevice = \"cpu\"\n")
+    code = cli(["evaluate", "--config", str(config), "--data", str(data), "--runs", str(runs)])
+    assert code == 0
+    return {"root": root, "data": data, "runs": runs, "shards": shards, "models": models, "config": config}
+
+
+def read_test_shard(path: Path):
+    with h5py.File(path, "r") as f:
+        return f["input_spikes"][()], f["soma_voltage"][()], f["output_spikes"][()]
+
+
+@pytest.mark.parametrize("kind", list(SMALL_MODELS))
+def test_evaluation_json_matches_direct_computation(evaluated, kind):
+    result = json.loads((evaluated["runs"] / kind / "evaluation.json").read_text())
+    model = evaluated["models"][kind]
+    inputs, soma, spikes = read_test_shard(evaluated["shards"][-1])  # the split's test shard is the last
+
+    assert result["model_kind"] == kind
+    assert result["num_parameters"] == sum(p.numel() for p in model.parameters())
+    assert result["training_time_s"] == 12.5 and result["training"]["training_simulations"] == 3
+    assert result["test"]["shards"] == [evaluated["shards"][-1].name]
+    assert result["test"]["simulations"] == 3
+
+    # the same numbers from the library pieces, called directly
+    for mode in ("windowed", "whole"):
+        if mode == "windowed":
+            prob, volt = predict_windowed(model, inputs, window_ms=500, burn_in_ms=150)
+        else:
+            prob, volt = predict_whole(model, inputs)
+        expected = metrics.evaluate_predictions(soma, spikes, volt, prob)
+        got = result[mode]
+        assert got["simulations_kept"] == 3 and got["spike_bins_evaluated"] == expected["spike_bins_evaluated"]
+        assert got["spike"]["auc"] == pytest.approx(expected["spike"]["auc"], abs=1e-6)
+        assert got["spike"]["tp_at_fp"]["0.0100"] == pytest.approx(expected["spike"]["tp_at_fp"]["0.0100"], abs=1e-6)
+        for label in ("raw", "aligned"):
+            for key in ("rmse_mV", "mae_mV", "explained_variance_percent"):
+                assert got["soma"][label][key] == pytest.approx(expected["soma"][label][key], rel=1e-4, abs=1e-3)
+    # windowed and whole really are two different runs of the model
+    assert result["windowed"]["soma"]["raw"]["rmse_mV"] != result["whole"]["soma"]["raw"]["rmse_mV"]
+
+
+def test_predictions_file_holds_rocs_and_examples(evaluated):
+    run = evaluated["runs"] / "elm"
+    model = evaluated["models"]["elm"]
+    inputs, soma, spikes = read_test_shard(evaluated["shards"][-1])
+    with h5py.File(run / "predictions.h5", "r") as f:
+        assert set(f["roc"]) == {"windowed", "whole"}
+        fpr, tpr = f["roc/windowed/fpr"][()], f["roc/windowed/tpr"][()]
+        assert fpr[0] == 0 and fpr[-1] == 1 and np.all(np.diff(fpr) >= 0)
+        index = f["examples/simulation_index"][()]
+        assert list(f["examples/shard"].asstr()[()]) == [evaluated["shards"][-1].name] * len(index)
+        np.testing.assert_array_equal(f["examples/soma_voltage_mV"][()], soma[index])
+        stored = f["examples/windowed/soma_voltage_mV"][()]
+    _, volt = predict_windowed(model, inputs[index])
+    np.testing.assert_allclose(stored, volt, atol=1e-4)
+    # the AUC of the stored ROC is the reported AUC (few points: nothing was thinned)
+    auc = json.loads((run / "evaluation.json").read_text())["windowed"]["spike"]["auc"]
+    assert metrics.trapezoid_auc(fpr, tpr) == pytest.approx(auc)
+
+
+def test_checkpoint_option_writes_under_its_folder_name(evaluated, tmp_path):
+    runs = tmp_path / "runs"
+    code = cli(["evaluate", "--config", str(evaluated["config"]), "--data", str(evaluated["data"]),
+                "--runs", str(runs), "--checkpoint", str(evaluated["runs"] / "tcn" / "checkpoint_best.pt")])
+    assert code == 0
+    result = json.loads((runs / "tcn" / "evaluation.json").read_text())
+    original = json.loads((evaluated["runs"] / "tcn" / "evaluation.json").read_text())
+    assert result["windowed"]["spike"]["auc"] == original["windowed"]["spike"]["auc"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_missing_run_directory_is_a_one_line_error(evaluated):
+    proc = run_cli("evaluate", "--config", str(evaluated["config"]), "--data", str(evaluated["data"]),
+                   "--runs", str(evaluated["runs"]), "--models", "branch-elm")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: run directory not found")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_and_empty_split_are_user_errors(evaluated, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    (runs / "elm").mkdir(parents=True)
+    assert cli(["evaluate", "--config", str(evaluated["config"]), "--data", str(evaluated["data"]),
+                "--runs", str(runs)]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+
+    config = tmp_path / "no_test.toml"
+    config.write_text("[data]\ntest_shards = 0\n")
+    assert cli(["evaluate", "--config", str(config), "--data", str(evaluated["data"]),
+                "--runs", str(evaluated["runs"])]) == 2
+    err = capsys.readouterr().err
+    assert "test split" in err and "empty" in err
+
+
+def test_run_trained_on_a_test_shard_is_refused(evaluated, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_fake_run(runs / "elm", "elm")
+    summary = json.loads((runs / "elm" / "summary.json").read_text())
+    summary.update(data_dir=str(evaluated["data"]),
+                   shards={"train": ["shard_00000.h5", "shard_00002.h5"], "valid": ["shard_00001.h5"], "test": []})
+    (runs / "elm" / "summary.json").write_text(json.dumps(summary))
+    assert cli(["evaluate", "--config", str(evaluated["config"]), "--data", str(evaluated["data"]),
+                "--runs", str(runs)]) == 2
+    assert "test shard shard_00002.h5 was used to train" in capsys.readouterr().err
+    assert not (runs / "elm" / "evaluation.json").exists()
+
+
+def test_choose_examples_prefers_kept_simulations_with_most_spikes():
+    spikes = np.zeros((5, 50), bool)
+    spikes[0, :3] = True
+    spikes[1, :30] = True  # 30 spike bins: filtered out by spec 7.4
+    spikes[3, :5] = True
+    np.testing.assert_array_equal(choose_examples(spikes, 2), [0, 3])
+    np.testing.assert_array_equal(choose_examples(spikes, 10), [0, 2, 3, 4])
+
+
+def test_thin_roc_keeps_its_own_vertices_and_the_ends():
+    fpr = np.r_[0.0, np.sort(np.random.default_rng(0).random(50_000)), 1.0]
+    tpr = np.sqrt(fpr)
+    thin_fpr, thin_tpr = thin_roc(fpr, tpr, max_points=2000)
+    assert len(thin_fpr) < 5000 and thin_fpr[0] == 0 and thin_fpr[-1] == 1
+    np.testing.assert_array_equal(thin_tpr, np.sqrt(thin_fpr))  # only original points
+    assert metrics.trapezoid_auc(thin_fpr, thin_tpr) == pytest.approx(metrics.trapezoid_auc(fpr, tpr), abs=1e-3)
+
+
+def test_evaluate_config_rejects_bad_values(tmp_path):
+    from simulation.errors import ConfigError
+    from surrogate.evaluation import load_evaluation_config
+
+    config = tmp_path / "bad.toml"
+    config.write_text("[evaluate]\nbatch_size = 0\n")
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_evaluation_config(config)
+    config.write_text("[evaluate]\nbatchsize = 4\n")
+    with pytest.raises(ConfigError, match="unknown key 'batchsize'"):
+        load_evaluation_config(config)
+    assert EvaluateConfig().fp_rates == (0.0025, 0.01) and DataConfig().ignore_first_ms == 500
+
+
+# --------------------------------------------------------------------------- validate: published checkpoints
+
+PRETRAINED = Path(os.environ.get("ELMNEURON_CHECKPOINTS", REPO.parent / "shared" / "pretrained" / "elmneuron"))
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir() -> Path:
+    if not PRETRAINED.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"published ELM checkpoints not found at {PRETRAINED}")
+        pytest.skip(f"published ELM checkpoints not found at {PRETRAINED} (set $ELMNEURON_CHECKPOINTS)")
+    return PRETRAINED
+
+
+def test_find_published_checkpoints_orders_by_memory(pretrained_dir, tmp_path):
+    from simulation.errors import UserInputError
+    from surrogate.evaluation import find_published_checkpoints
+
+    folders = find_published_checkpoints(pretrained_dir)
+    names = [f.name for f in folders]
+    assert names[0] == "num_memory_1" and names[-1] == "best_elm_neuron"
+    assert names.index("num_memory_2") < names.index("num_memory_10") < names.index("num_memory_100")
+    with pytest.raises(UserInputError, match="not found"):
+        find_published_checkpoints(tmp_path / "nowhere")
+    with pytest.raises(UserInputError, match="no published model folders"):
+        find_published_checkpoints(tmp_path)
+
+
+def test_score_published_checkpoints_on_a_tiny_shard(pretrained_dir, tmp_path):
+    from surrogate.checkpoints import load_model
+    from surrogate.evaluation import score_published_checkpoints
+
+    shards = write_fake_dataset(tmp_path / "data", n_shards=1, simulations_per_shard=2, seed=3)
+    folders = [pretrained_dir / "num_memory_2", pretrained_dir / "best_elm_neuron"]
+    rows = score_published_checkpoints(folders, shards, DataConfig(), EvaluateConfig(device="cpu"))
+    inputs, soma, spikes = read_test_shard(shards[0])
+    for folder, row in zip(folders, rows):
+        published = json.loads((folder / "eval_results.json").read_text())["test_results"]
+        stats = json.loads((folder / "model_stats.json").read_text())
+        assert row["model"] == folder.name and row["model_kind"] == "branch-elm"
+        assert row["num_parameters"] == stats["model_param_count"]
+        assert row["published_test"]["auc"] == published["AUC"]
+        assert row["published_test"]["soma_rmse_mV"] == published["soma_RMSE"]
+        assert row["published_test"]["tp_at_fp"]["0.0100"] == published["TP @ 0.0100 FP"]
+        model, _ = load_model(folder)
+        prob, volt = predict_windowed(model, inputs, window_ms=500, burn_in_ms=150)
+        expected = metrics.evaluate_predictions(soma, spikes, volt, prob)
+        assert row["ours"]["spike"]["auc"] == pytest.approx(expected["spike"]["auc"], abs=1e-6)
+        assert row["ours"]["soma"]["aligned"]["rmse_mV"] == pytest.approx(expected["soma"]["aligned"]["rmse_mV"], rel=1e-5)
+    assert [r["num_memory"] for r in rows] == [2, 100]
+
+
+@pytest.mark.slow
+def test_validate_end_to_end(pretrained_dir, morphology_path, tmp_path):
+    """`validate` on two fresh 2-s CVode simulations: all published models scored, close to their numbers; resumable."""
+    config = tmp_path / "validate.toml"
+    text = (REPO / "configs" / "validate.toml").read_text()
+    config.write_text(text.replace("duration_ms = 6000", "duration_ms = 2000")
+                      .replace("simulations_per_shard = 8", "simulations_per_shard = 2"))
+    out = tmp_path / "validate"
+    args = ["validate", "--config", str(config), "--out", str(out), "--morphology", str(morphology_path),
+            "--checkpoints", str(pretrained_dir), "--device", "cpu"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "validation.json").read_text())
+    n_folders = len(list(pretrained_dir.glob("*/model_config.json")))
+    assert len(result["models"]) == n_folders
+    assert result["simulation"]["simulations"] == 2
+    assert "best_elm_neuron" in proc.stdout and "spike bins" in proc.stdout
+    best = next(r for r in result["models"] if r["model"] == "best_elm_neuron")
+    # the external check: a faithful simulator lets the published model predict the soma voltage
+    # about as well as on NeuronIO (published 0.56 mV; far worse means the data differ)
+    assert best["ours"]["soma"]["aligned"]["rmse_mV"] < 1.2
+    if result["evaluation"]["spike_bins_evaluated"] >= 3:
+        assert best["ours"]["spike"]["auc"] > 0.95
+
+    # a second run finds the shard done and only scores again
+    shard = out / "shard_00000.h5"
+    mtime = shard.stat().st_mtime_ns
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already simulated" in proc.stdout and shard.stat().st_mtime_ns == mtime

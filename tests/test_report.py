@@ -1,0 +1,108 @@
+"""`report`: report.md and figures from evaluation outputs (synthetic shards, small real checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from test_evaluate import cli, write_fake_dataset, write_fake_run
+
+from surrogate.report import PUBLISHED_REFERENCES, collect_runs, read_metrics_csv, read_published_results
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAINED = REPO.parent / "shared" / "pretrained" / "elmneuron"
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data, runs, out = root / "data", root / "runs", root / "reports"
+    write_fake_dataset(data, duration_ms=1500, seed=5)
+    write_fake_run(runs / "elm", "elm", seed=0)
+    write_fake_run(runs / "tcn", "tcn", seed=1)
+    config = root / "config.toml"
+    config.write_text("[evaluate]\ndevice = \"cpu\"\n")
+    assert cli(["evaluate", "--config", str(config), "--data", str(data), "--runs", str(runs)]) == 0
+    published = root / "published"  # an eval_results.csv of our own, so the test never depends on ../shared
+    published.mkdir()
+    (published / "eval_results.csv").write_text(
+        '"Name","model_config.num_memory","model_stats.model_param_count","test_results.AUC",'
+        '"test_results.TP @ 0.0100 FP","test_results.soma_RMSE","test_results.soma_explained_variance_percent"\n'
+        '"run-a","20","8002","0.99216","0.744","0.6375","95.67"\n"run-b","1","4601","0.94367","0.427","1.3325","81.1"\n')
+    assert cli(["report", "--runs", str(runs), "--data", str(data), "--out", str(out),
+                "--published", str(published)]) == 0
+    return {"root": root, "data": data, "runs": runs, "out": out, "published": published, "config": config}
+
+
+def test_report_table_has_every_model_with_its_scores(reported):
+    text = (reported["out"] / "report.md").read_text()
+    for name in ("elm", "tcn"):
+        evaluation = json.loads((reported["runs"] / name / "evaluation.json").read_text())
+        windowed, whole = evaluation["windowed"], evaluation["whole"]
+        rows = [line for line in text.splitlines() if line.startswith(f"| {name} |")]
+        assert len(rows) == 2  # windowed table and whole-simulation table
+        assert f"{windowed['spike']['auc']:.4f}" in rows[0]
+        assert f"{windowed['soma']['raw']['rmse_mV']:.3f}" in rows[0]
+        assert f"{windowed['soma']['aligned']['rmse_mV']:.3f}" in rows[0]
+        assert f"{whole['spike']['auc']:.4f}" in rows[1]
+        assert "3 sims (4 s)" in rows[0] and "12 s" in rows[0]  # training data and time from summary.json
+    for ref in PUBLISHED_REFERENCES:
+        assert ref["name"] in text
+    assert "Branch-ELM d_m=20 (run-a)" in text and "0.9922" in text
+    assert "Branch-ELM d_m=1 (run-b)" in text
+
+
+def test_report_figures_are_real_images(reported):
+    for name in ("roc.png", "traces.png", "params.png", "training.png"):
+        path = reported["out"] / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 400 and image.shape[1] > 1000
+        assert image[..., :3].std() > 0.05  # not a blank canvas
+        assert f"![{name}]({name})" in (reported["out"] / "report.md").read_text()
+
+
+def test_report_without_data_or_training_curves_says_what_is_missing(reported, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(reported["runs"], runs)
+    for csv in runs.glob("*/metrics.csv"):
+        csv.unlink()
+    out = tmp_path / "reports"
+    assert cli(["report", "--runs", str(runs), "--data", str(tmp_path / "missing"), "--out", str(out),
+                "--published", str(reported["published"])]) == 0
+    printed = capsys.readouterr().out
+    assert "input raster not drawn" in printed and "training-curve figure skipped" in printed
+    assert not (out / "training.png").exists() and (out / "traces.png").is_file()
+    assert "## Notes" in (out / "report.md").read_text()
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert cli(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no evaluation.json") and len(err.splitlines()) == 1
+    assert cli(["report", "--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert "runs directory not found" in capsys.readouterr().err
+
+
+def test_readers(reported, tmp_path):
+    curves = read_metrics_csv(reported["runs"] / "elm" / "metrics.csv")
+    assert list(curves["epoch"]) == [1, 2] and list(curves["valid_auc"]) == [0.7, 0.8]
+    assert read_metrics_csv(tmp_path / "absent.csv") is None
+    rows = read_published_results(reported["published"])
+    assert [r["num_memory"] for r in rows] == [1, 20] and rows[1]["auc"] == pytest.approx(0.99216)
+    assert read_published_results(tmp_path) == []
+    runs = collect_runs(reported["runs"])
+    assert [r.name for r in runs] == ["elm", "tcn"] and set(runs[0].rocs) == {"windowed", "whole"}
+
+
+@pytest.mark.skipif(not (PRETRAINED / "eval_results.csv").is_file(), reason="published elmneuron folder not at ../shared")
+def test_published_csv_of_the_elmneuron_release_is_read():
+    rows = read_published_results(PRETRAINED)
+    assert len(rows) >= 10
+    d20 = next(r for r in rows if r["num_memory"] == 20)
+    assert d20["num_parameters"] == 8002 and d20["auc"] == pytest.approx(0.99216, abs=1e-5)
