@@ -1,0 +1,426 @@
+"""Parallel dataset generation on real dask clusters with real NEURON workers.
+
+One local cluster (2 single-threaded worker processes) serves the whole module; a tiny
+dataset of 3 shards x 2 simulations x 300 ms is simulated once on it, uninterrupted, and
+every other run (1 worker, resumed, killed workers, an external scheduler) must reproduce
+its arrays exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pipelines.__main__ as dispatcher
+from simulation.config import load_simulation_config
+from simulation.dataset import read_shard
+from simulation.errors import DatasetError
+from simulation.inputs import generate_input_spikes, simulation_rng
+from simulation.parallel import (
+    TASK_PREFIX,
+    SimulationsFailed,
+    close_client,
+    data_identity,
+    generate_dataset,
+    inspect_output_dir,
+    make_client,
+    plan_shards,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SEED = 7
+
+
+def write_config(directory: Path, n_shards: int = 3, seed: int = SEED, duration_ms: int = 300, retries: int = 1,
+                 extra: str = "", name: str = "tiny.toml") -> Path:
+    """A dataset small enough for tests: 300 ms simulations at a fixed 0.1 ms step."""
+    path = Path(directory) / name
+    path.write_text(f"""
+[solver]
+method = "fixed"
+dt_ms = 0.1
+
+[inputs]
+duration_ms = {duration_ms}
+
+[dataset]
+n_shards = {n_shards}
+simulations_per_shard = 2
+seed = {seed}
+
+[parallel]
+workers = 2
+retries = {retries}
+{extra}
+""")
+    return path
+
+
+def assert_same_shards(paths_a, paths_b) -> None:
+    """Every array and every attribute equal, shard by shard."""
+    assert [Path(p).name for p in paths_a] == [Path(p).name for p in paths_b]
+    for a, b in zip(paths_a, paths_b):
+        shard_a, shard_b = read_shard(a), read_shard(b)
+        for name in ("input_spikes", "soma_voltage", "nexus_voltage", "output_spikes", "simulation_index"):
+            np.testing.assert_array_equal(getattr(shard_a, name), getattr(shard_b, name), err_msg=f"{a.name}: {name}")
+        for times_a, times_b in zip(shard_a.output_spike_times, shard_b.output_spike_times):
+            np.testing.assert_array_equal(times_a, times_b)
+        for key in shard_a.segments:
+            np.testing.assert_array_equal(shard_a.segments[key], shard_b.segments[key])
+        # a shard written when the dataset had fewer shards says so in its config; nothing else may differ
+        attrs_a, attrs_b = dict(shard_a.attrs), dict(shard_b.attrs)
+        assert data_identity(attrs_a.pop("config")) == data_identity(attrs_b.pop("config"))
+        assert attrs_a == attrs_b
+
+
+def identity(path: Path) -> tuple[int, int]:
+    """(inode, mtime_ns): changes if the file is rewritten, even with the same bytes."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["NEURON_MODULE_OPTIONS"] = "-nogui"
+    return env
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=PROJECT_ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def client():
+    """Two single-threaded worker processes; a dying worker's simulation is retried once."""
+    client = make_client(None, n_workers=2, retries=1)
+    yield client
+    close_client(client)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, client, morphology_path):
+    """The tiny dataset, simulated once without interruption: (config path, config, shard paths)."""
+    directory = tmp_path_factory.mktemp("reference")
+    config_path = write_config(directory)
+    config = load_simulation_config(config_path)
+    paths = generate_dataset(config, directory / "data", morphology_path, client)
+    return config_path, config, paths
+
+
+def worker_pids(client) -> dict[str, int]:
+    return client.run(os.getpid)
+
+
+def kill_worker_running(client, simulation_index: int | None, stop: threading.Event, kills: list, times: int = 1) -> None:
+    """Background thread: SIGKILL the worker process running simulation `simulation_index` (any if None), `times` times."""
+    killed_addresses = set()  # a restarted worker comes back under a new address
+    while len(kills) < times and not stop.is_set():
+        for address, keys in client.processing().items():
+            running = [k for k in keys if str(k).startswith(TASK_PREFIX)
+                       and (simulation_index is None or str(k).split("-")[1] == str(simulation_index))]
+            if running and address not in killed_addresses:
+                try:
+                    pid = client.run(os.getpid, workers=[address])[address]
+                except Exception:  # the worker is already gone: look again
+                    break
+                os.kill(pid, signal.SIGKILL)
+                killed_addresses.add(address)
+                kills.append((running[0], pid))
+                break
+        time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- the plan
+
+def test_plan_shards_assigns_consecutive_simulations(tmp_path):
+    config = load_simulation_config(write_config(tmp_path, n_shards=3))
+    plans = plan_shards(config)
+    assert [p.file_name for p in plans] == ["shard_00000.h5", "shard_00001.h5", "shard_00002.h5"]
+    assert [p.simulation_indices for p in plans] == [(0, 1), (2, 3), (4, 5)]
+
+
+# --------------------------------------------------------------------------- determinism
+
+def test_reference_follows_the_seed_rule(reference):
+    _, config, paths = reference
+    assert [p.name for p in paths] == ["shard_00000.h5", "shard_00001.h5", "shard_00002.h5"]
+    shard = read_shard(paths[1])
+    np.testing.assert_array_equal(shard.simulation_index, [2, 3])
+    is_basal = shard.segments["region"] == "basal"
+    for row, index in enumerate(shard.simulation_index):
+        # simulation i's inputs come from SeedSequence([seed, i]) alone, on whatever worker ran it
+        expected = generate_input_spikes(config.inputs, shard.segments["length_um"], is_basal, simulation_rng(SEED, index))
+        np.testing.assert_array_equal(shard.input_spikes[row], expected)
+    assert not np.array_equal(shard.soma_voltage[0], shard.soma_voltage[1])
+    assert shard.attrs["created_by"] == "simulate" and shard.attrs["master_seed"] == SEED
+
+
+def test_one_worker_gives_the_same_dataset_as_two(reference, tmp_path, morphology_path):
+    _, config, reference_paths = reference
+    one_worker = make_client(None, n_workers=1)
+    try:
+        assert len(one_worker.nthreads()) == 1
+        paths = generate_dataset(config, tmp_path / "data", morphology_path, one_worker)
+    finally:
+        close_client(one_worker)
+    assert_same_shards(paths, reference_paths)
+
+
+# --------------------------------------------------------------------------- resuming
+
+def test_finished_shards_are_kept_and_the_dataset_can_grow(reference, client, tmp_path, morphology_path):
+    config_path, _, reference_paths = reference
+    out = tmp_path / "data"
+    small = load_simulation_config(write_config(tmp_path, n_shards=1, name="small.toml"))
+    [first] = generate_dataset(small, out, morphology_path, client)
+    before = identity(first)
+    stale = out / "shard_00001.h5.tmp"
+    stale.write_bytes(b"half a shard from a killed run")
+
+    done = []
+    paths = generate_dataset(load_simulation_config(config_path), out, morphology_path, client,
+                             progress=lambda n, total: done.append((n, total)))
+    assert identity(first) == before  # not rewritten
+    assert not stale.exists()
+    assert done[0] == (2, 6) and done[-1] == (6, 6)  # the kept shard counts as done from the start
+    assert_same_shards(paths, reference_paths)
+
+
+def test_truncated_shard_is_simulated_again(reference, client, tmp_path, morphology_path):
+    config_path, config, reference_paths = reference
+    out = tmp_path / "data"
+    shutil.copytree(reference_paths[0].parent, out)
+    kept = identity(out / "shard_00000.h5")
+    damaged = out / "shard_00001.h5"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+
+    state = inspect_output_dir(config, out, morphology_path)
+    assert [p.index for p in state.todo] == [1]
+    assert "shard_00001.h5" in state.invalid and "truncated" in state.invalid["shard_00001.h5"]
+    paths = generate_dataset(config, out, morphology_path, client)
+    assert identity(out / "shard_00000.h5") == kept
+    assert_same_shards(paths, reference_paths)
+
+
+def test_another_dataset_in_the_output_directory_is_refused(reference, client, tmp_path, morphology_path):
+    _, _, reference_paths = reference
+    other = load_simulation_config(write_config(tmp_path, seed=SEED + 1))
+    with pytest.raises(DatasetError, match=r"another dataset .*seed = 7 there, 8 in this config"):
+        generate_dataset(other, reference_paths[0].parent, morphology_path, client)
+    longer = load_simulation_config(write_config(tmp_path, duration_ms=400, name="longer.toml"))
+    with pytest.raises(DatasetError, match=r"duration_ms = 300 there, 400 in this config"):
+        inspect_output_dir(longer, reference_paths[0].parent, morphology_path)
+
+
+# --------------------------------------------------------------------------- failures
+
+def test_simulation_on_a_killed_worker_is_retried(reference, client, tmp_path, morphology_path):
+    _, config, reference_paths = reference
+    pids_before = set(worker_pids(client).values())
+    stop, kills = threading.Event(), []
+    killer = threading.Thread(target=kill_worker_running, args=(client, None, stop, kills), daemon=True)
+    killer.start()
+    try:
+        paths = generate_dataset(config, tmp_path / "data", morphology_path, client)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(kills) == 1 and kills[0][1] in pids_before
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+    assert kills[0][1] not in worker_pids(client).values()
+    assert_same_shards(paths, reference_paths)
+
+
+def test_simulation_failing_after_retries_is_reported_by_index_and_seed(reference, client, tmp_path, morphology_path):
+    _, config, reference_paths = reference
+    out = tmp_path / "data"
+    client.wait_for_workers(2, timeout=60)
+    stop, kills = threading.Event(), []
+    # the cluster allows one retry: killing the worker under simulation 3 twice fails it for good
+    killer = threading.Thread(target=kill_worker_running, args=(client, 3, stop, kills, 2), daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(SimulationsFailed) as failed:
+            generate_dataset(config, out, morphology_path, client)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(kills) == 2
+    assert [f.simulation_index for f in failed.value.failures] == [3]
+    message = str(failed.value)
+    assert "simulation 3 (seed SeedSequence([7, 3])): KilledWorker" in message
+    # the shards of the other simulations were written, the failed simulation's shard was not
+    assert sorted(p.name for p in failed.value.written) == ["shard_00000.h5", "shard_00002.h5"]
+    assert sorted(p.name for p in out.glob("shard_*")) == ["shard_00000.h5", "shard_00002.h5"]
+
+    # a re-run simulates only the missing shard
+    client.wait_for_workers(2, timeout=60)
+    kept = identity(out / "shard_00000.h5")
+    paths = generate_dataset(config, out, morphology_path, client)
+    assert identity(out / "shard_00000.h5") == kept
+    assert_same_shards(paths, reference_paths)
+
+
+# --------------------------------------------------------------------------- the command line
+
+def test_cli_reports_bad_input_on_one_line(tmp_path, capsys, morphology_path):
+    typo = write_config(tmp_path, extra="", name="typo.toml")
+    typo.write_text(typo.read_text().replace("seed = 7", "sead = 7"))
+    cases = [
+        (["--config", str(typo)], "unknown key 'sead'"),
+        (["--config", str(tmp_path / "missing.toml")], "config file not found"),
+        (["--config", str(write_config(tmp_path)), "--morphology", str(tmp_path / "no.asc")], "morphology file not found"),
+    ]
+    for args, message in cases:
+        code = dispatcher.main(["simulate", *args, "--out", str(tmp_path / "data")])
+        err = capsys.readouterr().err
+        assert code == 2, args
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_resumes_after_being_killed(reference, tmp_path):
+    config_path, _, reference_paths = reference
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "pipelines", "simulate", "--config", str(config_path), "--out", str(out), "--workers", "2"]
+    # its own session, so that the kill takes the whole run down at once: client and workers
+    run = subprocess.Popen(command, cwd=PROJECT_ROOT, env=subprocess_env(), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        # shards are written as they complete, not necessarily in order (a worker still
+        # building its cell lets the other run ahead), so wait for the first of any
+        while not list(out.glob("shard_*.h5")):
+            assert run.poll() is None, "the run ended before writing its first shard"
+            assert time.monotonic() < deadline, "no shard after 240 s"
+            time.sleep(0.01)
+        os.killpg(run.pid, signal.SIGKILL)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    finished = {p.name: identity(p) for p in out.glob("shard_*.h5")}
+    assert 1 <= len(finished) < 3, f"killed too late to test anything: {sorted(finished)}"
+
+    resumed = run_cli("simulate", "--config", str(config_path), "--out", str(out), "--workers", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {len(finished)} of 3 shards already done" in resumed.stdout
+    for name, before in finished.items():
+        assert identity(out / name) == before, f"{name} was rewritten"
+    assert not list(out.glob("*.tmp"))
+    assert_same_shards(sorted(out.glob("shard_*.h5")), reference_paths)
+
+
+def worker_processes(pid: int) -> list[int]:
+    """The dask worker processes that process `pid` spawned (Linux /proc), not its other helpers."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if parent == pid and b"spawn_main" in command:  # not multiprocessing's resource tracker
+            workers.append(int(stat.parent.name))
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc")
+def test_cli_lists_failed_simulations_and_exits_1(reference, tmp_path):
+    """Both workers killed mid-run with no retries allowed: the run goes on, lists what failed, keeps the rest."""
+    config_path = write_config(tmp_path, retries=0, name="no_retries.toml")
+    out = tmp_path / "data"
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "pipelines", "simulate", "--config", str(config_path), "--out", str(out), "--workers", "2"]
+    with open(stdout, "w") as out_file, open(stderr, "w") as err_file:
+        run = subprocess.Popen(command, cwd=PROJECT_ROOT, env=subprocess_env(), start_new_session=True,
+                               stdout=out_file, stderr=err_file)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("shard_*.h5")):
+            assert run.poll() is None and time.monotonic() < deadline, "no shard written"
+            time.sleep(0.01)
+        # the first shard is out, 4 simulations are left: both workers are busy with one each
+        victims = worker_processes(run.pid)
+        assert len(victims) == 2
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        run.wait(timeout=240)  # the nanny restarts the workers, which finish the other simulations
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    output = stdout.read_text() + stderr.read_text()
+    assert run.returncode == 1, output
+    written = sorted(p.name for p in out.glob("shard_*.h5"))
+    assert 1 <= len(written) < 3, output
+    failed = [int(line.split()[1]) for line in output.splitlines() if line.startswith("  simulation ")]
+    assert failed, output
+    for index in failed:
+        assert f"simulation {index} (seed SeedSequence([7, {index}])): KilledWorker" in output
+        assert f"shard_{index // 2:05d}.h5" not in written
+    assert f"{len(written)} shard(s) were written; re-run the same command to retry the others" in output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_on_an_external_scheduler_and_worker(reference, tmp_path):
+    """docs/cluster.md, for real: `dask scheduler` + `dask worker --nthreads 1`, then --scheduler."""
+    _, _, reference_paths = reference
+    dask_cli = Path(sys.executable).parent / "dask"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    port = address.rsplit(":", 1)[1]
+    env = subprocess_env()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    processes = []
+    try:
+        processes.append(subprocess.Popen(
+            [str(dask_cli), "scheduler", "--host", "127.0.0.1", "--port", port, "--dashboard-address", ":0"],
+            env=env, cwd=tmp_path, stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT))
+        processes.append(subprocess.Popen(
+            [str(dask_cli), "worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1"],
+            env=env, cwd=tmp_path, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT))
+        config_path = write_config(tmp_path, n_shards=1, name="one_shard.toml")
+        out = tmp_path / "data"
+        result = run_cli("simulate", "--config", str(config_path), "--out", str(out), "--scheduler", address)
+        assert result.returncode == 0, result.stderr + (logs / "worker.log").read_text()
+        assert f"scheduler {address}: 1 workers, 1 threads" in result.stdout
+        assert_same_shards(sorted(out.glob("shard_*.h5")), reference_paths[:1])
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_cli_reports_an_unreachable_scheduler(tmp_path, capsys):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        code = dispatcher.main(["simulate", "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "data"),
+                                "--scheduler", f"tcp://127.0.0.1:{free_port()}"])
+    assert code == 2
+    assert "cannot reach the dask scheduler" in capsys.readouterr().err
