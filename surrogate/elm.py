@@ -176,6 +176,8 @@ class ELM(nn.Module):
         self.w_zh = nn.Linear(hidden, d_m)  # W_zh, b_z
         self.w_y = nn.Linear(d_m, config.num_output)  # readout
         self._reset_mlp_like_one_linear(num_branch + d_m)
+        # memory recurrence: "auto" (fused kernel on CUDA), "fused" or "reference" (tests, benchmarks)
+        self.recurrence_implementation = "auto"
 
     def _reset_mlp_like_one_linear(self, fan_in: int) -> None:
         # The paper's first MLP layer is one Linear over [b, m]: initialise both halves with its fan-in.
@@ -233,7 +235,7 @@ class ELM(nn.Module):
             kappa_m = self.kappa_m
             memory = memory_recurrence(
                 drive, kappa_m, self.w_hm.weight, self.w_zh.weight, self.w_zh.bias,
-                c.lambda_value, c.mlp_activation,
+                c.lambda_value, c.mlp_activation, implementation=self.recurrence_implementation,
             )
             return self.w_y(memory)
 

@@ -22,6 +22,8 @@ def memory_recurrence(
     implementation: str = "auto",
 ) -> torch.Tensor:
     """Memory states (B, T, d_m). implementation: "auto" (fused on CUDA), "fused" or "reference"."""
+    if implementation not in ("auto", "fused", "reference"):
+        raise ValueError(f"implementation must be 'auto', 'fused' or 'reference', got {implementation!r}")
     use_fused = implementation == "fused" or (implementation == "auto" and drive.is_cuda)
     if use_fused:
         try:
