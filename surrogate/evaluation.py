@@ -28,6 +28,7 @@ import torch
 from simulation.errors import DatasetError, UserInputError
 from surrogate import metrics
 from surrogate.config import DataConfig
+from surrogate.train import resolve_device
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.h5"
@@ -67,14 +68,6 @@ def load_evaluation_config(path: str | Path) -> tuple[DataConfig, EvaluateConfig
     raw = read_toml(path)
     return (from_table(DataConfig, raw.get("data"), f"{path} [data]"),
             from_table(EvaluateConfig, raw.get("evaluate"), f"{path} [evaluate]"))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"device {device!r} requested but torch sees no CUDA device")
-    return torch.device(device)
 
 
 # --------------------------------------------------------------------------- predictions
