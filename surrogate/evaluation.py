@@ -14,7 +14,6 @@ Outputs, in the run directory (atomic writes):
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ import torch
 from simulation.errors import DatasetError, UserInputError
 from surrogate import metrics
 from surrogate.config import DataConfig
-from surrogate.train import resolve_device
+from surrogate.train import resolve_device, write_json
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.h5"
@@ -198,27 +197,6 @@ def write_predictions_file(path: Path, predictions: TestPredictions, rocs: dict,
             for mode in predictions.soma_prediction:
                 ex[f"{mode}/soma_voltage_mV"] = predictions.soma_prediction[mode][examples].astype(np.float32)
                 ex[f"{mode}/spike_probability"] = predictions.spike_probability[mode][examples].astype(np.float32)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """JSON with NaN written as null (undefined metrics), atomically."""
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        if isinstance(value, np.generic):
-            return clean(value.item())
-        return value
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(clean(payload), indent=2) + "\n")
         os.replace(tmp, path)
     finally:
         if tmp.exists():

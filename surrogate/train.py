@@ -103,9 +103,14 @@ def _seed_for(*words: int) -> int:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name, then rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _json_safe(value: Any) -> Any:
@@ -116,11 +121,14 @@ def _json_safe(value: Any) -> Any:
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
     return value
 
 
-def _write_json(path: Path, value: Any) -> None:
-    _write_atomic(path, json.dumps(_json_safe(value), indent=2, sort_keys=False) + "\n")
+def write_json(path: Path, value: Any) -> None:
+    """Strict JSON (NaN and infinities as null, numpy scalars as numbers), written atomically."""
+    _write_atomic(path, json.dumps(_json_safe(value), indent=2) + "\n")
 
 
 def _selection_key(valid_auc: float, valid_loss: float) -> tuple[float, float]:
@@ -169,7 +177,7 @@ def _metrics_csv(history: list[dict]) -> str:
 
 def _write_metrics(out_dir: Path, history: list[dict]) -> None:
     _write_atomic(out_dir / METRICS_CSV, _metrics_csv(history))
-    _write_json(out_dir / METRICS_JSON, history)
+    write_json(out_dir / METRICS_JSON, history)
 
 
 def _check_resumable(checkpoint: dict, model_kind: str, model_config: dict, train: TrainConfig,
@@ -295,7 +303,7 @@ def _fit(model_kind: str, train: TrainConfig, data: DataConfig, config_dict: dic
 
     if state["epoch"] >= train.epochs:
         result = summary()
-        _write_json(out_dir / SUMMARY_JSON, result)  # in case a kill came between the last checkpoint and it
+        write_json(out_dir / SUMMARY_JSON, result)  # in case a kill came between the last checkpoint and it
         result["already_finished"] = True
         report("finished", result)
         return result
@@ -414,6 +422,6 @@ def _fit(model_kind: str, train: TrainConfig, data: DataConfig, config_dict: dic
     if windows.cache is not None:
         windows.cache.close()
     result = summary()
-    _write_json(out_dir / SUMMARY_JSON, result)
+    write_json(out_dir / SUMMARY_JSON, result)
     report("finished", result)
     return result

@@ -144,16 +144,6 @@ ALL_MECHANISMS = VOLTAGE_GATED + ["SK_E2", "CaDynamics_E2"]
 # NEURON fixtures
 
 
-@pytest.fixture(scope="session")
-def h():
-    """NEURON with the project's mechanisms, loaded once per test process."""
-    mech.load_mechanisms()
-    from neuron import h
-
-    h.load_file("stdrun.hoc")
-    return h
-
-
 @pytest.fixture
 def neuron_globals(h):
     """Restore the NEURON globals a test changes, for the other tests in this process."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulation import mechanisms as mech
 
 AMPA = dict(tau_r_AMPA=0.3, tau_d_AMPA=3.0, tau_r_NMDA=2.0, tau_d_NMDA=70.0, gmax=0.0004, e=0.0, mg=1.0)
 GABA = dict(tau_r=0.2, tau_d=8.0, gmax=0.001, e=-80.0)
@@ -26,15 +25,6 @@ def peak_factor(tau_r, tau_d):
 
 def mg_block(v, mg=1.0):
     return 1 / (1 + np.exp(-0.08 * v) * mg / 3.57)
-
-
-@pytest.fixture(scope="session")
-def h():
-    mech.load_mechanisms()
-    from neuron import h
-
-    h.load_file("stdrun.hoc")
-    return h
 
 
 @pytest.fixture
