@@ -168,20 +168,47 @@ class InputConfig:
         _require(0 <= lo < hi, f"spatial_noise_range must satisfy 0 <= low < high, got {self.spatial_noise_range}")
 
 
+SOLVER_METHODS = ("cvode", "fixed", "coreneuron", "gpu")
+TIME_STEP_SCHEMES = ("backward-euler", "crank-nicolson")
+GPU_PRECISIONS = ("float64", "float32")
+
+
 @dataclass(frozen=True)
 class SolverConfig:
-    """[solver]: "cvode" (variable step, as NeuronIO), "fixed" (dt_ms) or "coreneuron" (fixed dt on CoreNEURON's CPU engine)."""
+    """[solver]: how the cell's equations are integrated.
+
+    method: "cvode" (NEURON's variable step, as NeuronIO), "fixed" (NEURON's fixed step, dt_ms),
+    "coreneuron" (fixed step on CoreNEURON's CPU engine) or "gpu" (the project's GPU engine,
+    simulation/gpu/, NEURON's fixed-step numerics for a batch of cells at once).
+    scheme: the fixed-step scheme of "fixed", "coreneuron" and "gpu": "backward-euler" (NEURON's
+    default, secondorder = 0) or "crank-nicolson" (NEURON's secondorder = 2: second-order
+    voltages, ionic currents corrected to the half step).
+    gpu_precision: floating point of the GPU engine's state and arithmetic.
+    """
 
     method: str = "fixed"
     dt_ms: float = 0.025
+    scheme: str = "backward-euler"
     cvode_atol: float = 1e-3  # NEURON's default absolute tolerance, as NeuronIO (spec 6.1)
     cvode_rtol: float = 0.0
+    gpu_precision: str = "float64"
 
     def __post_init__(self):
-        _require(self.method in ("cvode", "fixed", "coreneuron"), f"method must be 'cvode', 'fixed' or 'coreneuron', got {self.method!r}")
+        _require(self.method in SOLVER_METHODS, f"method must be one of {', '.join(repr(m) for m in SOLVER_METHODS)}, got {self.method!r}")
         _require(self.dt_ms > 0 and abs(round(1.0 / self.dt_ms) * self.dt_ms - 1.0) < 1e-9,
                  f"dt_ms must divide 1 ms exactly (input spikes arrive on whole ms), got {self.dt_ms}")
+        _require(self.scheme in TIME_STEP_SCHEMES, f"scheme must be one of {', '.join(repr(s) for s in TIME_STEP_SCHEMES)}, got {self.scheme!r}")
         _require(self.cvode_atol > 0, f"cvode_atol must be positive, got {self.cvode_atol}")
+        _require(self.gpu_precision in GPU_PRECISIONS, f"gpu_precision must be one of {', '.join(repr(p) for p in GPU_PRECISIONS)}, got {self.gpu_precision!r}")
+
+    @property
+    def steps_per_ms(self) -> int:
+        return int(round(1.0 / self.dt_ms))
+
+    @property
+    def neuron_secondorder(self) -> int:
+        """NEURON's h.secondorder for this scheme (0: backward Euler, 2: Crank-Nicolson)."""
+        return 2 if self.scheme == "crank-nicolson" else 0
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,7 @@ class L5PCSimulator:
         else:
             h.cvode.active(0)
             h.dt = solver.dt_ms
+            h.secondorder = solver.neuron_secondorder
         if solver.method == "coreneuron":
             coreneuron.gpu = False
             coreneuron.verbose = 0
