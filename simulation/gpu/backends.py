@@ -1,0 +1,175 @@
+"""Compile the engine's program and call it: CUDA through CuPy (NVRTC), or the CPU twin.
+
+The CPU twin is the same source compiled by the system's C++ compiler into a shared library
+(cached under build/gpu_engine/<sha256 of the source and compiler>/) and called with ctypes,
+which releases the GIL, so cells can run on several threads. CI checks the engine's
+numerics against NEURON with it; on a GPU machine the CUDA kernel is checked against it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..paths import PROJECT_ROOT
+from .layout import source
+
+BUILD_DIR = PROJECT_ROOT / "build" / "gpu_engine"
+CXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math")
+THREADS_PER_BLOCK = 64  # one thread per cell; small blocks spread few cells over many SMs
+
+
+# --------------------------------------------------------------------------- CPU twin
+
+def _compiler() -> str:
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        raise ConfigError("the GPU engine's CPU twin needs a C++ compiler (g++); none was found")
+    return compiler
+
+
+def build_cpu_library(precision: str) -> Path:
+    """Compile (once per source and compiler) and return the CPU twin's shared library."""
+    code = source(precision)
+    compiler = _compiler()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    key = hashlib.sha256("\n".join([code, *version, *CXX_FLAGS]).encode()).hexdigest()[:24]
+    library = BUILD_DIR / key / "engine.so"
+    if library.is_file():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        source_path = Path(tmp) / "engine.cpp"
+        source_path.write_text(code)
+        built = Path(tmp) / "engine.so"
+        result = subprocess.run([compiler, *CXX_FLAGS, str(source_path), "-o", str(built)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling the GPU engine's CPU twin failed:\n{result.stderr[-4000:]}")
+        os.replace(built, library)  # atomic: a concurrent build never sees half a library
+    return library
+
+
+class CPUBackend:
+    """The CPU twin: numpy arrays, ctypes calls."""
+
+    name = "cpu"
+
+    def __init__(self, precision: str):
+        import numpy as np
+
+        self.np = np
+        self.library = ctypes.CDLL(str(build_cpu_library(precision)))
+        i64, ptr = ctypes.c_longlong, ctypes.c_void_p
+        self.library.cpu_initialize.argtypes = [ptr, ptr, i64, i64]
+        self.library.cpu_advance.argtypes = [ptr, ptr, i64, i64, i64, i64]
+        self.threads = 1
+
+    def to_device(self, array):
+        return self.np.ascontiguousarray(array)
+
+    def to_host(self, array):
+        return array
+
+    def zeros(self, shape, dtype):
+        return self.np.zeros(shape, dtype=dtype)
+
+    @staticmethod
+    def address(array) -> int:
+        return array.ctypes.data
+
+    def struct(self, record):
+        return record.copy()  # kept alive by the caller; its address is passed
+
+    def _run(self, function, model, batch, n_cells, *extra):
+        from concurrent.futures import ThreadPoolExecutor
+
+        m, b = model.ctypes.data, batch.ctypes.data
+        threads = max(1, min(self.threads, n_cells))
+        bounds = [n_cells * k // threads for k in range(threads + 1)]
+        if threads == 1:
+            function(m, b, 0, n_cells, *extra)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda k: function(m, b, bounds[k], bounds[k + 1], *extra), range(threads)))
+
+    def initialize(self, model, batch, n_cells):
+        self._run(self.library.cpu_initialize, model, batch, n_cells)
+
+    def advance(self, model, batch, n_cells, ms_begin, ms_end):
+        self._run(self.library.cpu_advance, model, batch, n_cells, ms_begin, ms_end)
+
+    def synchronize(self):
+        pass
+
+
+# --------------------------------------------------------------------------- CUDA
+
+class CUDABackend:
+    """One GPU through CuPy: the program compiled by NVRTC, one thread per cell."""
+
+    name = "cuda"
+
+    def __init__(self, precision: str, device: int = 0):
+        try:
+            import cupy
+        except ImportError:
+            raise ConfigError("[solver] method = \"gpu\" needs CuPy on a machine with an NVIDIA GPU "
+                              "(pip install -e '.[gpu]'); none was found") from None
+        self.cp = cupy
+        try:
+            self.device = cupy.cuda.Device(device)
+            self.device.use()
+            name = cupy.cuda.runtime.getDeviceProperties(device)["name"].decode()
+        except cupy.cuda.runtime.CUDARuntimeError as err:
+            raise ConfigError(f"[solver] method = \"gpu\": no usable CUDA device ({err})") from None
+        self.device_name = name
+        self.module = cupy.RawModule(code=source(precision), options=("-std=c++17",))
+        self.initialize_kernel = self.module.get_function("gpu_initialize")
+        self.advance_kernel = self.module.get_function("gpu_advance")
+
+    def to_device(self, array):
+        return self.cp.asarray(array)
+
+    def to_host(self, array):
+        return self.cp.asnumpy(array)
+
+    def zeros(self, shape, dtype):
+        return self.cp.zeros(shape, dtype=dtype)
+
+    @staticmethod
+    def address(array) -> int:
+        return array.data.ptr
+
+    def struct(self, record):
+        import numpy as np
+
+        return self.cp.asarray(np.frombuffer(record.tobytes(), dtype=np.uint8))
+
+    def _grid(self, n_cells):
+        return ((n_cells + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK,), (THREADS_PER_BLOCK,)
+
+    def initialize(self, model, batch, n_cells):
+        self.initialize_kernel(*self._grid(n_cells), (model, batch))
+
+    def advance(self, model, batch, n_cells, ms_begin, ms_end):
+        import numpy as np
+
+        self.advance_kernel(*self._grid(n_cells), (model, batch, np.int64(ms_begin), np.int64(ms_end)))
+
+    def synchronize(self):
+        self.cp.cuda.Device().synchronize()
+
+
+def make_backend(kind: str, precision: str):
+    """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin)."""
+    if kind == "cuda":
+        return CUDABackend(precision)
+    if kind == "cpu":
+        return CPUBackend(precision)
+    raise ValueError(f"backend must be 'cuda' or 'cpu', got {kind!r}")

@@ -1,0 +1,68 @@
+// Entry points of the engine: a CUDA kernel with one thread per cell, and its CPU twin.
+// Both call the same functions of timestep.h; layout.py puts the prelude (precision, the
+// Model and Batch structs) and mechanisms.h, timestep.h in front of this file.
+
+#ifdef __CUDACC__
+
+extern "C" __global__ void gpu_initialize(const Model* __restrict__ M, const Batch* __restrict__ B) {
+    const long long cell = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (cell < B->n_cells) initialize_cell(M, B, cell);
+}
+
+extern "C" __global__ void gpu_advance(const Model* __restrict__ M, const Batch* __restrict__ B,
+                                       long long ms_begin, long long ms_end) {
+    const long long cell = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (cell < B->n_cells) advance_cell(M, B, cell, ms_begin, ms_end);
+}
+
+#else
+
+// cells [cell_begin, cell_end) of the batch; callers run disjoint ranges in parallel threads
+extern "C" void cpu_initialize(const Model* M, const Batch* B, long long cell_begin, long long cell_end) {
+    for (long long cell = cell_begin; cell < cell_end; ++cell) initialize_cell(M, B, cell);
+}
+
+extern "C" void cpu_advance(const Model* M, const Batch* B, long long cell_begin, long long cell_end,
+                            long long ms_begin, long long ms_end) {
+    for (long long cell = cell_begin; cell < cell_end; ++cell) advance_cell(M, B, cell, ms_begin, ms_end);
+}
+
+// For tests: one mechanism's steady states and time constants at (v, cai), as NEURON's rates
+// procedures compute them; out = {x_inf, tau_x, y_inf, tau_y} (y = 0 for one-gate channels).
+extern "C" int cpu_mechanism_rates(const char* name, double v, double cai, double vhalf, double vshift, double* out) {
+    real x_inf = 0, tau_x = 0, y_inf = 0, tau_y = 0;
+    const real rv = (real)v;
+#define TWO_GATES(channel) if (!strcmp(name, #channel)) channel##_rates(rv, &x_inf, &tau_x, &y_inf, &tau_y); else
+    TWO_GATES(NaTa_t) TWO_GATES(NaTs2_t) TWO_GATES(Nap_Et2) TWO_GATES(K_Pst) TWO_GATES(K_Tst)
+    TWO_GATES(Ca_HVA) TWO_GATES(Ca_LVAst)
+#undef TWO_GATES
+    if (!strcmp(name, "SKv3_1")) SKv3_1_rates(rv, &x_inf, &tau_x);
+    else if (!strcmp(name, "Im")) Im_rates(rv, &x_inf, &tau_x);
+    else if (!strcmp(name, "Ih")) Ih_rates(rv, (real)vhalf, (real)vshift, &x_inf, &tau_x);
+    else if (!strcmp(name, "SK_E2")) SK_E2_rates((real)cai, &x_inf, &tau_x);
+    else return -1;
+    out[0] = x_inf; out[1] = tau_x; out[2] = y_inf; out[3] = tau_y;
+    return 0;
+}
+
+// For tests: the synapses' currents (nA) for given states, and eca by the Nernst equation.
+extern "C" double cpu_ampanmda_current(double v, double a_ampa, double b_ampa, double a_nmda, double b_nmda,
+                                       double gmax, double e, double mg) {
+    return AmpaNmda_current((real)v, (real)a_ampa, (real)b_ampa, (real)a_nmda, (real)b_nmda, (real)gmax, (real)e, (real)mg);
+}
+
+extern "C" double cpu_gabaa_current(double v, double a, double b, double gmax, double e) {
+    return GabaA_current((real)v, (real)a, (real)b, (real)gmax, (real)e);
+}
+
+extern "C" double cpu_nernst_ca(double cai, double cao, double ktf) {
+    return nernst_ca((real)cai, (real)cao, (real)ktf);
+}
+
+extern "C" double cpu_cadynamics_step(double cai, double ica, double gamma, double decay, double depth,
+                                      double min_cai, double faraday, double dt) {
+    return CaDynamics_E2_step((real)cai, (real)ica, (real)gamma, (real)decay, (real)depth, (real)min_cai,
+                              (real)faraday, (real)dt);
+}
+
+#endif
