@@ -22,7 +22,8 @@ from .layout import source
 
 BUILD_DIR = PROJECT_ROOT / "build" / "gpu_engine"
 CXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math")
-THREADS_PER_BLOCK = 64  # one thread per cell; small blocks spread few cells over many SMs
+CELLS_PER_BLOCK = 32  # one cell per lane of a warp
+NODE_GROUPS = 8  # warps per block sharing the node loops of its 32 cells (timestep.h)
 
 
 # --------------------------------------------------------------------------- CPU twin
@@ -59,6 +60,7 @@ class CPUBackend:
     """The CPU twin: numpy arrays, ctypes calls."""
 
     name = "cpu"
+    cell_multiple = 1
 
     def __init__(self, precision: str):
         import numpy as np
@@ -114,6 +116,7 @@ class CUDABackend:
     """One GPU through CuPy: the program compiled by NVRTC, one thread per cell."""
 
     name = "cuda"
+    cell_multiple = CELLS_PER_BLOCK  # batches are padded to whole blocks
 
     def __init__(self, precision: str, device: int = 0):
         try:
@@ -152,7 +155,9 @@ class CUDABackend:
         return self.cp.asarray(np.frombuffer(record.tobytes(), dtype=np.uint8))
 
     def _grid(self, n_cells):
-        return ((n_cells + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK,), (THREADS_PER_BLOCK,)
+        if n_cells % CELLS_PER_BLOCK:
+            raise ValueError(f"a CUDA batch holds a multiple of {CELLS_PER_BLOCK} cells, got {n_cells}")
+        return (n_cells // CELLS_PER_BLOCK,), (CELLS_PER_BLOCK, NODE_GROUPS)
 
     def initialize(self, model, batch, n_cells):
         self.initialize_kernel(*self._grid(n_cells), (model, batch))

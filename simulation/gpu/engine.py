@@ -105,8 +105,12 @@ class GPUEngine:
         exc, inh = cell.excitatory, cell.inhibitory
         ktf = 1000.0 * cell.gas_constant * (cell.celsius + 273.15) / cell.faraday  # NEURON's ktf (mV)
 
+        # children of every node, for gathering the axial currents per node
+        order = np.argsort(cell.parent[1:], kind="stable") + 1
+        child_begin = np.searchsorted(cell.parent[order], np.arange(n + 1)).astype(np.int32)
         arrays = {
-            "parent": cell.parent.astype(np.int32), **{f"off_{c}": o for c, o in offsets.items()},
+            "parent": cell.parent.astype(np.int32), "child_begin": child_begin, "children": order.astype(np.int32),
+            **{f"off_{c}": o for c, o in offsets.items()},
             "off_ca_ion": ca_ion, "node_excitatory": node_excitatory, "node_inhibitory": node_inhibitory,
             "record_nodes": cell.segment_nodes.astype(np.int32),
             "a": cell.a, "b": cell.b, "d_axial": d_axial, "cm": cell.cm, "area": cell.area_um2,
@@ -147,7 +151,12 @@ class GPUEngine:
         events = self._events(inputs)
         if record_segments is None:
             record_segments = self.recording.segment_voltages
-        n_cells, duration = len(events), events[0].duration_ms
+        n_simulations, duration = len(events), events[0].duration_ms
+        # pad the batch to the backend's multiple with cells that get no input
+        multiple = self.backend.cell_multiple
+        silent = EventList(offsets=np.zeros(duration + 1, dtype=np.int64), rows=np.zeros(0, dtype=np.uint16))
+        events = events + [silent] * (-n_simulations % multiple)
+        n_cells = len(events)
         be, real = self.backend, self.real
         values = self._model_values
         started = time.perf_counter()
@@ -210,7 +219,7 @@ class GPUEngine:
 
         samples_per_ms = self.recording.high_resolution_per_ms
         results = []
-        for c in range(n_cells):
+        for c in range(n_simulations):
             times = (np.concatenate(spike_samples[c]) if spike_samples[c] else np.zeros(0, np.int32)) / samples_per_ms
             results.append(SimulationResult(
                 soma_voltage=soma[c], nexus_voltage=nexus[c],

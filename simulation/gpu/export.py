@@ -132,12 +132,13 @@ def export_cell(simulator) -> CellExport:
         if sec.rallbranch != 1:
             raise ConfigError(f"{cell.section_name(sec)}: rallbranch {sec.rallbranch} is not supported by the GPU engine")
 
-    n = len(parent_of)
-    if sorted(parent_of) != list(range(n)):
-        raise ConfigError("NEURON's node indices are not contiguous; the GPU engine needs one cell in one thread")
-    order = np.arange(n)
-    parent = np.array([parent_of[i] for i in order], dtype=np.int32)
-    if not np.all(parent[1:] < order[1:]) or parent[0] != -1:
+    # NEURON's node order; other cells in the same process (tests build several) take other
+    # indices of the same arrays, so number this cell's nodes 0..n-1 in that order
+    order = np.array(sorted(parent_of))
+    n = len(order)
+    ours = {int(index): k for k, index in enumerate(order)}
+    parent = np.array([-1 if parent_of[i] < 0 else ours[parent_of[i]] for i in order], dtype=np.int32)
+    if parent[0] != -1 or not np.all(parent[1:] < np.arange(1, n)):
         raise ConfigError("NEURON's node order does not put parents before children")
     area_um2 = np.array([area[i] for i in order])
     ri_megohm = np.array([ri[i] for i in order])
@@ -152,8 +153,11 @@ def export_cell(simulator) -> CellExport:
         for node, seg in segment_of.items():
             value = read(seg)
             if value is not None:
-                values[node] = value
+                values[ours[node]] = value
         return values
+
+    def node_of(seg) -> int:
+        return ours[seg.node_index()]
 
     def ion_value(name, ion):
         return lambda seg: getattr(seg, name) if seg.sec.has_membrane(f"{ion}_ion") else None
@@ -174,8 +178,8 @@ def export_cell(simulator) -> CellExport:
             if mechanism not in known:
                 raise ConfigError(f"{cell.section_name(sec)} has mechanism {mechanism!r}, which the GPU engine does not implement")
 
-    excitatory_node = np.array([syn.get_segment().node_index() for syn in simulator.excitatory], dtype=np.int32)
-    inhibitory_node = np.array([syn.get_segment().node_index() for syn in simulator.inhibitory], dtype=np.int32)
+    excitatory_node = np.array([node_of(syn.get_segment()) for syn in simulator.excitatory], dtype=np.int32)
+    inhibitory_node = np.array([node_of(syn.get_segment()) for syn in simulator.inhibitory], dtype=np.int32)
     for kind, nodes in (("excitatory", excitatory_node), ("inhibitory", inhibitory_node)):
         if len(np.unique(nodes)) != len(nodes):
             raise ConfigError(f"two {kind} synapses share a compartment; the GPU engine holds one of each kind per node")
@@ -197,8 +201,8 @@ def export_cell(simulator) -> CellExport:
         channel_globals={c: {g: float(getattr(h, f"{g}_{c}")) for g in gs} for c, gs in CHANNEL_GLOBALS.items()},
         excitatory_node=excitatory_node, excitatory=excitatory,
         inhibitory_node=inhibitory_node, inhibitory=inhibitory,
-        soma_node=int(simulator.soma_site.node_index()), nexus_node=int(simulator.nexus_site.node_index()),
-        segment_nodes=np.array([seg.node_index() for seg in simulator.cell.dendritic_segments()], dtype=np.int32),
+        soma_node=node_of(simulator.soma_site), nexus_node=node_of(simulator.nexus_site),
+        segment_nodes=np.array([node_of(seg) for seg in simulator.cell.dendritic_segments()], dtype=np.int32),
         cai0_mM=float(h.cai0_ca_ion), celsius=float(h.celsius), faraday=float(h.FARADAY), gas_constant=float(h.R),
         v_init_mV=float(simulator.config.cell.v_init_mV),
     )

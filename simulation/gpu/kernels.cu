@@ -4,15 +4,18 @@
 
 #ifdef __CUDACC__
 
+// blockDim = (32, NODE_GROUPS): lane x is cell blockIdx.x * 32 + x, warp y a node group.
+// The batch is padded to whole blocks (padded cells get no input), so that every thread of
+// a block reaches every __syncthreads.
 extern "C" __global__ void gpu_initialize(const Model* __restrict__ M, const Batch* __restrict__ B) {
     const long long cell = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (cell < B->n_cells) initialize_cell(M, B, cell);
+    initialize_cell(M, B, cell);
 }
 
 extern "C" __global__ void gpu_advance(const Model* __restrict__ M, const Batch* __restrict__ B,
                                        long long ms_begin, long long ms_end) {
     const long long cell = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (cell < B->n_cells) advance_cell(M, B, cell, ms_begin, ms_end);
+    advance_cell(M, B, cell, ms_begin, ms_end);
 }
 
 #else
@@ -43,6 +46,17 @@ extern "C" int cpu_mechanism_rates(const char* name, double v, double cai, doubl
     else return -1;
     out[0] = x_inf; out[1] = tau_x; out[2] = y_inf; out[3] = tau_y;
     return 0;
+}
+
+// For tests: a channel's conductance (S/cm2) for density gbar and gates x (and y).
+extern "C" double cpu_channel_conductance(const char* name, double gbar, double x, double y) {
+#define TWO_GATES(channel) if (!strcmp(name, #channel)) return channel##_conductance((real)gbar, (real)x, (real)y);
+#define ONE_GATE(channel) if (!strcmp(name, #channel)) return channel##_conductance((real)gbar, (real)x);
+    TWO_GATES(NaTa_t) TWO_GATES(NaTs2_t) TWO_GATES(Nap_Et2) TWO_GATES(K_Pst) TWO_GATES(K_Tst)
+    TWO_GATES(Ca_HVA) TWO_GATES(Ca_LVAst) ONE_GATE(SKv3_1) ONE_GATE(SK_E2) ONE_GATE(Im) ONE_GATE(Ih)
+#undef TWO_GATES
+#undef ONE_GATE
+    return -1.0;
 }
 
 // For tests: the synapses' currents (nA) for given states, and eca by the Nernst equation.

@@ -30,7 +30,7 @@ MODEL_FIELDS: list[tuple[str, str]] = [
     ("dt", "double"), ("cfac", "double"), ("voltage_step_factor", "double"), ("ktf", "double"),
     ("faraday", "double"), ("v_init", "double"), ("cai0", "double"), ("spike_threshold", "double"),
     *[(f"{name}_{channel}", "double") for channel, names in CHANNEL_GLOBALS.items() for name in names],
-    ("parent", "int*"),
+    ("parent", "int*"), ("child_begin", "int*"), ("children", "int*"),
     *[(f"off_{channel}", "int*") for channel in CHANNELS],
     ("off_ca_ion", "int*"), ("node_excitatory", "int*"), ("node_inhibitory", "int*"), ("record_nodes", "int*"),
     ("a", "real*"), ("b", "real*"), ("d_axial", "real*"), ("cm", "real*"), ("area", "real*"),

@@ -150,6 +150,19 @@ HD real nernst_ca(real cai, real cao, real ktf) {
     return ktf / 2.0 * r_log(cao / cai);
 }
 
+// Conductance (S/cm2) of each channel from its gates: its BREAKPOINT's g = gbar * ...
+HD real NaTa_t_conductance(real gbar, real m, real h) { return gbar * m * m * m * h; }
+HD real NaTs2_t_conductance(real gbar, real m, real h) { return gbar * m * m * m * h; }
+HD real Nap_Et2_conductance(real gbar, real m, real h) { return gbar * m * m * m * h; }
+HD real K_Pst_conductance(real gbar, real m, real h) { return gbar * m * m * h; }
+HD real K_Tst_conductance(real gbar, real m, real h) { return gbar * m * m * m * m * h; }
+HD real Ca_HVA_conductance(real gbar, real m, real h) { return gbar * m * m * h; }
+HD real Ca_LVAst_conductance(real gbar, real m, real h) { return gbar * m * m * h; }
+HD real SKv3_1_conductance(real gbar, real m) { return gbar * m; }
+HD real SK_E2_conductance(real gbar, real z) { return gbar * z; }
+HD real Im_conductance(real gbar, real m) { return gbar * m; }
+HD real Ih_conductance(real gbar, real m) { return gbar * m; }
+
 // -------------------------------------------------------------------------------- synapses
 
 // AmpaNmda.mod: dual-exponential AMPA and NMDA conductances (uS) with the Jahr & Stevens Mg

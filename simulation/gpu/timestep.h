@@ -19,6 +19,22 @@
 
 #define AT(array, k) (array)[(long long)(k) * n_cells + cell]
 
+// On a GPU a block holds 32 cells (one per lane) times NODE_GROUPS warps: the node loops,
+// whose iterations are independent, are shared among the warps (warp y takes nodes y,
+// y + NODE_GROUPS, ...); the tree solve and the per-cell bookkeeping run on warp 0 (LEADER).
+// SYNC() separates the phases. On the CPU one thread does everything in the same order.
+#ifdef __CUDACC__
+#define NODE_GROUP ((long long)threadIdx.y)
+#define NODE_GROUPS ((long long)blockDim.y)
+#define LEADER (threadIdx.y == 0)
+#define SYNC() __syncthreads()
+#else
+#define NODE_GROUP 0LL
+#define NODE_GROUPS 1LL
+#define LEADER 1
+#define SYNC()
+#endif
+
 // -------------------------------------------------------------------------------- init
 
 // NEURON's finitialize: v = v_init everywhere, gates at their steady state for v_init,
@@ -28,7 +44,7 @@ HD void initialize_cell(const Model* __restrict__ M, const Batch* __restrict__ B
     const long long n_cells = B->n_cells;
     const real v0 = M->v_init;
     real x_inf, tau, y_inf, tau_y;
-    for (long long i = 0; i < M->n_nodes; ++i) {
+    for (long long i = NODE_GROUP; i < M->n_nodes; i += NODE_GROUPS) {
         AT(B->v, i) = v0;
         int s;
         if ((s = M->off_CaDynamics_E2[i]) >= 0) {
@@ -48,10 +64,12 @@ HD void initialize_cell(const Model* __restrict__ M, const Batch* __restrict__ B
         if ((s = M->off_SK_E2[i]) >= 0) { SK_E2_rates(M->cai0, &x_inf, &tau); AT(B->state, s) = x_inf; }
         if ((s = M->off_SKv3_1[i]) >= 0) { SKv3_1_rates(v0, &x_inf, &tau); AT(B->state, s) = x_inf; }
     }
-    for (long long k = 0; k < 4 * M->n_excitatory; ++k) AT(B->excitatory_state, k) = 0.0;
-    for (long long k = 0; k < 2 * M->n_inhibitory; ++k) AT(B->inhibitory_state, k) = 0.0;
-    B->sample_last[cell] = v0;  // the soma sample at t = 0
-    B->sample_before_last[cell] = v0;
+    for (long long k = NODE_GROUP; k < 4 * M->n_excitatory; k += NODE_GROUPS) AT(B->excitatory_state, k) = 0.0;
+    for (long long k = NODE_GROUP; k < 2 * M->n_inhibitory; k += NODE_GROUPS) AT(B->inhibitory_state, k) = 0.0;
+    if (LEADER) {
+        B->sample_last[cell] = v0;  // the soma sample at t = 0
+        B->sample_before_last[cell] = v0;
+    }
 }
 
 // -------------------------------------------------------------------------------- events
@@ -80,13 +98,16 @@ HD void deliver_events(const Model* __restrict__ M, const Batch* __restrict__ B,
 
 // -------------------------------------------------------------------------------- the step
 
-// 1. Membrane currents at v(t) (mA/cm2) and their conductances dI/dv (S/cm2) at every node:
+// 1-2. Membrane currents at v(t) (mA/cm2) and their conductances dI/dv (S/cm2) at every node:
 //    rhs = -i, d = cm/dt + g + (the constant axial part). Channels are linear in v, so dI/dv
 //    is their conductance; the NMDA current is not, and its dI/dv is NEURON's finite
 //    difference over 0.001 mV. Point-process currents (nA) become densities by 100 / area.
-HD void membrane_currents(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
+//    Then the axial currents of NEURON's nrn_rhs, gathered per node (no two threads write
+//    one node): rhs_i -= b_i (v_parent - v_i) and, for every child c, rhs_i += a_c (v_i - v_c).
+//    Their part of the diagonal, -b_i and -a_c, is constant: Model.d_axial.
+HD void membrane_and_axial_currents(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
     const long long n_cells = B->n_cells;
-    for (long long i = 0; i < M->n_nodes; ++i) {
+    for (long long i = NODE_GROUP; i < M->n_nodes; i += NODE_GROUPS) {
         const real v = AT(B->v, i);
         real current = 0.0, conductance = 0.0;
         if (M->cm[i] > 0.0) {
@@ -100,12 +121,12 @@ HD void membrane_currents(const Model* __restrict__ M, const Batch* __restrict__
                 real ica = 0.0, dica = 0.0;
                 if ((s = M->off_Ca_HVA[i]) >= 0) {
                     const real m = AT(B->state, s), h = AT(B->state, s + 1);
-                    g = M->gbar_Ca_HVA[i] * m * m * h;
+                    g = Ca_HVA_conductance(M->gbar_Ca_HVA[i], m, h);
                     ica += g * (v - eca); dica += g;
                 }
                 if ((s = M->off_Ca_LVAst[i]) >= 0) {
                     const real m = AT(B->state, s), h = AT(B->state, s + 1);
-                    g = M->gbar_Ca_LVAst[i] * m * m * h;
+                    g = Ca_LVAst_conductance(M->gbar_Ca_LVAst[i], m, h);
                     ica += g * (v - eca); dica += g;
                 }
                 AT(B->state, M->off_ca_ion[i]) = ica;
@@ -114,45 +135,45 @@ HD void membrane_currents(const Model* __restrict__ M, const Batch* __restrict__
                 conductance += dica;
             }
             if ((s = M->off_Ih[i]) >= 0) {
-                g = M->gbar_Ih[i] * AT(B->state, s);
+                g = Ih_conductance(M->gbar_Ih[i], AT(B->state, s));
                 current += g * (v - M->ehcn_Ih[i]); conductance += g;
             }
             const real ek = M->ek[i], ena = M->ena[i];
             if ((s = M->off_Im[i]) >= 0) {
-                g = M->gbar_Im[i] * AT(B->state, s);
+                g = Im_conductance(M->gbar_Im[i], AT(B->state, s));
                 current += g * (v - ek); conductance += g;
             }
             if ((s = M->off_K_Pst[i]) >= 0) {
                 const real m = AT(B->state, s), h = AT(B->state, s + 1);
-                g = M->gbar_K_Pst[i] * m * m * h;
+                g = K_Pst_conductance(M->gbar_K_Pst[i], m, h);
                 current += g * (v - ek); conductance += g;
             }
             if ((s = M->off_K_Tst[i]) >= 0) {
                 const real m = AT(B->state, s), h = AT(B->state, s + 1);
-                g = M->gbar_K_Tst[i] * m * m * m * m * h;
+                g = K_Tst_conductance(M->gbar_K_Tst[i], m, h);
                 current += g * (v - ek); conductance += g;
             }
             if ((s = M->off_NaTa_t[i]) >= 0) {
                 const real m = AT(B->state, s), h = AT(B->state, s + 1);
-                g = M->gbar_NaTa_t[i] * m * m * m * h;
+                g = NaTa_t_conductance(M->gbar_NaTa_t[i], m, h);
                 current += g * (v - ena); conductance += g;
             }
             if ((s = M->off_NaTs2_t[i]) >= 0) {
                 const real m = AT(B->state, s), h = AT(B->state, s + 1);
-                g = M->gbar_NaTs2_t[i] * m * m * m * h;
+                g = NaTs2_t_conductance(M->gbar_NaTs2_t[i], m, h);
                 current += g * (v - ena); conductance += g;
             }
             if ((s = M->off_Nap_Et2[i]) >= 0) {
                 const real m = AT(B->state, s), h = AT(B->state, s + 1);
-                g = M->gbar_Nap_Et2[i] * m * m * m * h;
+                g = Nap_Et2_conductance(M->gbar_Nap_Et2[i], m, h);
                 current += g * (v - ena); conductance += g;
             }
             if ((s = M->off_SK_E2[i]) >= 0) {
-                g = M->gbar_SK_E2[i] * AT(B->state, s);
+                g = SK_E2_conductance(M->gbar_SK_E2[i], AT(B->state, s));
                 current += g * (v - ek); conductance += g;
             }
             if ((s = M->off_SKv3_1[i]) >= 0) {
-                g = M->gbar_SKv3_1[i] * AT(B->state, s);
+                g = SKv3_1_conductance(M->gbar_SKv3_1[i], AT(B->state, s));
                 current += g * (v - ek); conductance += g;
             }
             const real to_density = 100.0 / M->area[i];  // nA on a node of area um2 -> mA/cm2
@@ -173,20 +194,14 @@ HD void membrane_currents(const Model* __restrict__ M, const Batch* __restrict__
                 conductance += gmax * (b - a) * to_density;
             }
         }
-        AT(B->rhs, i) = -current;
+        real rhs = -current;
+        if (i > 0) rhs -= M->b[i] * (AT(B->v, M->parent[i]) - v);
+        for (int j = M->child_begin[i]; j < M->child_begin[i + 1]; ++j) {
+            const int c = M->children[j];
+            rhs += M->a[c] * (v - AT(B->v, c));
+        }
+        AT(B->rhs, i) = rhs;
         AT(B->d, i) = M->cfac * M->cm[i] + conductance + M->d_axial[i];
-    }
-}
-
-// 2. Axial currents (NEURON's nrn_rhs): rhs_i -= b_i (v_p - v_i), rhs_p += a_i (v_p - v_i).
-//    Their part of the diagonal, -b_i at i and -a_i at p, is constant: Model.d_axial.
-HD void axial_currents(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
-    const long long n_cells = B->n_cells;
-    for (long long i = 1; i < M->n_nodes; ++i) {
-        const int p = M->parent[i];
-        const real dv = AT(B->v, p) - AT(B->v, i);
-        AT(B->rhs, i) -= M->b[i] * dv;
-        AT(B->rhs, p) += M->a[i] * dv;
     }
 }
 
@@ -219,7 +234,7 @@ HD void update_states(const Model* __restrict__ M, const Batch* __restrict__ B, 
     const long long n_cells = B->n_cells;
     const real dt = M->dt;
     real x_inf, tau_x, y_inf, tau_y;
-    for (long long i = 0; i < M->n_nodes; ++i) {
+    for (long long i = NODE_GROUP; i < M->n_nodes; i += NODE_GROUPS) {
         const real v = AT(B->v, i);
         int s;
         if ((s = M->off_CaDynamics_E2[i]) >= 0) {
@@ -259,13 +274,13 @@ HD void update_states(const Model* __restrict__ M, const Batch* __restrict__ B, 
         }
     }
     // synapses: A' = -A / tau, exactly exp(-dt / tau) per step (Model's *_decay_* factors)
-    for (long long k = 0; k < M->n_excitatory; ++k) {
+    for (long long k = NODE_GROUP; k < M->n_excitatory; k += NODE_GROUPS) {
         AT(B->excitatory_state, 4 * k + 0) *= M->exc_decay_rise_ampa[k];
         AT(B->excitatory_state, 4 * k + 1) *= M->exc_decay_decay_ampa[k];
         AT(B->excitatory_state, 4 * k + 2) *= M->exc_decay_rise_nmda[k];
         AT(B->excitatory_state, 4 * k + 3) *= M->exc_decay_decay_nmda[k];
     }
-    for (long long k = 0; k < M->n_inhibitory; ++k) {
+    for (long long k = NODE_GROUP; k < M->n_inhibitory; k += NODE_GROUPS) {
         AT(B->inhibitory_state, 2 * k + 0) *= M->inh_decay_rise[k];
         AT(B->inhibitory_state, 2 * k + 1) *= M->inh_decay_decay[k];
     }
@@ -298,21 +313,29 @@ HD void advance_cell(const Model* __restrict__ M, const Batch* __restrict__ B, l
                      long long ms_begin, long long ms_end) {
     const long long n_cells = B->n_cells;
     for (long long ms = ms_begin; ms < ms_end; ++ms) {
-        const long long slot = ms - B->chunk_begin_ms;
-        B->soma_out[slot * n_cells + cell] = (float)AT(B->v, M->soma_node);
-        B->nexus_out[slot * n_cells + cell] = (float)AT(B->v, M->nexus_node);
+        if (LEADER) {
+            const long long slot = ms - B->chunk_begin_ms;
+            B->soma_out[slot * n_cells + cell] = (float)AT(B->v, M->soma_node);
+            B->nexus_out[slot * n_cells + cell] = (float)AT(B->v, M->nexus_node);
+            deliver_events(M, B, cell, ms);
+        }
         if (B->segment_out) {
-            for (long long k = 0; k < M->n_record; ++k)
+            const long long slot = ms - B->chunk_begin_ms;
+            for (long long k = NODE_GROUP; k < M->n_record; k += NODE_GROUPS)
                 B->segment_out[(slot * M->n_record + k) * n_cells + cell] = (float)AT(B->v, M->record_nodes[k]);
         }
-        deliver_events(M, B, cell, ms);
+        SYNC();
         for (long long k = 0; k < M->steps_per_ms; ++k) {
-            const real v_before = AT(B->v, M->soma_node);
-            membrane_currents(M, B, cell);
-            axial_currents(M, B, cell);
-            solve_and_update_voltage(M, B, cell);
+            membrane_and_axial_currents(M, B, cell);
+            SYNC();
+            if (LEADER) {
+                const real v_before = AT(B->v, M->soma_node);
+                solve_and_update_voltage(M, B, cell);
+                sample_soma(M, B, cell, ms * M->steps_per_ms + k + 1, v_before, AT(B->v, M->soma_node));
+            }
+            SYNC();
             update_states(M, B, cell);
-            sample_soma(M, B, cell, ms * M->steps_per_ms + k + 1, v_before, AT(B->v, M->soma_node));
+            SYNC();
         }
     }
 }
