@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.simulate import ProgressBar, add_cluster_arguments, start_cluster
+from pipelines.common import ProgressBar, add_cluster_arguments, start_cluster
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +60,10 @@ def _config_and_provenance(args):
 def main(args: argparse.Namespace) -> int:
     import time
 
+    from simulation.cluster import close_client
     from simulation.dataset import read_input_spikes
     from simulation.errors import UserInputError
-    from simulation.parallel import SimulationsFailed, close_client, resimulate
+    from simulation.parallel import SimulationsFailed, resimulate
     from simulation.paths import resolve_morphology
 
     if args.output.resolve() == args.input.resolve():

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipelines.common import ProgressBar, add_cluster_arguments, solver_name, start_cluster
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="TOML config (e.g. configs/quick.toml)")
@@ -21,83 +23,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cluster_arguments(parser)
 
 
-def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """--scheduler / --workers, shared with `resimulate`."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                       help="use a running dask scheduler, e.g. tcp://10.0.0.5:8786 (docs/cluster.md)")
-    group.add_argument("--workers", type=int, metavar="N", default=None,
-                       help="local worker processes (default: [parallel] workers, 0 = one per core)")
-
-
-def start_cluster(args, config):
-    """The dask client for --scheduler / --workers / [parallel] workers, with a one-line description."""
-    from simulation.errors import UserInputError
-    from simulation.parallel import available_cores, make_client
-
-    if args.workers is not None and args.workers < 1:
-        raise UserInputError(f"--workers must be at least 1, got {args.workers}")
-    n_workers = args.workers or config.parallel.workers or available_cores()
-    client = make_client(args.scheduler, n_workers, retries=config.parallel.retries)
-    if args.scheduler:
-        if not client.scheduler_info(n_workers=-1)["workers"]:
-            print(f"waiting for workers to join {args.scheduler} ...", flush=True)
-            client.wait_for_workers(1)
-        n_threads = sum(client.nthreads().values())
-        where = f"scheduler {args.scheduler}: {len(client.nthreads())} workers, {n_threads} threads"
-    else:
-        where = f"local cluster: {n_workers} worker processes x 1 thread"
-    try:
-        import bokeh  # noqa: F401  (the dashboard needs it)
-
-        where += f", dashboard {client.dashboard_link}"
-    except ImportError:
-        pass
-    return client, where
-
-
-class ProgressBar:
-    """A tqdm bar driven by progress(done, total) callbacks.
-
-    The bar is made at the first call, with the work finished by an earlier run as its
-    `initial`, so that its rate and ETA count only this run's simulations.
-    """
-
-    def __init__(self, description: str, unit: str = "sim"):
-        self.description, self.unit, self.bar = description, unit, None
-
-    def __call__(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(desc=self.description, unit=self.unit, total=total, initial=done,
-                            dynamic_ncols=True, smoothing=0.05)
-        else:
-            self.bar.update(done - self.bar.n)
-
-    def __enter__(self) -> "ProgressBar":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def main(args: argparse.Namespace) -> int:
     import time
 
+    from simulation.cluster import close_client
     from simulation.config import load_simulation_config
     from simulation.dataset import summarise
     from simulation.mechanisms import compile_mechanisms
-    from simulation.parallel import SimulationsFailed, close_client, generate_dataset, inspect_output_dir
+    from simulation.parallel import SimulationsFailed, generate_dataset
     from simulation.paths import resolve_morphology
+    from simulation.plan import inspect_output_dir
 
     config = load_simulation_config(args.config)
     morphology = resolve_morphology(args.morphology)
     d = config.dataset
     total = d.n_shards * d.simulations_per_shard
     print(f"{args.config}: {d.n_shards} shards x {d.simulations_per_shard} simulations x "
-          f"{config.inputs.duration_ms} ms, seed {d.seed}, solver {_solver_name(config)} -> {args.out}")
+          f"{config.inputs.duration_ms} ms, seed {d.seed}, solver {solver_name(config)} -> {args.out}")
 
     # report what a previous run left before starting any worker (also checks it is our dataset)
     state = inspect_output_dir(config, args.out, morphology)
@@ -138,10 +80,3 @@ def main(args: argparse.Namespace) -> int:
           f"{100 * summary['fraction_without_spikes']:.0f}% silent, "
           f"soma {summary['soma_voltage_mean_mV']:.1f} +- {summary['soma_voltage_std_mV']:.1f} mV")
     return 0
-
-
-def _solver_name(config) -> str:
-    solver = config.solver
-    if solver.method == "cvode":
-        return f"cvode (atol {solver.cvode_atol:g})"
-    return f"{solver.method} dt {solver.dt_ms:g} ms"

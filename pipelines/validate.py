@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.simulate import add_cluster_arguments
+from pipelines.common import ProgressBar, add_cluster_arguments, solver_name, start_cluster
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,12 +45,13 @@ def main(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipelines.simulate import ProgressBar, _solver_name, start_cluster
+    from simulation.cluster import close_client
     from simulation.config import load_simulation_config
     from simulation.dataset import list_shards
     from simulation.errors import ConfigError
-    from simulation.parallel import SimulationsFailed, close_client, generate_dataset, inspect_output_dir
+    from simulation.parallel import SimulationsFailed, generate_dataset
     from simulation.paths import resolve_morphology
+    from simulation.plan import inspect_output_dir
     from surrogate.evaluation import (find_published_checkpoints, load_evaluation_config, published_checkpoint_dir,
                                       score_published_checkpoints, write_json)
 
@@ -65,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     folders = find_published_checkpoints(published_checkpoint_dir(args.checkpoints))  # fail before simulating
     d = config.dataset
     print(f"{args.config}: {d.n_shards} shard(s) x {d.simulations_per_shard} simulations x "
-          f"{config.inputs.duration_ms} ms, seed {d.seed}, solver {_solver_name(config)} -> {args.out}")
+          f"{config.inputs.duration_ms} ms, seed {d.seed}, solver {solver_name(config)} -> {args.out}")
 
     # ---- the fresh simulations (resumable: finished shards are kept)
     state = inspect_output_dir(config, args.out, morphology)
@@ -115,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
     write_json(out, {
         "config": str(args.config),
         "simulation": {"shards": [p.name for p in shards], "simulations": first["simulations"],
-                       "duration_ms": config.inputs.duration_ms, "seed": d.seed, "solver": _solver_name(config),
+                       "duration_ms": config.inputs.duration_ms, "seed": d.seed, "solver": solver_name(config),
                        "morphology": str(morphology)},
         "evaluation": {"protocol": "windowed", "window_ms": data_config.window_ms, "burn_in_ms": data_config.burn_in_ms,
                        "ignore_first_ms": data_config.ignore_first_ms, "max_spike_bins": evaluate_config.max_spike_bins,

@@ -26,16 +26,10 @@ from simulation.config import load_simulation_config
 from simulation.dataset import read_shard
 from simulation.errors import DatasetError
 from simulation.inputs import generate_input_spikes, simulation_rng
-from simulation.parallel import (
-    TASK_PREFIX,
-    SimulationsFailed,
-    close_client,
-    data_identity,
-    generate_dataset,
-    inspect_output_dir,
-    make_client,
-    plan_shards,
-)
+from simulation.cluster import close_client, make_client
+from simulation.parallel import SimulationsFailed, generate_dataset
+from simulation.plan import data_identity, inspect_output_dir, plan_shards
+from simulation.tasks import TASK_PREFIX
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SEED = 7

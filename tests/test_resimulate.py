@@ -16,7 +16,8 @@ import pipelines.__main__ as dispatcher
 from pipelines.resimulate import _config_and_provenance
 from simulation.config import SimulationConfig, load_simulation_config
 from simulation.dataset import read_shard, validate_shard
-from simulation.parallel import close_client, generate_dataset, make_client, resimulate
+from simulation.cluster import close_client, make_client
+from simulation.parallel import generate_dataset, resimulate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

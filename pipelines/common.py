@@ -1,0 +1,79 @@
+"""What several verbs share: the cluster options, starting a cluster, the progress bar, solver names.
+
+Imports only the standard library at module top (the dispatcher imports every verb module
+to build --help); dask and tqdm are imported where they are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """--scheduler / --workers, for every verb that simulates (simulate, resimulate, validate)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="use a running dask scheduler, e.g. tcp://10.0.0.5:8786 (docs/cluster.md)")
+    group.add_argument("--workers", type=int, metavar="N", default=None,
+                       help="local worker processes (default: [parallel] workers, 0 = one per core)")
+
+
+def start_cluster(args, config):
+    """The dask client for --scheduler / --workers / [parallel] workers, with a one-line description."""
+    from simulation.cluster import available_cores, make_client
+    from simulation.errors import UserInputError
+
+    if args.workers is not None and args.workers < 1:
+        raise UserInputError(f"--workers must be at least 1, got {args.workers}")
+    n_workers = args.workers or config.parallel.workers or available_cores()
+    client = make_client(args.scheduler, n_workers, retries=config.parallel.retries)
+    if args.scheduler:
+        if not client.scheduler_info(n_workers=-1)["workers"]:
+            print(f"waiting for workers to join {args.scheduler} ...", flush=True)
+            client.wait_for_workers(1)
+        n_threads = sum(client.nthreads().values())
+        where = f"scheduler {args.scheduler}: {len(client.nthreads())} workers, {n_threads} threads"
+    else:
+        where = f"local cluster: {n_workers} worker processes x 1 thread"
+    try:
+        import bokeh  # noqa: F401  (the dashboard needs it)
+
+        where += f", dashboard {client.dashboard_link}"
+    except ImportError:
+        pass
+    return client, where
+
+
+class ProgressBar:
+    """A tqdm bar driven by progress(done, total) callbacks.
+
+    The bar is made at the first call, with the work finished by an earlier run as its
+    `initial`, so that its rate and ETA count only this run's simulations.
+    """
+
+    def __init__(self, description: str, unit: str = "sim"):
+        self.description, self.unit, self.bar = description, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(desc=self.description, unit=self.unit, total=total, initial=done,
+                            dynamic_ncols=True, smoothing=0.05)
+        else:
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def solver_name(config) -> str:
+    """The solver setting in a few words, e.g. "cvode (atol 0.001)" or "coreneuron dt 0.05 ms"."""
+    solver = config.solver
+    if solver.method == "cvode":
+        return f"cvode (atol {solver.cvode_atol:g})"
+    return f"{solver.method} dt {solver.dt_ms:g} ms"

@@ -1,0 +1,102 @@
+"""The dask side: start or join a cluster, and get its workers ready to simulate.
+
+    make_client(scheduler_address, n_workers, retries)   a Client on a new LocalCluster or a running scheduler
+    close_client(client)                                 close it (and the local cluster it started)
+    prepare_workers(client, config, morphology)          compile here, check every worker, build the cell once
+
+Worker processes inherit this process's environment and sys.path; workers started elsewhere
+need the project installed (pip install -e .), see docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .config import SimulationConfig
+from .errors import UserInputError
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def make_client(scheduler_address: str | None = None, n_workers: int = 0, retries: int = 2):
+    """A dask Client: connected to `scheduler_address`, else to a new LocalCluster.
+
+    The local cluster runs `n_workers` (0: one per core) single-threaded worker processes:
+    NEURON is not thread-safe and a process holds one cell. A simulation whose worker dies
+    under it (out of memory, killed) is restarted on another worker up to `retries` times
+    (dask's allowed-failures; exceptions are retried by the driver's task retries).
+    `client.cluster` is the local cluster (None for an existing scheduler), closed by close_client.
+    """
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler_address:
+        try:
+            return Client(scheduler_address, timeout=dask.config.get("distributed.comm.timeouts.connect"))
+        except (OSError, TimeoutError) as err:
+            raise UserInputError(f"cannot reach the dask scheduler at {scheduler_address}: {err}") from None
+    os.environ.setdefault("NEURON_MODULE_OPTIONS", "-nogui")  # no "no DISPLAY" banner from every worker
+    settings = {
+        # one task per free thread, the rest queued on the scheduler: an idle worker never
+        # waits behind a busy one, and a dying worker takes only the simulation it was running
+        "distributed.scheduler.worker-saturation": 1.0,
+        "distributed.scheduler.allowed-failures": int(retries),
+    }
+    with dask.config.set(settings):
+        cluster = LocalCluster(
+            n_workers=n_workers or available_cores(), threads_per_worker=1, processes=True,
+            dashboard_address=":0", silence_logs=logging.ERROR,  # a free port: never clash with another cluster
+        )
+    return Client(cluster)
+
+
+def close_client(client) -> None:
+    """Close the client and, if make_client started one, its local cluster."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def unique_token() -> str:
+    """A short random word that makes this run's task keys unique on a shared scheduler."""
+    return os.urandom(4).hex()
+
+
+def prepare_workers(client, config: SimulationConfig, morphology: Path) -> dict[str, np.ndarray]:
+    """Compile the mechanisms here (workers then only load them), check the workers, get the segment table."""
+    from distributed import wait
+
+    from .mechanisms import compile_mechanisms
+    from .tasks import check_worker, describe_cell
+
+    compile_mechanisms(coreneuron=config.solver.method == "coreneuron")
+    try:
+        answers = client.run(check_worker, str(morphology))
+    except Exception as err:  # noqa: BLE001  (typically: the workers cannot import this project)
+        raise UserInputError(
+            f"the dask workers cannot run this project's code ({type(err).__name__}: {err}); install the "
+            f"project in the workers' environment (pip install -e .), see docs/cluster.md"
+        ) from None
+    problems = {address: message for address, message in answers.items() if message}
+    if problems:
+        address, message = next(iter(problems.items()))
+        raise UserInputError(f"dask worker {address}: {message}")
+    future = client.submit(describe_cell, config, str(morphology), key=f"describe_cell-{unique_token()}", pure=False)
+    wait([future])
+    if future.status == "error":
+        error = future.exception()
+        if isinstance(error, UserInputError):  # e.g. a [cell] nexus_section the cell lacks
+            raise error
+        raise RuntimeError(f"building the cell on a worker failed: {type(error).__name__}: {error}")
+    return future.result()
