@@ -1,6 +1,6 @@
 """`python -m pipelines VERB [options]`: dispatch to pipelines/<verb>.py.
 
-Errors caused by the user's input (simulation.errors.UserInputError) are printed on
+Errors caused by the user's input (common.errors.UserInputError) are printed on
 one line as `error: ...` and exit with code 2; anything else keeps its traceback.
 """
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simulation.errors import UserInputError
+    from common.errors import UserInputError
 
     args = build_parser().parse_args(argv)
     module = importlib.import_module(args._module)

@@ -7,7 +7,6 @@ schema is checked first, so a truncated or foreign file is reported by name.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -59,6 +58,7 @@ def format_summary(summary: dict) -> str:
 def main(args) -> int:
     from tqdm import tqdm
 
+    from common.jsonio import dumps_json
     from simulation.dataset import resolve_shards, summarise, validate_shard
 
     paths = resolve_shards(args.path)
@@ -67,7 +67,7 @@ def main(args) -> int:
     with tqdm(total=len(paths), unit="shard", desc="inspect", disable=args.json or len(paths) < 2, leave=False) as bar:
         summary = summarise(paths, inputs=not args.no_inputs, progress=lambda _: bar.update())
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps_json(summary))  # strict JSON: a NaN statistic prints as null
     else:
         print(f"{args.path}")
         print(format_summary(summary))

@@ -9,10 +9,10 @@ is left alone.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
+
+from common.files import sha256_hex, write_bytes_atomic
 
 # Hay et al. (2011) cell1.asc, ModelDB 139653 (also the NeuronIO morphology)
 MORPHOLOGY_URL = "https://raw.githubusercontent.com/ModelDBRepository/139653/master/morphologies/cell1.asc"
@@ -30,19 +30,8 @@ def normalise_line_endings(content: bytes) -> bytes:
 
 
 def sha256_of(content: bytes) -> str:
-    return hashlib.sha256(normalise_line_endings(content)).hexdigest()
-
-
-def _write_atomically(dest: Path, content: bytes) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The morphology's identity: sha256 of its content with LF line endings."""
+    return sha256_hex(normalise_line_endings(content))
 
 
 def _download(url: str, dest: Path) -> bytes:
@@ -87,6 +76,6 @@ def main(args) -> int:
             f"{origin} is not the Hay et al. cell1.asc: sha256 {digest} (LF line endings), expected {MORPHOLOGY_SHA256}; "
             "nothing written"
         )
-    _write_atomically(dest, normalise_line_endings(content))
+    write_bytes_atomic(dest, normalise_line_endings(content))
     print(f"morphology written: {dest} (from {origin}, sha256 {digest})")
     return 0

@@ -30,12 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import os
-
     import h5py
     import torch
     from tqdm import tqdm
 
+    from common.files import atomic_path
     from simulation.dataset import read_input_spikes
     from simulation.errors import UserInputError
     from surrogate.checkpoints import load_model
@@ -71,22 +70,15 @@ def main(args: argparse.Namespace) -> int:
             )
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("spike_probability", data=spike_probability, compression="gzip", shuffle=True)
-            f.create_dataset("soma_voltage", data=soma_voltage, compression="gzip", shuffle=True)
-            f["soma_voltage"].attrs["units"] = "mV"
-            f.attrs["checkpoint"] = info["source"]
-            f.attrs["model_kind"] = info["model_kind"]
-            f.attrs["num_parameters"] = int(info["num_parameters"])
-            f.attrs["inputs"] = str(args.inputs)
-            f.attrs["mode"] = (f"windowed {args.window_ms} ms, burn-in {args.burn_in_ms} ms"
-                               if args.windowed else "whole simulation, one causal pass")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("spike_probability", data=spike_probability, compression="gzip", shuffle=True)
+        f.create_dataset("soma_voltage", data=soma_voltage, compression="gzip", shuffle=True)
+        f["soma_voltage"].attrs["units"] = "mV"
+        f.attrs["checkpoint"] = info["source"]
+        f.attrs["model_kind"] = info["model_kind"]
+        f.attrs["num_parameters"] = int(info["num_parameters"])
+        f.attrs["inputs"] = str(args.inputs)
+        f.attrs["mode"] = (f"windowed {args.window_ms} ms, burn-in {args.burn_in_ms} ms"
+                           if args.windowed else "whole simulation, one causal pass")
     print(f"wrote {out}: spike_probability, soma_voltage ({n}, {steps})")
     return 0

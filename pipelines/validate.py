@@ -45,6 +45,7 @@ def main(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from common.jsonio import write_json
     from simulation.cluster import close_client
     from simulation.config import load_simulation_config
     from simulation.dataset import list_shards
@@ -53,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     from simulation.paths import resolve_morphology
     from simulation.plan import inspect_output_dir
     from surrogate.evaluation import (find_published_checkpoints, load_evaluation_config, published_checkpoint_dir,
-                                      score_published_checkpoints, write_json)
+                                      score_published_checkpoints)
 
     config = load_simulation_config(args.config)
     data_config, evaluate_config = load_evaluation_config(args.config)

@@ -2,102 +2,19 @@
 
 One TOML file holds every stage's tables; each stage reads its own tables and
 ignores the others. Unknown tables or keys, wrong types and out-of-range values
-raise ConfigError naming the file and the key, so a typo never passes silently.
+raise ConfigError naming the file and the key, so a typo never passes silently
+(the strict loader is common.config; CONFIG_TABLES below are the simulation's tables).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-
-# Every top-level table any stage reads; a table not listed here is a typo.
-KNOWN_TABLES = {
-    # simulation
-    "cell", "synapses", "inputs", "solver", "recording", "dataset", "parallel",
-    # surrogate
-    "data", "train", "elm", "branch_elm", "tcn", "evaluate",
-}
-
-
-# --------------------------------------------------------------------------- helpers
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; missing files and syntax errors become ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    unknown = sorted(set(raw) - KNOWN_TABLES)
-    if unknown:
-        raise ConfigError(f"{path}: unknown table [{unknown[0]}] (known: {', '.join(sorted(KNOWN_TABLES))})")
-    return raw
-
-
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    """Coerce ints to floats where a float is expected; reject anything else of the wrong type."""
-    origin = typing.get_origin(annotation)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
-            return None
-        return _check_type(value, args[0], where)
-    return value
-
-
-def from_table(cls: type, table: dict[str, Any] | None, where: str):
-    """Build dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
-    table = dict(table or {})
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
-    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in table.items()}
-    try:
-        obj = cls(**kwargs)
-    except ValueError as err:  # raised by __post_init__ range checks
-        raise ConfigError(f"{where}: {err}") from None
-    return obj
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
+from common.config import from_table, read_toml, require  # noqa: F401  (read_toml: imported from here by callers)
 
 
 # --------------------------------------------------------------------------- simulation tables
@@ -113,8 +30,8 @@ class CellConfig:
     nexus_x: float = 0.9
 
     def __post_init__(self):
-        _require(self.biophysics in ("neuronio", "hay2011"), f"biophysics must be 'neuronio' or 'hay2011', got {self.biophysics!r}")
-        _require(0.0 <= self.nexus_x <= 1.0, f"nexus_x must be in [0, 1], got {self.nexus_x}")
+        require(self.biophysics in ("neuronio", "hay2011"), f"biophysics must be 'neuronio' or 'hay2011', got {self.biophysics!r}")
+        require(0.0 <= self.nexus_x <= 1.0, f"nexus_x must be in [0, 1], got {self.nexus_x}")
 
 
 @dataclass(frozen=True)
@@ -136,7 +53,7 @@ class SynapseConfig:
     def __post_init__(self):
         for name in ("ampa", "nmda", "gaba"):
             rise, decay = getattr(self, f"{name}_tau_rise_ms"), getattr(self, f"{name}_tau_decay_ms")
-            _require(0 < rise < decay, f"{name}: need 0 < tau_rise < tau_decay, got {rise}, {decay}")
+            require(0 < rise < decay, f"{name}: need 0 < tau_rise < tau_decay, got {rise}, {decay}")
 
 
 @dataclass(frozen=True)
@@ -153,19 +70,19 @@ class InputConfig:
     min_segment_length_um: float = 10.0
 
     def __post_init__(self):
-        _require(self.duration_ms > 0, f"duration_ms must be positive, got {self.duration_ms}")
-        _require(len(self.rate_change_interval_ms) > 0, "rate_change_interval_ms is empty")
-        _require(len(self.smoothing_sigma_ms) > 0, "smoothing_sigma_ms is empty")
-        _require(min(self.rate_change_interval_ms) - self.jitter_range_ms >= 1,
+        require(self.duration_ms > 0, f"duration_ms must be positive, got {self.duration_ms}")
+        require(len(self.rate_change_interval_ms) > 0, "rate_change_interval_ms is empty")
+        require(len(self.smoothing_sigma_ms) > 0, "smoothing_sigma_ms is empty")
+        require(min(self.rate_change_interval_ms) - self.jitter_range_ms >= 1,
                  "rate_change_interval_ms minus jitter_range_ms must stay >= 1 ms")
-        _require(min(self.smoothing_sigma_ms) - self.jitter_range_ms >= 1,
+        require(min(self.smoothing_sigma_ms) - self.jitter_range_ms >= 1,
                  "smoothing_sigma_ms minus jitter_range_ms must stay >= 1 ms")
         lo, hi = self.excitation_per_100ms
-        _require(0 <= lo < hi, f"excitation_per_100ms must satisfy 0 <= low < high, got {self.excitation_per_100ms}")
+        require(0 <= lo < hi, f"excitation_per_100ms must satisfy 0 <= low < high, got {self.excitation_per_100ms}")
         lo, hi = self.inhibition_minus_excitation_per_100ms
-        _require(lo < hi, f"inhibition_minus_excitation_per_100ms must satisfy low < high, got {self.inhibition_minus_excitation_per_100ms}")
+        require(lo < hi, f"inhibition_minus_excitation_per_100ms must satisfy low < high, got {self.inhibition_minus_excitation_per_100ms}")
         lo, hi = self.spatial_noise_range
-        _require(0 <= lo < hi, f"spatial_noise_range must satisfy 0 <= low < high, got {self.spatial_noise_range}")
+        require(0 <= lo < hi, f"spatial_noise_range must satisfy 0 <= low < high, got {self.spatial_noise_range}")
 
 
 SOLVER_METHODS = ("cvode", "fixed", "coreneuron", "gpu")
@@ -194,12 +111,12 @@ class SolverConfig:
     gpu_precision: str = "float64"
 
     def __post_init__(self):
-        _require(self.method in SOLVER_METHODS, f"method must be one of {', '.join(repr(m) for m in SOLVER_METHODS)}, got {self.method!r}")
-        _require(self.dt_ms > 0 and abs(round(1.0 / self.dt_ms) * self.dt_ms - 1.0) < 1e-9,
+        require(self.method in SOLVER_METHODS, f"method must be one of {', '.join(repr(m) for m in SOLVER_METHODS)}, got {self.method!r}")
+        require(self.dt_ms > 0 and abs(round(1.0 / self.dt_ms) * self.dt_ms - 1.0) < 1e-9,
                  f"dt_ms must divide 1 ms exactly (input spikes arrive on whole ms), got {self.dt_ms}")
-        _require(self.scheme in TIME_STEP_SCHEMES, f"scheme must be one of {', '.join(repr(s) for s in TIME_STEP_SCHEMES)}, got {self.scheme!r}")
-        _require(self.cvode_atol > 0, f"cvode_atol must be positive, got {self.cvode_atol}")
-        _require(self.gpu_precision in GPU_PRECISIONS, f"gpu_precision must be one of {', '.join(repr(p) for p in GPU_PRECISIONS)}, got {self.gpu_precision!r}")
+        require(self.scheme in TIME_STEP_SCHEMES, f"scheme must be one of {', '.join(repr(s) for s in TIME_STEP_SCHEMES)}, got {self.scheme!r}")
+        require(self.cvode_atol > 0, f"cvode_atol must be positive, got {self.cvode_atol}")
+        require(self.gpu_precision in GPU_PRECISIONS, f"gpu_precision must be one of {', '.join(repr(p) for p in GPU_PRECISIONS)}, got {self.gpu_precision!r}")
 
     @property
     def steps_per_ms(self) -> int:
@@ -230,10 +147,10 @@ class DatasetConfig:
     compression_level: int = 4  # gzip level for input_spikes
 
     def __post_init__(self):
-        _require(self.n_shards > 0, f"n_shards must be positive, got {self.n_shards}")
-        _require(self.simulations_per_shard > 0, f"simulations_per_shard must be positive, got {self.simulations_per_shard}")
-        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        _require(0 <= self.compression_level <= 9, f"compression_level must be in 0..9, got {self.compression_level}")
+        require(self.n_shards > 0, f"n_shards must be positive, got {self.n_shards}")
+        require(self.simulations_per_shard > 0, f"simulations_per_shard must be positive, got {self.simulations_per_shard}")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        require(0 <= self.compression_level <= 9, f"compression_level must be in 0..9, got {self.compression_level}")
 
 
 @dataclass(frozen=True)
@@ -244,8 +161,8 @@ class ParallelConfig:
     retries: int = 2  # a failing simulation is retried this many times, then reported
 
     def __post_init__(self):
-        _require(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
-        _require(self.retries >= 0, f"retries must be >= 0, got {self.retries}")
+        require(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        require(self.retries >= 0, f"retries must be >= 0, got {self.retries}")
 
 
 @dataclass(frozen=True)
@@ -273,6 +190,10 @@ class SimulationConfig:
         tables = {f.name: f.type for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         return cls(**{name: from_table(hints[name], raw.get(name), f"{where} [{name}]") for name in tables})
+
+
+# the simulation's tables of a config file (common.config.read_toml refuses tables no side owns)
+CONFIG_TABLES = tuple(f.name for f in dataclasses.fields(SimulationConfig))
 
 
 def load_simulation_config(path: str | Path) -> SimulationConfig:

@@ -6,8 +6,9 @@ spikes (as times and as a raster), optionally all dendritic segment voltages, th
 table, and as attributes everything needed to reproduce it (config, master seed, seed rule,
 NEURON version, hashes of the mechanisms and the morphology).
 
-Shards are written atomically (`<name>.tmp`, fsync, rename), so a shard under its final
-name is always complete; a crash leaves at most a `.tmp` file, which readers ignore.
+Shards are written atomically (common.files: a hidden temporary file unique to the writer,
+fsync, rename), so a shard under its final name is always complete; a crash leaves at most
+a `.shard_NNNNN.h5.<pid>-<random>.tmp` file, which readers ignore.
 This module is pure h5py/numpy: surrogate/ reads shards through it without NEURON.
 """
 
@@ -23,6 +24,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
+
+from common.files import atomic_path
+from common.jsonio import dumps_json, plain
 
 from .errors import DatasetError, InputShapeError
 
@@ -48,18 +52,6 @@ def shard_path(directory: str | os.PathLike, shard_index: int) -> Path:
     return Path(directory) / f"shard_{shard_index:05d}.h5"
 
 
-def output_spike_raster(spike_times_ms: np.ndarray, duration_ms: int) -> np.ndarray:
-    """(T,) bool: a spike at t ms marks bin int(t - 0.5), truncated toward zero (spec 7.2).
-
-    Spikes that fall outside [0, T) are dropped (as simulation.run.spike_raster does).
-    """
-    times = np.asarray(spike_times_ms, dtype=np.float64).reshape(-1)
-    raster = np.zeros(int(duration_ms), dtype=bool)
-    bins = np.trunc(times - 0.5).astype(np.int64)
-    raster[bins[(bins >= 0) & (bins < duration_ms)]] = True
-    return raster
-
-
 # --------------------------------------------------------------------------- writing
 
 def _as_bool(name: str, array: Any) -> np.ndarray:
@@ -81,7 +73,7 @@ def _attr_value(value: Any) -> Any:
     if hasattr(value, "to_dict"):  # a SimulationConfig given as is
         value = value.to_dict()
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True)
+        return dumps_json(value, indent=None, sort_keys=True)
     if value is None:
         raise InputShapeError("shard attributes cannot be None")
     return value
@@ -164,51 +156,27 @@ def write_shard(
         raise InputShapeError(f"schema_version must be {SCHEMA_VERSION}")
 
     # ---- write under a temporary name, then rename: never a half-written shard
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     compressed = {"compression": "gzip", "compression_opts": int(compression_level), "shuffle": True}
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("input_spikes", data=input_spikes, chunks=(1, 2 * n_segments, duration), **compressed)
-            f.create_dataset("soma_voltage", data=soma_voltage)
-            f.create_dataset("nexus_voltage", data=nexus_voltage)
-            f.create_dataset("output_spikes", data=output_spikes)
-            times = f.create_dataset("output_spike_times", shape=(n,), dtype=h5py.vlen_dtype(np.float64))
-            for i, t in enumerate(spike_times):
-                times[i] = t
-            f.create_dataset("simulation_index", data=simulation_index.astype(np.int64))
-            if segment_voltages is not None:
-                f.create_dataset("segment_voltages", data=segment_voltages, chunks=(1, n_segments, duration), **compressed)
-            group = f.create_group("segments")
-            for key, column in seg.items():
-                if key in STRING_SEGMENT_FIELDS:
-                    group.create_dataset(key, data=column.tolist(), dtype=h5py.string_dtype("utf-8"))
-                else:
-                    group.create_dataset(key, data=column)
-            for key, value in all_attrs.items():
-                f.attrs[key] = _attr_value(value)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("input_spikes", data=input_spikes, chunks=(1, 2 * n_segments, duration), **compressed)
+        f.create_dataset("soma_voltage", data=soma_voltage)
+        f.create_dataset("nexus_voltage", data=nexus_voltage)
+        f.create_dataset("output_spikes", data=output_spikes)
+        times = f.create_dataset("output_spike_times", shape=(n,), dtype=h5py.vlen_dtype(np.float64))
+        for i, t in enumerate(spike_times):
+            times[i] = t
+        f.create_dataset("simulation_index", data=simulation_index.astype(np.int64))
+        if segment_voltages is not None:
+            f.create_dataset("segment_voltages", data=segment_voltages, chunks=(1, n_segments, duration), **compressed)
+        group = f.create_group("segments")
+        for key, column in seg.items():
+            if key in STRING_SEGMENT_FIELDS:
+                group.create_dataset(key, data=column.tolist(), dtype=h5py.string_dtype("utf-8"))
+            else:
+                group.create_dataset(key, data=column)
+        for key, value in all_attrs.items():
+            f.attrs[key] = _attr_value(value)
     return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- opening and checking
@@ -320,19 +288,8 @@ class Shard:
         return int(self.soma_voltage.shape[1])
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and bytes from HDF5 attributes -> Python values."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def read_attrs(f: h5py.File) -> dict[str, Any]:
-    attrs = {key: _plain(value) for key, value in f.attrs.items()}
+    attrs = {key: plain(value) for key, value in f.attrs.items()}
     for key in ("config",):
         if isinstance(attrs.get(key), str):
             try:
@@ -430,10 +387,6 @@ def resolve_shards(path: str | os.PathLike) -> list[Path]:
 
 # --------------------------------------------------------------------------- summary
 
-def _finite_or_none(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def summarise(paths: Iterable[str | os.PathLike], inputs: bool = True, progress=None) -> dict:
     """Dataset statistics over shards: sizes, output firing, ISIs, soma voltage and input rates.
 
@@ -456,7 +409,7 @@ def summarise(paths: Iterable[str | os.PathLike], inputs: bool = True, progress=
         with _open_h5(path) as f:
             n, duration = _check_structure(f, path)
             durations.add(duration)
-            creators.add(_plain(f.attrs.get("created_by", "unknown")))
+            creators.add(plain(f.attrs.get("created_by", "unknown")))
             n_segments = f["segments/index"].shape[0]
             for times in f["output_spike_times"][()]:
                 times = np.asarray(times, dtype=np.float64)
@@ -495,8 +448,8 @@ def summarise(paths: Iterable[str | os.PathLike], inputs: bool = True, progress=
         "output_rate_hz_std": float(rates.std()),
         "fraction_without_spikes": float(np.mean(counts == 0)),
         "isi_count": int(all_isis.size),
-        "isi_mean_ms": _finite_or_none(all_isis.mean()) if all_isis.size else None,
-        "isi_cv": _finite_or_none(all_isis.std() / all_isis.mean()) if all_isis.size and all_isis.mean() > 0 else None,
+        "isi_mean_ms": float(all_isis.mean()) if all_isis.size else None,
+        "isi_cv": float(all_isis.std() / all_isis.mean()) if all_isis.size and all_isis.mean() > 0 else None,
         "isi_min_ms": float(all_isis.min()) if all_isis.size else None,
         "soma_voltage_mean_mV": float(soma_mean),
         "soma_voltage_std_mV": float(math.sqrt(max(soma_sq / soma_count - soma_mean**2, 0.0))),

@@ -1,25 +1,14 @@
-"""Errors caused by what the user gave us (a config, a file, an array).
+"""Errors caused by what the user gave us: the common kinds (common.errors) and the simulation's own.
 
-Entry points print these on one line and exit with a non-zero code; anything else
-is a bug and keeps its traceback.
+Entry points print these on one line and exit with code 2; anything else is a bug and keeps
+its traceback. The common kinds are re-exported here so `from simulation.errors import
+DatasetError` keeps working; they are the same classes.
 """
 
+from common.errors import ConfigError, DatasetError, InputShapeError, UserInputError
 
-class UserInputError(Exception):
-    """Bad input: a config typo, a missing or corrupt file, a wrong array shape."""
-
-
-class ConfigError(UserInputError):
-    """A configuration file that cannot be used as written."""
+__all__ = ["UserInputError", "ConfigError", "DatasetError", "InputShapeError", "MorphologyError"]
 
 
 class MorphologyError(UserInputError):
-    """The morphology file is missing or unreadable."""
-
-
-class DatasetError(UserInputError):
-    """An HDF5 shard (or input file) that is missing, truncated or of the wrong schema."""
-
-
-class InputShapeError(UserInputError):
-    """An input-spike array whose shape or type does not match the cell."""
+    """The morphology file is missing, unreadable or malformed."""

@@ -13,7 +13,6 @@ parallel test sessions) compile at most once and never see a half-written librar
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -24,6 +23,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from common.files import sha256_hex
 
 from .paths import PROJECT_ROOT
 
@@ -66,12 +67,10 @@ def _read_mod_files(mod_dir: Path) -> dict[str, bytes]:
 
 
 def _digest(sources: dict[str, bytes]) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"neuron {neuron_version()}\narch {platform.machine()}\n".encode())
-    for name, content in sources.items():  # sorted by name
-        digest.update(f"{name}\0{len(content)}\0".encode())
-        digest.update(content)
-    return digest.hexdigest()
+    header = f"neuron {neuron_version()}\narch {platform.machine()}\n".encode()
+    # each file as name, length, content (sorted by name): no two source sets give the same stream
+    parts = (part for name, content in sources.items() for part in (f"{name}\0{len(content)}\0".encode(), content))
+    return sha256_hex([header, *parts])
 
 
 def mechanisms_sha256(mod_dir: str | os.PathLike | None = None) -> str:

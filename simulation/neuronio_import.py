@@ -24,8 +24,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common.jsonio import plain
+from common.spikes import spike_raster
+
 from .config import DatasetConfig, InputConfig, RecordingConfig, SimulationConfig, SolverConfig
-from .dataset import output_spike_raster, read_shard_attrs, shard_path, write_shard
+from .dataset import read_shard_attrs, shard_path, write_shard
 from .errors import ConfigError, DatasetError
 
 PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
@@ -163,19 +166,15 @@ def _spike_dict_to_raster(spike_times: dict, n_segments: int, duration: int, whe
 
 def _small_params(params: dict) -> dict:
     """NeuronIO's own parameters that fit in an attribute: scalars, strings and short lists."""
-    def plain(v):
-        if isinstance(v, np.generic):
-            return v.item()
-        return v
     kept = {}
     for key, value in params.items():
+        if isinstance(value, (np.ndarray, bytes)):
+            continue  # data, not parameters
         value = plain(value)
         if isinstance(value, (bool, int, float, str)):
             kept[str(key)] = value
-        elif isinstance(value, (list, tuple)) and len(value) <= 64:
-            items = [plain(v) for v in value]
-            if all(isinstance(v, (bool, int, float, str)) for v in items):
-                kept[str(key)] = items
+        elif isinstance(value, list) and len(value) <= 64 and all(isinstance(v, (bool, int, float, str)) for v in value):
+            kept[str(key)] = value
     return kept
 
 
@@ -235,7 +234,7 @@ def convert_experiment(experiment: dict, source: str, shard_index: int, keep_seg
         # keep NeuronIO's float16 spike times (widened exactly to float64) and its bin rule
         times = np.asarray(_get(sim, "outputSpikeTimes", where), dtype=np.float64).reshape(-1)
         spike_times.append(times)
-        output_spikes[i] = output_spike_raster(times, duration)
+        output_spikes[i] = spike_raster(times, duration)
         if dendrites is not None:
             traces = np.asarray(sim["dendriticVoltagesLowRes"], dtype=np.float32)
             if traces.shape != (n_segments, duration):

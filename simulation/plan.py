@@ -16,11 +16,12 @@ every later stage.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.files import file_sha256, temporaries
 
 from .config import SimulationConfig
 from .errors import DatasetError
@@ -51,14 +52,6 @@ def plan_shards(config: SimulationConfig) -> list[ShardPlan]:
 
 
 # --------------------------------------------------------------------------- identity of a dataset
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def data_identity(config_dict: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that determine a shard's arrays."""
@@ -132,7 +125,7 @@ def inspect_output_dir(config: SimulationConfig, out_dir: str | os.PathLike, mor
         raise DatasetError(f"output path exists and is not a directory: {out_dir}")
     planned = {plan.file_name: plan for plan in plan_shards(config)}
     existing = sorted(out_dir.glob("shard_*.h5")) if out_dir.is_dir() else []
-    state.stale_temporaries = sorted(out_dir.glob("shard_*.h5.tmp")) if out_dir.is_dir() else []
+    state.stale_temporaries = temporaries(out_dir, "shard_*.h5")
 
     expected = dataset_attrs(config, morphology)
     expected_identity = data_identity(expected["config"])

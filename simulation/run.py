@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.spikes import spike_raster
+
 from .config import SimulationConfig
 from .errors import InputShapeError
 
@@ -62,14 +64,6 @@ def detect_spikes(voltage: np.ndarray, times: np.ndarray, threshold: float = -25
     centre = v[1:-1]
     is_peak = (centre - v[:-2] > 0) & (v[2:] - centre < 0) & (centre > threshold)
     return t[1:-1][is_peak]
-
-
-def spike_raster(spike_times: np.ndarray, n_bins: int) -> np.ndarray:
-    """(n_bins,) bool: a spike at t ms lands in bin int(t - 0.5), truncated toward zero (spec 7.2)."""
-    raster = np.zeros(n_bins, dtype=bool)
-    bins = np.trunc(np.asarray(spike_times, dtype=np.float64) - 0.5).astype(np.int64)
-    raster[bins[(bins >= 0) & (bins < n_bins)]] = True
-    return raster
 
 
 def check_input_spikes(input_spikes, n_inputs: int) -> np.ndarray:

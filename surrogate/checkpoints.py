@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from common.files import atomic_path
 from simulation.errors import ConfigError, UserInputError
 from surrogate.config import MODEL_TABLES, model_config_from_table
 from surrogate.config import model_config_dict as config_as_dict
@@ -94,7 +94,7 @@ def save_checkpoint(
     best_metric: float | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temp file in the same folder, then os.replace)."""
+    """Write a checkpoint atomically (common.files.atomic_path: temporary file, then rename)."""
     if model_kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {model_kind!r}")
     payload = _plain(
@@ -115,14 +115,8 @@ def save_checkpoint(
         "checkpoint",
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -17,19 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulation.config import from_table, read_toml
+from common.config import from_table, read_toml
+from common.config import require as _require
 from simulation.errors import ConfigError
 
 # command-line model name -> config table
 MODEL_TABLES = {"elm": "elm", "branch-elm": "branch_elm", "tcn": "tcn"}
+# the surrogate's tables of a config file (common.config.read_toml refuses tables no side owns);
+# [evaluate] is read by surrogate.evaluation
+CONFIG_TABLES = ("data", "train", "evaluate", *MODEL_TABLES.values())
 # the published Branch-ELM routing on NeuronIO (Spieler et al. 2024): 45 branches x 100 synapses
 BRANCH_ELM_BRANCHES = 45
 BRANCH_ELM_SYNAPSES_PER_BRANCH = 100
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)

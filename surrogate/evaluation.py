@@ -24,10 +24,12 @@ import h5py
 import numpy as np
 import torch
 
+from common.files import atomic_path
+from common.jsonio import write_json
 from simulation.errors import DatasetError, UserInputError
 from surrogate import metrics
 from surrogate.config import DataConfig
-from surrogate.train import resolve_device, write_json
+from surrogate.train import resolve_device
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.h5"
@@ -179,28 +181,22 @@ def thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = ROC_MAX_POINTS)
 def write_predictions_file(path: Path, predictions: TestPredictions, rocs: dict, examples: np.ndarray,
                            attrs: dict[str, Any]) -> None:
     """predictions.h5: /roc/<mode>/{fpr,tpr}; /examples/{shard,simulation_index,soma_voltage_mV,output_spikes};
-    /examples/<mode>/{soma_voltage_mV,spike_probability}. Written to a temp file, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            for mode, (fpr, tpr) in rocs.items():
-                fpr, tpr = thin_roc(fpr, tpr)
-                group = f.create_group(f"roc/{mode}")
-                group["fpr"], group["tpr"] = fpr.astype(np.float64), tpr.astype(np.float64)
-            ex = f.create_group("examples")
-            ex["shard"] = np.array([predictions.shard_names[i] for i in examples], dtype=h5py.string_dtype())
-            ex["simulation_index"] = predictions.simulation_index[examples].astype(np.int64)
-            ex["soma_voltage_mV"] = predictions.soma_voltage[examples].astype(np.float32)
-            ex["output_spikes"] = predictions.output_spikes[examples]
-            for mode in predictions.soma_prediction:
-                ex[f"{mode}/soma_voltage_mV"] = predictions.soma_prediction[mode][examples].astype(np.float32)
-                ex[f"{mode}/spike_probability"] = predictions.spike_probability[mode][examples].astype(np.float32)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    /examples/<mode>/{soma_voltage_mV,spike_probability}. Written atomically (common.files)."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for mode, (fpr, tpr) in rocs.items():
+            fpr, tpr = thin_roc(fpr, tpr)
+            group = f.create_group(f"roc/{mode}")
+            group["fpr"], group["tpr"] = fpr.astype(np.float64), tpr.astype(np.float64)
+        ex = f.create_group("examples")
+        ex["shard"] = np.array([predictions.shard_names[i] for i in examples], dtype=h5py.string_dtype())
+        ex["simulation_index"] = predictions.simulation_index[examples].astype(np.int64)
+        ex["soma_voltage_mV"] = predictions.soma_voltage[examples].astype(np.float32)
+        ex["output_spikes"] = predictions.output_spikes[examples]
+        for mode in predictions.soma_prediction:
+            ex[f"{mode}/soma_voltage_mV"] = predictions.soma_prediction[mode][examples].astype(np.float32)
+            ex[f"{mode}/spike_probability"] = predictions.spike_probability[mode][examples].astype(np.float32)
 
 
 def read_summary(run_dir: Path) -> dict:

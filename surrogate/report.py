@@ -12,13 +12,13 @@ import csv
 import datetime
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from common.files import write_text_atomic
 from simulation.errors import UserInputError
 from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE
 
@@ -526,7 +526,5 @@ def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     report = out_dir / "report.md"
-    tmp = report.with_name(f".{report.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, report)
+    write_text_atomic(report, "\n".join(lines))
     return {"report": report, "figures": [out_dir / name for name, _ in figures], "notes": notes}

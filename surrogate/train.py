@@ -22,17 +22,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.files import write_text_atomic
+from common.jsonio import write_json
 from simulation.errors import ConfigError, UserInputError
 
 from . import metrics as metrics_module
@@ -102,35 +103,6 @@ def _seed_for(*words: int) -> int:
     return int(np.random.SeedSequence(list(words)).generate_state(1)[0])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become null (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Strict JSON (NaN and infinities as null, numpy scalars as numbers), written atomically."""
-    _write_atomic(path, json.dumps(_json_safe(value), indent=2) + "\n")
-
-
 def _selection_key(valid_auc: float, valid_loss: float) -> tuple[float, float]:
     """Best checkpoint: highest validation AUC; lowest validation loss when the AUC is undefined or tied."""
     return (valid_auc if math.isfinite(valid_auc) else -math.inf, -valid_loss)
@@ -176,7 +148,7 @@ def _metrics_csv(history: list[dict]) -> str:
 
 
 def _write_metrics(out_dir: Path, history: list[dict]) -> None:
-    _write_atomic(out_dir / METRICS_CSV, _metrics_csv(history))
+    write_text_atomic(out_dir / METRICS_CSV, _metrics_csv(history))
     write_json(out_dir / METRICS_JSON, history)
 
 

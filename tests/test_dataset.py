@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 import pipelines.__main__ as dispatcher
+from common.files import temporary_path
+from common.spikes import spike_raster
 from simulation.config import SimulationConfig
 from simulation.dataset import (
     SCHEMA_VERSION,
     list_shards,
     open_shard,
-    output_spike_raster,
     read_input_spikes,
     read_shard,
     shard_path,
@@ -49,7 +50,7 @@ def shard_arrays(seed: int = 0, n: int = 3, duration: int = DURATION, segment_vo
         "input_spikes": rng.random((n, 2 * N_SEGMENTS, duration)) < 0.01,
         "soma_voltage": rng.normal(-70.0, 3.0, (n, duration)).astype(np.float32),
         "nexus_voltage": rng.normal(-72.0, 4.0, (n, duration)).astype(np.float32),
-        "output_spikes": np.stack([output_spike_raster(t, duration) for t in spike_times]),
+        "output_spikes": np.stack([spike_raster(t, duration) for t in spike_times]),
         "output_spike_times": spike_times,
         "simulation_index": np.arange(n) + 10 * seed,
         "segments": segment_table(),
@@ -77,7 +78,7 @@ def shard_file(tmp_path):
 def test_write_read_round_trip(tmp_path, with_segment_voltages):
     arrays = shard_arrays(1, segment_voltages=with_segment_voltages)
     path = write_shard(tmp_path / "shard_00001.h5", **arrays)
-    assert path.name == "shard_00001.h5" and not (tmp_path / "shard_00001.h5.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["shard_00001.h5"]  # no temporary file left
 
     shard = read_shard(path)
     assert np.array_equal(shard.input_spikes, arrays["input_spikes"]) and shard.input_spikes.dtype == bool
@@ -126,13 +127,6 @@ def test_open_shard_reads_windows_lazily(shard_file):
         soma = f["soma_voltage"][1, 30:60]
     assert np.array_equal(window, whole.input_spikes[2, :, 50:120])
     assert np.array_equal(soma, whole.soma_voltage[1, 30:60])
-
-
-def test_output_spike_raster_uses_the_neuronio_bin_rule():
-    # bin int(t - 0.5), truncated toward zero: 0.25 -> 0, 1.0 -> 0, 1.5 -> 1, 5999.875 -> 5999
-    raster = output_spike_raster(np.array([0.25, 1.0, 1.5, 4.625, 5999.875]), 6000)
-    assert list(np.flatnonzero(raster)) == [0, 1, 4, 5999]
-    assert not output_spike_raster(np.array([7000.0]), 6000).any()
 
 
 # --------------------------------------------------------------------------- refusing bad arrays
@@ -263,7 +257,8 @@ def test_read_input_spikes_refuses_wrong_shapes_and_missing_datasets(tmp_path):
 def test_list_shards_is_sorted_and_ignores_temporary_files(tmp_path):
     for index in (2, 0, 1):
         write_shard(shard_path(tmp_path, index), **shard_arrays(index), compression_level=1)
-    (tmp_path / "shard_00003.h5.tmp").write_bytes(b"half written")
+    temporary_path(shard_path(tmp_path, 3)).write_bytes(b"half written")
+    (tmp_path / "shard_00004.h5.tmp").write_bytes(b"half written by an earlier version")
     (tmp_path / "notes.txt").write_text("x")
     assert [p.name for p in list_shards(tmp_path)] == ["shard_00000.h5", "shard_00001.h5", "shard_00002.h5"]
 

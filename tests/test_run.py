@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.spikes import spike_raster
 from simulation.config import InputConfig, RecordingConfig, SimulationConfig, SolverConfig
 from simulation.errors import InputShapeError
-from simulation.run import SimulationResult, check_input_spikes, detect_spikes, get_simulator, spike_raster
+from simulation.run import SimulationResult, check_input_spikes, detect_spikes, get_simulator
 
 N_SEGMENTS = 639
 N_INPUTS = 2 * N_SEGMENTS
@@ -56,14 +57,6 @@ def test_detect_spikes_is_the_neuronio_rule():
     assert detect_spikes(v, t).dtype == np.float64
     with pytest.raises(ValueError):
         detect_spikes(v, t[:-1], -25.0)
-
-
-def test_spike_raster_bins_by_truncation():
-    times = np.array([0.25, 1.499, 1.5, 10.0, 10.125, 99.875])
-    raster = spike_raster(times, 100)
-    assert raster.dtype == bool and raster.shape == (100,)
-    # int(t - 0.5) truncates toward zero: 0.25 -> 0, 1.499 -> 0, 1.5 -> 1, 10.0 -> 9, 10.125 -> 9
-    assert np.flatnonzero(raster).tolist() == [0, 1, 9, 99]
 
 
 def test_input_checks():

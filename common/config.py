@@ -1,0 +1,112 @@
+"""Strict configuration: TOML files read into frozen dataclasses, every mistake named.
+
+    read_toml(path)              the file's tables; unknown tables, bad syntax, bad encoding -> ConfigError
+    from_table(cls, table, where)  a dataclass from one table; unknown keys and wrong types -> ConfigError
+    require(condition, message)  for dataclass __post_init__ range checks (ValueError -> ConfigError)
+
+One config file holds the tables of every stage (configs/quick.toml: [cell] ... [train]), and
+each stage reads only its own. A table that no stage reads is a typo and must be refused, so
+reading a file needs every stage's list of tables. Each side owns its list, as CONFIG_TABLES
+in its config module; TABLE_OWNERS below names those modules, which read_toml imports when it
+checks a file. This is the one place where the ground floor names the floors above it: it
+lets `simulate`, which never imports surrogate/, still accept [train] and refuse [trian].
+Both modules are light (no NEURON, no torch; tests/test_config.py checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+# the modules that declare config tables, each as a tuple CONFIG_TABLES
+TABLE_OWNERS = ("simulation.config", "surrogate.config")
+
+
+def known_tables() -> dict[str, str]:
+    """Every table a config file may hold -> the module that reads it."""
+    owners = {}
+    for module_name in TABLE_OWNERS:
+        for table in importlib.import_module(module_name).CONFIG_TABLES:
+            owners[table] = module_name
+    return owners
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML config file; missing files, bad encoding or syntax and unknown tables become ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    known = known_tables()
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown table [{unknown[0]}] (known: {', '.join(sorted(known))})")
+    return raw
+
+
+def require(condition: bool, message: str) -> None:
+    """A range check in a config dataclass's __post_init__; from_table turns the ValueError into ConfigError."""
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Coerce ints to floats where a float is expected; reject anything else of the wrong type."""
+    origin = typing.get_origin(annotation)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(value, args[0], where)
+    return value
+
+
+def from_table(cls: type, table: dict[str, Any] | None, where: str):
+    """Build dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
+    table = dict(table or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in table.items()}
+    try:
+        obj = cls(**kwargs)
+    except ValueError as err:  # raised by __post_init__ range checks
+        raise ConfigError(f"{where}: {err}") from None
+    return obj

@@ -1,0 +1,22 @@
+"""Errors caused by what the user gave us (a config, a file, an array).
+
+Entry points print these on one line (`error: ...`) and exit with code 2; anything else is
+a bug and keeps its traceback. Each side adds its own kinds (simulation.errors.MorphologyError,
+surrogate.checkpoints.CheckpointError); simulation.errors re-exports these for its callers.
+"""
+
+
+class UserInputError(Exception):
+    """Bad input: a config typo, a missing or corrupt file, a wrong array shape."""
+
+
+class ConfigError(UserInputError):
+    """A configuration file that cannot be used as written."""
+
+
+class DatasetError(UserInputError):
+    """An HDF5 shard (or input file) that is missing, truncated or of the wrong schema."""
+
+
+class InputShapeError(UserInputError):
+    """An input-spike array whose shape or type does not match the cell."""

@@ -1,0 +1,112 @@
+"""Files written whole or not at all, and their sha256.
+
+    with atomic_path(path) as tmp: ...   write `tmp` with any library (h5py, torch.save); it becomes `path`
+    write_text_atomic(path, text)        the same for text; write_bytes_atomic for bytes
+    temporaries(directory, pattern)      what writers killed mid-write left behind
+    sha256_hex(data), file_sha256(path)  hex digests
+
+Why: a reader (a resumed run, the next stage) must never see half a file. A file is written
+under a temporary name in the same directory, flushed to disk, then renamed over its final
+name (rename is atomic within a file system), and the directory is flushed so the rename
+survives a crash. The temporary name is unique to the writer (`.<name>.<pid>-<random>.tmp`),
+so two processes writing one file never write into each other's temporary file, and a
+glob for the final name (`shard_*.h5`) never matches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A fresh, hidden temporary name beside `path`, unique to this process and call."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}{TEMPORARY_SUFFIX}")
+
+
+def temporaries(directory: str | os.PathLike, pattern: str) -> list[Path]:
+    """Temporary files of writers of `pattern` (e.g. "shard_*.h5") in `directory`.
+
+    Only safe to delete when no writer can be running, e.g. under the directory's lock.
+    Also finds `<name>.tmp`, the single shared temporary name of earlier versions.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = set(directory.glob(f".{pattern}.*{TEMPORARY_SUFFIX}")) | set(directory.glob(f"{pattern}{TEMPORARY_SUFFIX}"))
+    return sorted(found)
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename in `directory` durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on any error it is removed.
+
+    The parent directory is created if needed. Errors (a full disk: OSError) propagate after
+    the temporary file is removed, and `path` keeps its previous content, if any.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """UTF-8 text, written whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def sha256_hex(data: bytes | Iterable[bytes]) -> str:
+    """sha256 of bytes, or of a sequence of byte blocks fed in order."""
+    digest = hashlib.sha256()
+    for block in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    with open(path, "rb") as f:
+        return sha256_hex(iter(lambda: f.read(1 << 20), b""))

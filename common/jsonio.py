@@ -1,0 +1,57 @@
+"""Strict JSON: what the project writes must parse anywhere (no NaN, no numpy types).
+
+    plain(value)             numpy scalars and arrays, bytes, paths, tuples -> plain Python values
+    strict_json(value)       plain(), and NaN and infinities -> None (JSON null)
+    dumps_json(value)        the JSON text (indented); raises on anything that is not JSON
+    write_json(path, value)  dumps_json, written atomically
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .files import write_text_atomic
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers, arrays and tuples -> lists, bytes -> str, Path -> str; dicts and lists recursed."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")  # HDF5 attributes of other tools may hold any bytes
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def strict_json(value: Any) -> Any:
+    """plain(value) with every NaN and infinity replaced by None (strict JSON has no NaN)."""
+    value = plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def dumps_json(value: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
+    return json.dumps(strict_json(value), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """Strict JSON (NaN and infinities as null, numpy values as numbers), written atomically."""
+    return write_text_atomic(path, dumps_json(value) + "\n")

@@ -1,0 +1,125 @@
+"""The ground floor (common/): atomic writes, hashes, strict JSON, config tables, the spike raster."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.config import from_table, known_tables, read_toml, require
+from common.errors import ConfigError
+from common.files import atomic_path, file_sha256, sha256_hex, temporaries, temporary_path, write_text_atomic
+from common.jsonio import dumps_json, plain, write_json
+from common.spikes import spike_raster
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- files
+
+def test_atomic_path_replaces_the_file_only_when_the_write_succeeds(tmp_path):
+    target = tmp_path / "sub" / "result.txt"
+    write_text_atomic(target, "first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half of the second")
+            raise RuntimeError("the writer died")
+    assert target.read_text() == "first"  # the old content survives a failed write
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.txt"]  # no temporary left
+
+
+def test_temporary_names_are_unique_hidden_and_found_as_temporaries(tmp_path):
+    target = tmp_path / "shard_00001.h5"
+    names = {temporary_path(target).name for _ in range(100)}
+    assert len(names) == 100  # two writers never share a temporary file
+    name = names.pop()
+    assert name.startswith(".shard_00001.h5.") and name.endswith(".tmp")
+    assert not list(tmp_path.glob("shard_*.h5"))  # a reader's glob never matches it...
+    (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "shard_00002.h5.tmp").write_bytes(b"x")  # the name of earlier versions
+    (tmp_path / "shard_00003.h5").write_bytes(b"x")
+    assert [p.name for p in temporaries(tmp_path, "shard_*.h5")] == [name, "shard_00002.h5.tmp"]  # ...but this does
+
+
+def test_sha256_helpers_agree_with_hashlib(tmp_path):
+    data = os.urandom(3 << 20)  # more than one 1 MiB block
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert sha256_hex(data) == expected
+    assert sha256_hex([data[:10], data[10:]]) == expected
+    assert file_sha256(path) == expected
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+def test_strict_json_has_no_nan_and_no_numpy_types(tmp_path):
+    value = {"auc": float("nan"), "rate": np.float32(2.5), "n": np.int64(3), "inf": -math.inf,
+             "array": np.arange(3), "nested": [(np.float64("nan"), b"bytes")], "path": Path("a/b")}
+    expected = {"auc": None, "rate": 2.5, "n": 3, "inf": None, "array": [0, 1, 2],
+                "nested": [[None, "bytes"]], "path": "a/b"}
+    assert json.loads(dumps_json(value)) == expected
+    write_json(tmp_path / "x.json", value)
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and json.loads(text) == expected
+    assert plain(np.array(4.0)) == 4.0 and isinstance(plain(np.array(4.0)), float)
+    with pytest.raises(TypeError):
+        dumps_json({"a set": {1, 2}})  # not JSON: an error, never a silent str()
+
+
+# --------------------------------------------------------------------------- config tables
+
+def test_each_side_owns_its_tables_and_unknown_tables_are_refused(tmp_path):
+    owners = known_tables()
+    assert owners["cell"] == owners["dataset"] == "simulation.config"
+    assert owners["train"] == owners["data"] == owners["evaluate"] == owners["branch_elm"] == "surrogate.config"
+    config = tmp_path / "c.toml"
+    config.write_text("[dataset]\nseed = 1\n\n[train]\nepochs = 2\n")
+    assert read_toml(config) == {"dataset": {"seed": 1}, "train": {"epochs": 2}}
+    config.write_text("[dataset]\nseed = 1\n\n[trian]\nepochs = 2\n")
+    with pytest.raises(ConfigError, match=r"unknown table \[trian\]"):
+        read_toml(config)
+
+
+def test_a_simulation_process_reads_a_whole_project_config_without_torch():
+    """`simulate` reads configs/quick.toml ([train] and all) and must not pay for importing torch."""
+    code = ("import sys; from simulation.config import load_simulation_config; "
+            "load_simulation_config('configs/quick.toml'); "
+            "assert 'torch' not in sys.modules and 'neuron' not in sys.modules, 'heavy import'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_from_table_names_the_key_and_turns_range_checks_into_config_errors():
+    @dataclasses.dataclass(frozen=True)
+    class Table:
+        rate: float = 1.0
+
+        def __post_init__(self):
+            require(self.rate > 0, f"rate must be positive, got {self.rate}")
+
+    assert from_table(Table, {"rate": 2}, "f.toml [t]").rate == 2.0  # an int where a float is expected
+    with pytest.raises(ConfigError, match=r"f.toml \[t\]: rate must be positive"):
+        from_table(Table, {"rate": -1.0}, "f.toml [t]")
+    with pytest.raises(ConfigError, match=r"f.toml \[t\]: unknown key 'rat'"):
+        from_table(Table, {"rat": 1.0}, "f.toml [t]")
+
+
+# --------------------------------------------------------------------------- spikes
+
+def test_spike_raster_uses_the_neuronio_bin_rule():
+    # bin int(t - 0.5), truncated toward zero: 0.25 -> 0, 1.0 -> 0, 1.499 -> 0, 1.5 -> 1, 10.0 -> 9
+    raster = spike_raster(np.array([0.25, 1.0, 1.499, 1.5, 4.625, 10.0, 10.125, 5999.875]), 6000)
+    assert raster.dtype == bool and raster.shape == (6000,)
+    assert np.flatnonzero(raster).tolist() == [0, 1, 4, 9, 5999]
+    assert not spike_raster(np.array([7000.0, -3.0]), 6000).any()  # outside [0, T): dropped
