@@ -87,7 +87,7 @@ def time_loader(paths, data: DataConfig, batch_size: int, batches: int, device: 
 
 def time_model_steps(batch_size: int, window_ms: int, device: torch.device, steps: int = 20) -> list[dict]:
     """One Adam step (forward, [ELM] loss, backward) per batch of random windows, per model."""
-    from surrogate.checkpoints import build_model
+    from surrogate.registry import build_model
     from surrogate.config import TrainConfig
     from surrogate.train import resolve_amp, surrogate_loss
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-MODEL_NAMES = ("elm", "branch-elm", "tcn")
+from surrogate.registry import MODEL_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,9 +58,9 @@ def _targets(args, runs: Path) -> list[tuple[str, Path, Path]]:
             raise UserInputError(f"run directory not found: {runs / missing[0]} "
                                  f"(train it: python -m pipelines fit --model {missing[0]} ... --out {runs / missing[0]})")
     else:
-        names = [n for n in MODEL_NAMES if (runs / n).is_dir()]
+        names = [n for n in MODEL_KINDS if (runs / n).is_dir()]
         if not names:
-            raise UserInputError(f"no run directories ({', '.join(MODEL_NAMES)}) in {runs}; train a model first")
+            raise UserInputError(f"no run directories ({', '.join(MODEL_KINDS)}) in {runs}; train a model first")
     targets = []
     for name in names:
         run_dir = runs / name

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-MODELS = ("elm", "branch-elm", "tcn")
+from surrogate.registry import MODEL_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, choices=MODELS, help="which surrogate to train")
+    parser.add_argument("--model", required=True, choices=MODEL_KINDS, help="which surrogate to train")
     parser.add_argument("--config", required=True, type=Path, help="TOML config with [data], [train] and model tables")
     parser.add_argument("--data", required=True, type=Path, help="dataset directory of shard_*.h5 files")
     parser.add_argument("--out", required=True, type=Path, help="run directory (created; an existing run resumes)")

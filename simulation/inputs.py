@@ -149,25 +149,3 @@ def generate_input_spikes(
     excitatory_spikes = sample_spikes(excitation, rng)
     inhibitory_spikes = sample_spikes(inhibition, rng)
     return np.concatenate([excitatory_spikes, inhibitory_spikes], axis=0)
-
-
-def input_statistics(input_spikes: np.ndarray) -> dict:
-    """Spike counts and per-synapse rates of an input raster (2 n_segments, T) or a batch (n, 2 n_segments, T)."""
-    spikes = np.asarray(input_spikes)
-    if spikes.ndim == 2:
-        spikes = spikes[np.newaxis]
-    if spikes.ndim != 3 or spikes.shape[1] % 2:
-        raise InputShapeError(f"input spikes must be (2 n_segments, T) or (n, 2 n_segments, T), got shape {np.shape(input_spikes)}")
-    n_simulations, n_rows, duration = spikes.shape
-    n_segments = n_rows // 2
-    excitatory = np.count_nonzero(spikes[:, :n_segments], axis=(1, 2))
-    inhibitory = np.count_nonzero(spikes[:, n_segments:], axis=(1, 2))
-    seconds = duration / 1000.0
-    return {
-        "simulations": int(n_simulations),
-        "duration_ms": int(duration),
-        "excitatory_spikes_per_simulation": float(excitatory.mean()),
-        "inhibitory_spikes_per_simulation": float(inhibitory.mean()),
-        "excitatory_rate_hz_per_synapse": float(excitatory.mean() / n_segments / seconds),
-        "inhibitory_rate_hz_per_synapse": float(inhibitory.mean() / n_segments / seconds),
-    }

@@ -1,16 +1,23 @@
-"""Checkpoints: build models from configs, save/load project checkpoints, load published ELMs.
+"""Checkpoints: save/load project checkpoints, load published ELMs.
 
 A project checkpoint is one torch file holding only tensors and plain containers, numbers
 and strings, so `torch.load(path, weights_only=True)` reads it without running any pickled
-code. `load_model` also accepts a run directory (its best checkpoint) and a published
-elmneuron folder (model_config.json + neuronio_best_model_state.pt, Spieler et al. 2024),
-whose parameters are mapped onto `surrogate.elm.ELM`.
+code; a file that would need more is refused, and the message says what it asked for. It
+stores the model's kind and config (surrogate.registry builds it back) and the soma
+transform its outputs decode with (surrogate.targets). `load_model` also accepts a run
+directory (its best checkpoint) and a published elmneuron folder (model_config.json +
+neuronio_best_model_state.pt, Spieler et al. 2024), whose parameters are mapped onto
+`surrogate.elm.ELM` and which decode with the published transform.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import pickletools
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +27,18 @@ import torch.nn as nn
 
 from common.files import atomic_path
 from simulation.errors import ConfigError, UserInputError
-from surrogate.config import MODEL_TABLES, model_config_from_table
-from surrogate.config import model_config_dict as config_as_dict
 from surrogate.elm import ELM, ELMConfig, num_parameters
-from surrogate.tcn import TCN
+from surrogate.registry import MODEL_KINDS, build_model, model_config_of, model_kind_of
+from surrogate.targets import PUBLISHED_SOMA_TRANSFORM, SomaTransform
 
 CHECKPOINT_FORMAT = "l5pc-surrogate-checkpoint"
 CHECKPOINT_VERSION = 1
-MODEL_KINDS = ("elm", "branch-elm", "tcn")
 BEST_CHECKPOINT, LAST_CHECKPOINT = "checkpoint_best.pt", "checkpoint_last.pt"
 PUBLISHED_CONFIG, PUBLISHED_STATE = "model_config.json", "neuronio_best_model_state.pt"
 
 
 class CheckpointError(UserInputError):
     """A checkpoint file or folder that is missing, corrupt or not a model we know."""
-
-
-# --------------------------------------------------------------------------- building
-
-def build_model(kind: str, config: dict | None = None) -> nn.Module:
-    """A fresh model of `kind` ("elm", "branch-elm", "tcn") from a plain config dict.
-
-    The dict is read as the model's config table (surrogate.config): unknown keys raise
-    ConfigError; a Branch-ELM defaults to the paper's 45 branches of 100 synapses.
-    """
-    model_config = model_config_from_table(kind, config, f"[{MODEL_TABLES.get(kind, kind)}]")
-    return TCN(model_config) if kind == "tcn" else ELM(model_config)
-
-
-def model_config_dict(model: nn.Module) -> dict[str, Any]:
-    """The plain dict that `build_model` takes back (lists for tuples), of a model or its config."""
-    return config_as_dict(getattr(model, "config", model))
-
-
-def model_kind_of(model: nn.Module) -> str:
-    if isinstance(model, TCN):
-        return "tcn"
-    if isinstance(model, ELM):
-        return "branch-elm" if model.config.num_branch else "elm"
-    raise TypeError(f"not a surrogate model: {type(model).__name__}")
 
 
 # --------------------------------------------------------------------------- project checkpoints
@@ -89,12 +69,16 @@ def save_checkpoint(
     optimizer_state: dict | None = None,
     scheduler_state: dict | None = None,
     scaler_state: dict | None = None,
+    soma_transform: SomaTransform,
     epoch: int = 0,
     global_step: int = 0,
     best_metric: float | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (common.files.atomic_path: temporary file, then rename)."""
+    """Write a checkpoint atomically (common.files.atomic_path: temporary file, then rename).
+
+    soma_transform: the transform the model's soma channel was trained with (its [data]).
+    """
     if model_kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {model_kind!r}")
     payload = _plain(
@@ -103,6 +87,7 @@ def save_checkpoint(
             "version": CHECKPOINT_VERSION,
             "model_kind": model_kind,
             "model_config": dict(model_config),
+            "soma_transform": soma_transform.as_dict(),
             "model_state": {k: v.detach().cpu() for k, v in model_state.items()},
             "optimizer_state": optimizer_state,
             "scheduler_state": scheduler_state,
@@ -124,10 +109,99 @@ def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol warning: the refusal below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle garbage, disallowed globals, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason[:160]})") from None
+        raise CheckpointError(f"{path}: {_why_unreadable(path, err)}") from None
+
+
+# torch's own advice around the reason of a weights-only refusal (dropped: we say what to do)
+_TORCH_BOILERPLATE = ("Weights only load failed", "Check the documentation of torch.load", "In PyTorch 2.6")
+
+
+def _torch_reason(err: Exception) -> str:
+    """The informative part of a torch.load error, on one line (torch wraps it in paragraphs of advice)."""
+    lines = []
+    for line in str(err).splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        if line and not line.startswith(_TORCH_BOILERPLATE):
+            lines.append(line)
+    reason = " ".join(lines) or type(err).__name__
+    if reason.startswith("PytorchStreamReader failed"):
+        reason = reason.split(". ", 1)[0]  # the rest is miniz's advice
+    return reason
+
+
+def _pickle_imports(data: bytes) -> list[str] | None:
+    """The globals ("module.name") a pickle stream would import, read without unpickling; None if not a pickle.
+
+    pickletools only parses opcodes, it never builds objects or imports anything. Several
+    pickles in a row (torch's legacy format) are all read. STACK_GLOBAL takes its names from
+    the last two strings pushed (directly or from the memo).
+    """
+    imports: list[str] = []
+    stream = io.BytesIO(data)
+    parsed_one = False
+    while stream.tell() < len(data):
+        strings: list[str | None] = []  # what each op pushed, when it was a string
+        memo: dict[int, str | None] = {}
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name in ("GLOBAL", "INST"):
+                    imports.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL":
+                    module, name = (strings[-2:] + [None, None])[:2] if len(strings) >= 2 else (None, None)
+                    imports.append(f"{module}.{name}" if module and name else "an unnamed global")
+                elif opcode.name in ("MEMOIZE",):
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = strings[-1] if strings else None
+                elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(int(arg)))
+                elif isinstance(arg, str) and ("UNICODE" in opcode.name or "STRING" in opcode.name):
+                    strings.append(str(arg))
+        except Exception:  # not (or no longer) a pickle stream  # noqa: BLE001
+            break
+        parsed_one = True
+    return imports if parsed_one else None
+
+
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """What a file torch.load(weights_only=True) refused is, and what was refused, in one line."""
+    allowed, allowed_prefixes = _weights_only_globals()
+    data = path.read_bytes()
+    if not data:
+        return "an empty file, not a torch checkpoint"
+    if data[:4] == b"PK\x03\x04":  # torch's zip format: the pickle is <archive>/data.pkl
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        except (zipfile.BadZipFile, OSError, EOFError) as zip_err:
+            return f"a truncated or corrupt torch checkpoint (zip archive unreadable: {_torch_reason(err) or zip_err})"
+        if not data:
+            return "a zip archive without a torch checkpoint in it (no data.pkl)"
+    imports = _pickle_imports(data)
+    if imports is None:
+        return f"not a torch checkpoint: neither a torch zip archive nor a pickle ({_torch_reason(err)})"
+    refused = sorted({name for name in imports if name not in allowed and not name.startswith(allowed_prefixes)})
+    if refused:
+        return (f"refused: its pickle imports {', '.join(refused)}, which a weights-only load never runs "
+                "(code that would execute on loading; load only checkpoints from a source you trust, "
+                "and never with weights_only=False)")
+    return f"refused by torch's weights-only loader: {_torch_reason(err)}"
+
+
+def _weights_only_globals() -> tuple[set[str], tuple[str, ...]]:
+    """The globals torch.load(weights_only=True) accepts: ({"module.name", ...}, accepted prefixes)."""
+    try:  # a private helper of torch's; without it, name every global outside torch and collections
+        from torch._weights_only_unpickler import _get_allowed_globals
+        return set(_get_allowed_globals()), ()
+    except (ImportError, AttributeError):
+        return set(), ("torch.", "collections.")
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -141,46 +215,81 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in ("model_kind", "model_config", "model_state") if k not in payload]
     if missing or payload["model_kind"] not in MODEL_KINDS:
         raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing) or 'a known model_kind'})")
+    try:
+        checkpoint_soma_transform(payload)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: invalid soma_transform ({err})") from None
     return payload
+
+
+def checkpoint_soma_transform(checkpoint: dict) -> SomaTransform:
+    """The soma transform a project checkpoint decodes with.
+
+    Checkpoints written before the transform was stored hold none: they were always
+    decoded with the published transform, and still are.
+    """
+    stored = checkpoint.get("soma_transform")
+    return PUBLISHED_SOMA_TRANSFORM if stored is None else SomaTransform.from_dict(stored)
 
 
 # --------------------------------------------------------------------------- published elmneuron folders
 
+def _published_config(folder: Path) -> dict:
+    """model_config.json of a published folder: a JSON object with at least the three sizes."""
+    path = folder / PUBLISHED_CONFIG
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and non-UTF-8 bytes
+        raise CheckpointError(f"{path}: unreadable model config ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of model settings, got {type(raw).__name__}")
+    missing = [k for k in ("num_input", "num_output", "num_memory") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: missing {', '.join(missing)} (not an elmneuron model config)")
+    return raw
+
+
 def _published_elm(folder: Path) -> tuple[ELM, dict]:
     """Map a published elmneuron folder (Spieler et al. 2024) onto our ELM."""
-    try:
-        raw = json.loads((folder / PUBLISHED_CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{folder / PUBLISHED_CONFIG}: unreadable model config ({err})") from None
+    raw = _published_config(folder)
     state = _torch_load(folder / PUBLISHED_STATE)
     if not isinstance(state, dict) or "mlp.network.0.weight" not in state:
         raise CheckpointError(f"{folder / PUBLISHED_STATE}: not an elmneuron state dict")
+    needed = ["tau_s", "_proto_w_s", "_proto_tau_m", "mlp.network.0.bias", "mlp.network.2.weight",
+              "mlp.network.2.bias", "w_y.weight", "w_y.bias"]
     if raw.get("mlp_num_layers", 1) != 1:
         raise CheckpointError(f"{folder}: only one-hidden-layer MLPs are supported (mlp_num_layers = {raw['mlp_num_layers']})")
     routing = raw.get("input_to_synapse_routing")
     if routing not in (None, "neuronio_routing"):
         raise CheckpointError(f"{folder}: unsupported input_to_synapse_routing {routing!r}")
-
-    tau_s = state["tau_s"]
-    if not torch.allclose(tau_s, tau_s[0].expand_as(tau_s)):
-        raise CheckpointError(f"{folder}: per-synapse tau_s differ; this ELM shares one synaptic time constant")
-    num_memory = int(raw["num_memory"])
-    num_branch = int(raw.get("num_branch") or 0) if routing else 0
-    config = ELMConfig(
-        num_input=int(raw["num_input"]),
-        num_output=int(raw["num_output"]),
-        num_memory=num_memory,
-        mlp_hidden=int(raw.get("mlp_hidden_size") or 0),
-        mlp_activation=raw.get("mlp_activation", "relu"),
-        memory_tau_min=float(raw.get("memory_tau_min", 1.0)),
-        memory_tau_max=float(raw.get("memory_tau_max", 1000.0)),  # the published code's default
-        learn_memory_tau=bool(raw.get("learn_memory_tau", False)),
-        lambda_value=float(raw.get("lambda_value", 5.0)),
-        synapse_tau_ms=float(tau_s[0]),
-        num_branch=num_branch,
-        num_synapse_per_branch=int(raw.get("num_synapse_per_branch", 1)) if num_branch else 100,
-        dt_ms=float(raw.get("delta_t", 1.0)),
-    )
+    try:
+        num_branch = int(raw.get("num_branch") or 0) if routing else 0
+        if num_branch:
+            needed += ["input_to_synapse_indices", "valid_indices_mask"]
+        absent = [k for k in needed if k not in state]
+        if absent:
+            raise CheckpointError(f"{folder / PUBLISHED_STATE}: the state dict lacks {', '.join(absent)}")
+        tau_s = state["tau_s"]
+        if not torch.allclose(tau_s, tau_s[0].expand_as(tau_s)):
+            raise CheckpointError(f"{folder}: per-synapse tau_s differ; this ELM shares one synaptic time constant")
+        num_memory = int(raw["num_memory"])
+        config = ELMConfig(
+            num_input=int(raw["num_input"]),
+            num_output=int(raw["num_output"]),
+            num_memory=num_memory,
+            mlp_hidden=int(raw.get("mlp_hidden_size") or 0),
+            mlp_activation=raw.get("mlp_activation", "relu"),
+            memory_tau_min=float(raw.get("memory_tau_min", 1.0)),
+            memory_tau_max=float(raw.get("memory_tau_max", 1000.0)),  # the published code's default
+            learn_memory_tau=bool(raw.get("learn_memory_tau", False)),
+            lambda_value=float(raw.get("lambda_value", 5.0)),
+            synapse_tau_ms=float(tau_s[0]),
+            num_branch=num_branch,
+            num_synapse_per_branch=int(raw.get("num_synapse_per_branch", 1)) if num_branch else 100,
+            dt_ms=float(raw.get("delta_t", 1.0)),
+        )
+    except (TypeError, ValueError, IndexError) as err:  # a setting of the wrong type or out of range
+        raise CheckpointError(f"{folder / PUBLISHED_CONFIG}: invalid model config ({str(err).splitlines()[0]})") from None
     # their first MLP layer reads [b_t, kappa_m m_{t-1}]: split its columns into W_hb | W_hm
     first = state["mlp.network.0.weight"]
     n_b = first.shape[1] - num_memory
@@ -200,10 +309,10 @@ def _published_elm(folder: Path) -> tuple[ELM, dict]:
         mapped["input_to_synapse_indices"] = state["input_to_synapse_indices"].long()
         mapped["valid_indices_mask"] = state["valid_indices_mask"].bool()
         routing_tensors = (mapped["input_to_synapse_indices"], mapped["valid_indices_mask"])
-    model = ELM(config, routing=routing_tensors)
     try:
+        model = ELM(config, routing=routing_tensors)
         model.load_state_dict({k: v.contiguous() for k, v in mapped.items()}, strict=True)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{folder}: state dict does not match its model_config ({str(err).splitlines()[0]})") from None
     return model, dataclasses.asdict(config)
 
@@ -220,8 +329,9 @@ def load_model(path_or_dir: str | Path, device: str | torch.device = "cpu") -> t
     - a project checkpoint file (.pt);
     - a run directory (its checkpoint_best.pt, else checkpoint_last.pt);
     - a published elmneuron folder, or its neuronio_best_model_state.pt.
-    Returns (model, info) with info: model_kind, model_config, num_parameters, source
-    (plus epoch, global_step, best_metric for project checkpoints).
+    Returns (model, info) with info: model_kind, model_config, num_parameters, source,
+    published, soma_transform (surrogate.targets.SomaTransform: how its soma channel decodes
+    to mV), plus epoch, global_step, best_metric for project checkpoints.
     """
     path = Path(path_or_dir)
     if not path.exists():
@@ -232,7 +342,7 @@ def load_model(path_or_dir: str | Path, device: str | torch.device = "cpu") -> t
         if _is_published_folder(path):
             model, config = _published_elm(path)
             info = {"model_kind": model_kind_of(model), "model_config": config, "source": str(path),
-                    "published": True}
+                    "published": True, "soma_transform": PUBLISHED_SOMA_TRANSFORM}
             return _finish(model, info, device)
         for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
             if (path / name).is_file():
@@ -252,9 +362,10 @@ def load_model(path_or_dir: str | Path, device: str | torch.device = "cpu") -> t
         raise CheckpointError(f"{path}: model state does not match its config ({str(err).splitlines()[0]})") from None
     info = {
         "model_kind": checkpoint["model_kind"],
-        "model_config": model_config_dict(model),
+        "model_config": model_config_of(model),
         "source": str(path),
         "published": False,
+        "soma_transform": checkpoint_soma_transform(checkpoint),
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
         "best_metric": checkpoint.get("best_metric"),
@@ -267,7 +378,4 @@ def _finish(model: nn.Module, info: dict, device) -> tuple[nn.Module, dict]:
     return model.to(device).eval(), info
 
 
-__all__ = [
-    "CheckpointError", "build_model", "save_checkpoint", "load_checkpoint", "load_model",
-    "model_config_dict", "model_kind_of", "MODEL_KINDS",
-]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_soma_transform", "load_model"]

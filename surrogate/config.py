@@ -2,8 +2,8 @@
 
 Each table is read strictly by simulation.config.from_table (unknown keys, wrong types
 and out-of-range values raise ConfigError naming the key). The model tables
-([elm], [branch_elm], [tcn]) map onto the models' own dataclasses (surrogate.elm.ELMConfig,
-surrogate.tcn.TCNConfig), so a model is configured by exactly the fields it defines.
+([elm], [branch_elm], [tcn]) map onto the models' own dataclasses (surrogate.registry names
+them), so a model is configured by exactly the fields it defines.
 
 [train] may hold per-model sub-tables ([train.elm], [train.branch_elm], [train.tcn]) whose
 keys override the shared ones for that model only: the published recipes differ per model
@@ -21,14 +21,11 @@ from common.config import from_table, read_toml
 from common.config import require as _require
 from simulation.errors import ConfigError
 
-# command-line model name -> config table
-MODEL_TABLES = {"elm": "elm", "branch-elm": "branch_elm", "tcn": "tcn"}
+from .registry import MODEL_TABLES, MODELS, config_as_dict, model_config_from_table, model_kind
+
 # the surrogate's tables of a config file (common.config.read_toml refuses tables no side owns);
 # [evaluate] is read by surrogate.evaluation
-CONFIG_TABLES = ("data", "train", "evaluate", *MODEL_TABLES.values())
-# the published Branch-ELM routing on NeuronIO (Spieler et al. 2024): 45 branches x 100 synapses
-BRANCH_ELM_BRANCHES = 45
-BRANCH_ELM_SYNAPSES_PER_BRANCH = 100
+CONFIG_TABLES = ("data", "train", "evaluate", *MODEL_TABLES)
 
 
 @dataclass(frozen=True)
@@ -117,75 +114,30 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_kind": self.model_kind, "data": dataclasses.asdict(self.data),
-                "train": dataclasses.asdict(self.train), "model": model_config_dict(self.model)}
+                "train": dataclasses.asdict(self.train), "model": config_as_dict(self.model)}
 
 
-def model_config_dict(model_config) -> dict[str, Any]:
-    """A model config as a plain JSON-able dict (tuples become lists)."""
-    def plain(value):
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-    return plain(dataclasses.asdict(model_config))
-
-
-def check_model_kind(model_kind: str) -> str:
-    if model_kind not in MODEL_TABLES:
-        raise ConfigError(f"unknown model {model_kind!r} (expected one of: {', '.join(MODEL_TABLES)})")
-    return model_kind
-
-
-def model_config_class(model_kind: str) -> type:
-    """The dataclass a model table maps onto (imported lazily: it lives with the model)."""
-    check_model_kind(model_kind)
-    if model_kind == "tcn":
-        from surrogate.tcn import TCNConfig
-        return TCNConfig
-    from surrogate.elm import ELMConfig
-    return ELMConfig
-
-
-def model_config_from_table(model_kind: str, table: dict[str, Any] | None, where: str):
-    """The model's config from its TOML table.
-
-    The Branch-ELM is the ELM with its synapses routed onto branches (num_branch > 0;
-    Spieler et al. 2024 use 45 branches of 100 synapses, the default here); the plain ELM
-    has one synapse per input (num_branch = 0).
-    """
-    cls = model_config_class(model_kind)
-    table = dict(table or {})
-    if model_kind == "branch-elm":
-        table.setdefault("num_branch", BRANCH_ELM_BRANCHES)
-        table.setdefault("num_synapse_per_branch", BRANCH_ELM_SYNAPSES_PER_BRANCH)
-        if table["num_branch"] == 0:
-            raise ConfigError(f"{where}.num_branch: the Branch-ELM needs num_branch > 0 (0 is the plain ELM, --model elm)")
-    elif model_kind == "elm" and table.get("num_branch", 0) != 0:
-        raise ConfigError(f"{where}.num_branch: the plain ELM has num_branch = 0 (branches: use [branch_elm] and --model branch-elm)")
-    return from_table(cls, table, where)
-
-
-def train_config_for(raw_train: dict[str, Any] | None, model_kind: str, where: str) -> TrainConfig:
+def train_config_for(raw_train: dict[str, Any] | None, kind: str, where: str) -> TrainConfig:
     """[train] with [train.<model>] overrides applied."""
     table = dict(raw_train or {})
-    overrides = {name: table.pop(name) for name in list(table) if name in MODEL_TABLES.values()}
+    overrides = {name: table.pop(name) for name in list(table) if name in MODEL_TABLES}
     for name, sub in overrides.items():
         if not isinstance(sub, dict):
             raise ConfigError(f"{where} [train].{name}: expected a table of overrides, got {sub!r}")
         from_table(TrainConfig, {**table, **sub}, f"{where} [train.{name}]")  # check every model's overrides
-    merged = {**table, **overrides.get(MODEL_TABLES[model_kind], {})}
+    merged = {**table, **overrides.get(model_kind(kind).table, {})}
     return from_table(TrainConfig, merged, f"{where} [train]")
 
 
-def load_training_config(path: str | Path, model_kind: str) -> TrainingConfig:
-    """Read [data], [train] (with [train.<model>] overrides) and the model table for `model_kind`."""
-    check_model_kind(model_kind)
+def load_training_config(path: str | Path, kind: str) -> TrainingConfig:
+    """Read [data], [train] (with [train.<model>] overrides) and the model table of `kind`."""
+    entry = model_kind(kind)
     raw = read_toml(path)
     where = str(path)
     data = from_table(DataConfig, raw.get("data"), f"{where} [data]")
-    train = train_config_for(raw.get("train"), model_kind, where)
-    configs = {kind: model_config_from_table(kind, raw.get(table), f"{where} [{table}]")
-               for kind, table in MODEL_TABLES.items() if table in raw or kind == model_kind}  # a typo anywhere fails
-    model = configs[model_kind]
-    return TrainingConfig(model_kind=model_kind, data=data, train=train, model=model)
+    train = train_config_for(raw.get("train"), kind, where)
+    for other in MODELS.values():  # a typo in any model table fails, not only in the one used
+        if other.table in raw and other is not entry:
+            model_config_from_table(other.name, raw[other.table], f"{where} [{other.table}]")
+    model = model_config_from_table(kind, raw.get(entry.table), f"{where} [{entry.table}]")
+    return TrainingConfig(model_kind=kind, data=data, train=train, model=model)

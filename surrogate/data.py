@@ -34,18 +34,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from simulation.dataset import list_shards, open_shard
+from simulation.dataset import SHARD_GLOB, list_shards, open_shard, validate_shard
 from simulation.errors import DatasetError
 
 from .config import DataConfig
+from .targets import SomaTransform
 
 
 # --------------------------------------------------------------------------- targets (spec 7.2)
 
 def soma_target(soma_voltage_mV: np.ndarray, data: DataConfig) -> np.ndarray:
-    """Training soma target: (min(V, -55 mV) - (-67.7 mV)) * 0.1, float32."""
-    clipped = np.minimum(np.asarray(soma_voltage_mV, dtype=np.float32), np.float32(data.voltage_cap_mV))
-    return ((clipped - np.float32(data.voltage_bias_mV)) * np.float32(data.voltage_scale)).astype(np.float32)
+    """Training soma target of [data]'s transform: (min(V, -55 mV) - (-67.7 mV)) * 0.1 by default, float32."""
+    return SomaTransform.of(data).encode(soma_voltage_mV)
 
 
 def spike_target(output_spikes: np.ndarray) -> np.ndarray:
@@ -56,13 +56,24 @@ def spike_target(output_spikes: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- split by shard
 
 def find_shards(data_dir: str | os.PathLike) -> list[Path]:
-    """The dataset's shard files, sorted; a missing or empty directory is a DatasetError."""
+    """The dataset's shard files, sorted, each validated (simulation.dataset.validate_shard).
+
+    The split is by position in this list, so one stray or damaged shard_*.h5 would shift
+    every split silently: any shard that does not validate is a DatasetError naming it.
+    A missing or empty directory is a DatasetError too.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"data directory not found: {data_dir} (simulate a dataset first: python -m pipelines simulate)")
     paths = sorted(Path(p) for p in list_shards(data_dir))
     if not paths:
         raise DatasetError(f"no shards in {data_dir} (expected HDF5 shards written by python -m pipelines simulate)")
+    for path in paths:
+        try:
+            validate_shard(path)
+        except DatasetError as err:
+            raise DatasetError(f"{err}; every {SHARD_GLOB} in {data_dir} is part of the train/valid/test split, "
+                               "so move it out or re-create it") from None
     return paths
 
 

@@ -15,7 +15,10 @@ kappa_s = exp(-dt/tau_s), kappa_m = exp(-dt/tau_m), tau_m = tau_min + (tau_max -
 
 Everything up to the drive W_hb b_t + c_h is linear in the input, so it is computed for all
 time steps at once (an exact chunked exponential filter); only the memory update is a
-recurrence, done by `surrogate.kernels.memory_recurrence` (a fused kernel on CUDA).
+recurrence: `memory_dynamics` below is one step of it (h_t, z_t, m_t), and
+`memory_recurrence` runs it over time, step by step in PyTorch, or as the fused Triton
+kernel of surrogate/kernels/fused.py, an accelerated implementation of the same steps for
+CUDA. Which one runs is the `recurrence` argument of `ELM.forward`.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-
-from surrogate.kernels import memory_recurrence
+import torch.nn.functional as F
 
 NUM_SEGMENTS = 639  # NeuronIO: rows 0..638 excitatory, 639..1277 inhibitory (spec 7.1)
 SYNAPSE_WEIGHT_INIT = 0.5  # initial proto_w_s of every synapse, as the published code
 TAU_EPSILON = 1e-6  # keeps the initial memory time constants strictly inside (tau_min, tau_max)
+# LeCun's scaled tanh, as in the ELM paper: 1.7159 * tanh(2/3 * z)
+SCALED_TANH_GAIN = 1.7159
+SCALED_TANH_SLOPE = 2.0 / 3.0
+RECURRENCES = ("auto", "reference", "fused")  # ELM.forward's `recurrence` choices
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,56 @@ def exponential_filter(a: torch.Tensor, kappa: float, chunk: int = 64) -> torch.
     return out.reshape(batch, -1, channels)[:, :steps]
 
 
+def activation_fn(name: str):
+    if name == "relu":
+        return F.relu
+    if name == "silu":
+        return F.silu
+    raise ValueError(f"unknown MLP activation {name!r} (expected 'relu' or 'silu')")
+
+
+def memory_dynamics(memory: torch.Tensor, drive_t: torch.Tensor, kappa_m: torch.Tensor, w_hm: torch.Tensor,
+                    w_zh: torch.Tensor, b_z: torch.Tensor, update_gain: torch.Tensor, act) -> torch.Tensor:
+    """One step of the ELM memory, m_{t-1} -> m_t (B, d_m), given drive_t = W_hb b_t + c_h (B, H).
+
+    update_gain = lambda * (1 - kappa_m) * 1.7159, the same for every step.
+    """
+    decayed = kappa_m * memory  # kappa_m * m_{t-1}
+    hidden = act(drive_t + decayed @ w_hm.T)  # h_t = act(W_hb b_t + c_h + W_hm (kappa_m * m_{t-1}))
+    z = hidden @ w_zh.T + b_z  # z_t = W_zh h_t + b_z
+    return decayed + update_gain * torch.tanh(SCALED_TANH_SLOPE * z)  # m_t
+
+
+def memory_recurrence(drive: torch.Tensor, kappa_m: torch.Tensor, w_hm: torch.Tensor, w_zh: torch.Tensor,
+                      b_z: torch.Tensor, lambda_value: float, activation: str = "relu",
+                      implementation: str = "auto") -> torch.Tensor:
+    """Memory states m_1..m_T (B, T, d_m) from m_0 = 0: `memory_dynamics` at every step of drive (B, T, H).
+
+    implementation: "reference" steps through time in PyTorch (the definition, and the CPU
+    path); "fused" runs the same steps in the fused Triton kernels (surrogate/kernels/fused.py;
+    CUDA tensors, fp32); "auto" takes "fused" for CUDA tensors when Triton is installed,
+    else "reference".
+    """
+    if implementation not in RECURRENCES:
+        raise ValueError(f"implementation must be one of {', '.join(RECURRENCES)}, got {implementation!r}")
+    if implementation == "fused" or (implementation == "auto" and drive.is_cuda):
+        try:
+            from surrogate.kernels.fused import memory_recurrence_fused
+        except ImportError:  # no Triton here
+            if implementation == "fused":
+                raise
+        else:
+            return memory_recurrence_fused(drive, kappa_m, w_hm, w_zh, b_z, lambda_value, activation)
+    act = activation_fn(activation)
+    update_gain = lambda_value * (1.0 - kappa_m) * SCALED_TANH_GAIN
+    memory = drive.new_zeros(drive.shape[0], w_zh.shape[0])  # m_0 = 0
+    states = []
+    for t in range(drive.shape[1]):
+        memory = memory_dynamics(memory, drive[:, t], kappa_m, w_hm, w_zh, b_z, update_gain, act)
+        states.append(memory)
+    return torch.stack(states, dim=1)
+
+
 class ELM(nn.Module):
     """ELM (num_branch 0) or Branch-ELM (routing through branches): (B, T, 1278) -> (B, T, 2)."""
 
@@ -176,8 +232,6 @@ class ELM(nn.Module):
         self.w_zh = nn.Linear(hidden, d_m)  # W_zh, b_z
         self.w_y = nn.Linear(d_m, config.num_output)  # readout
         self._reset_mlp_like_one_linear(num_branch + d_m)
-        # memory recurrence: "auto" (fused kernel on CUDA), "fused" or "reference" (tests, benchmarks)
-        self.recurrence_implementation = "auto"
 
     def _reset_mlp_like_one_linear(self, fan_in: int) -> None:
         # The paper's first MLP layer is one Linear over [b, m]: initialise both halves with its fan-in.
@@ -213,8 +267,12 @@ class ELM(nn.Module):
         return matrix * self.synapse_type
 
     # ------------------------------------------------------------------ the model
-    def forward(self, input_spikes: torch.Tensor) -> torch.Tensor:
-        """input_spikes (B, T, num_input) 0/1 -> (B, T, 2): spike logit, (V + 67.7) * 0.1."""
+    def forward(self, input_spikes: torch.Tensor, recurrence: str = "auto") -> torch.Tensor:
+        """input_spikes (B, T, num_input) 0/1 -> (B, T, 2): spike logit, scaled soma voltage (surrogate.targets).
+
+        recurrence: how the memory recurrence runs, "auto" (the fused kernel on CUDA),
+        "reference" or "fused" (see memory_recurrence); the same function either way.
+        """
         c = self.config
         # The ELM is small and recurrent: keep it in fp32 even under autocast.
         with torch.autocast(device_type=input_spikes.device.type, enabled=False):
@@ -232,12 +290,10 @@ class ELM(nn.Module):
             else:
                 b = exponential_filter(a, self.kappa_s)
                 drive = self.w_hb(b)  # W_hb b_t + c_h
-            kappa_m = self.kappa_m
-            memory = memory_recurrence(
-                drive, kappa_m, self.w_hm.weight, self.w_zh.weight, self.w_zh.bias,
-                c.lambda_value, c.mlp_activation, implementation=self.recurrence_implementation,
-            )
-            return self.w_y(memory)
+            # m_t = kappa_m * m_{t-1} + lambda (1 - kappa_m) 1.7159 tanh(2/3 z_t), for t = 1..T
+            memory = memory_recurrence(drive, self.kappa_m, self.w_hm.weight, self.w_zh.weight, self.w_zh.bias,
+                                       c.lambda_value, c.mlp_activation, implementation=recurrence)
+            return self.w_y(memory)  # y_t = W_y m_t + b_y
 
 
 def num_parameters(model: nn.Module) -> int:

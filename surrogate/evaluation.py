@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +29,8 @@ from common.jsonio import write_json
 from simulation.errors import DatasetError, UserInputError
 from surrogate import metrics
 from surrogate.config import DataConfig
-from surrogate.train import resolve_device
+from surrogate.targets import SomaTransform
+from surrogate.devices import resolve_device
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.h5"
@@ -86,10 +87,12 @@ class TestPredictions:
     prediction_time_s: dict[str, float]
 
 
-def predict_shards(model: torch.nn.Module, shard_paths: Sequence[Path], data_config: DataConfig,
-                   evaluate_config: EvaluateConfig, device: torch.device, modes: Sequence[str] = MODES,
-                   progress: Callable[[int], None] | None = None) -> TestPredictions:
+def predict_shards(model: torch.nn.Module, transform: SomaTransform, shard_paths: Sequence[Path],
+                   data_config: DataConfig, evaluate_config: EvaluateConfig, device: torch.device,
+                   modes: Sequence[str] = MODES, progress: Callable[[int], None] | None = None) -> TestPredictions:
     """Run `model` over every simulation of `shard_paths` in each mode; `progress(k)` after k more simulations.
+
+    `transform` decodes the model's soma channel: its own, from load_model's info.
 
     Simulations are read `batch_size` at a time (one decompressed HDF5 chunk each), and
     every mode runs on the same block before the next is read.
@@ -109,11 +112,12 @@ def predict_shards(model: torch.nn.Module, shard_paths: Sequence[Path], data_con
                 for mode in modes:
                     t0 = time.perf_counter()
                     if mode == "windowed":
-                        prob, volt = predict_windowed(model, block, window_ms=data_config.window_ms,
+                        prob, volt = predict_windowed(model, block, transform, window_ms=data_config.window_ms,
                                                       burn_in_ms=data_config.burn_in_ms,
                                                       batch_size=evaluate_config.window_batch_size, device=device)
                     elif mode == "whole":
-                        prob, volt = predict_whole(model, block, batch_size=evaluate_config.batch_size, device=device)
+                        prob, volt = predict_whole(model, block, transform, batch_size=evaluate_config.batch_size,
+                                                   device=device)
                     else:
                         raise ValueError(f"unknown prediction mode {mode!r}")
                     elapsed[mode] += time.perf_counter() - t0
@@ -235,15 +239,19 @@ def evaluate_model(checkpoint: str | Path, out_dir: str | Path, test_shards: Seq
     write out_dir/evaluation.json and out_dir/predictions.h5; return the evaluation dict."""
     from surrogate.checkpoints import load_model
 
+    from simulation.dataset import validate_shard
+
     out_dir, checkpoint = Path(out_dir), Path(checkpoint)
     if not test_shards:
         raise DatasetError("the test split is empty: no test shards to evaluate on")
+    for path in test_shards:
+        validate_shard(path)
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     summary = read_summary(run_dir)
     check_not_trained_on(summary, test_shards)
     device = resolve_device(evaluate_config.device)
     model, info = load_model(checkpoint, device=device)
-    predictions = predict_shards(model, test_shards, data_config, evaluate_config, device,
+    predictions = predict_shards(model, info["soma_transform"], test_shards, data_config, evaluate_config, device,
                                  modes=modes, progress=progress)
     results, rocs = score_predictions(predictions, data_config, evaluate_config)
 
@@ -269,6 +277,7 @@ def evaluate_model(checkpoint: str | Path, out_dir: str | Path, test_shards: Seq
             "ignore_first_ms": data_config.ignore_first_ms, "max_spike_bins": evaluate_config.max_spike_bins,
             "voltage_cap_mV": data_config.voltage_cap_mV, "voltage_bias_mV": data_config.voltage_bias_mV,
             "fp_rates": list(evaluate_config.fp_rates), "device": str(device),
+            "model_soma_transform": info["soma_transform"].as_dict(),
             "soma_metrics": "raw: the model's voltage; aligned: z-scored and rescaled to the ground truth (spec 7.3, as published)",
         },
         **results,
@@ -281,10 +290,6 @@ def evaluate_model(checkpoint: str | Path, out_dir: str | Path, test_shards: Seq
                             "num_parameters": int(info["num_parameters"])})
     write_json(out_dir / EVALUATION_FILE, evaluation)
     return evaluation
-
-
-def evaluate_config_dict(config: EvaluateConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
 # --------------------------------------------------------------------------- published checkpoints
@@ -329,15 +334,19 @@ def score_published_checkpoints(folders: Sequence[Path], shard_paths: Sequence[P
     """Score published elmneuron folders on `shard_paths` as published (windowed inference, aligned soma).
 
     One row per folder: our metrics beside the folder's own eval_results.json test scores.
+    Every shard is validated first.
     """
+    from simulation.dataset import validate_shard
     from surrogate.checkpoints import load_model
 
+    for path in shard_paths:
+        validate_shard(path)
     device = resolve_device(evaluate_config.device)
     rows = []
     for folder in folders:
         model, info = load_model(folder, device=device)
-        predictions = predict_shards(model, shard_paths, data_config, evaluate_config, device,
-                                     modes=("windowed",), progress=progress)
+        predictions = predict_shards(model, info["soma_transform"], shard_paths, data_config, evaluate_config,
+                                     device, modes=("windowed",), progress=progress)
         result = score_predictions(predictions, data_config, evaluate_config)[0]["windowed"]
         published = {}
         results_file = Path(folder) / "eval_results.json"

@@ -1,7 +1,8 @@
 """Run a surrogate on whole simulations: spike probability and soma voltage (mV).
 
-Models output (spike logit, (V + 67.7) * 0.1) per ms (spec 7.2); here the logit goes
-through a sigmoid and the voltage is unscaled. Two ways to cover a long simulation:
+Models output (spike logit, scaled soma voltage) per ms (spec 7.2); here the logit goes
+through a sigmoid and the voltage is decoded to mV with the model's own soma transform
+(surrogate.targets: the one stored in its checkpoint). Two ways to cover a long simulation:
 - `predict_whole`: one causal pass over all T steps (the natural use of a causal model);
 - `predict_windowed`: the [ELM] evaluation protocol (spec 7.3), overlapping 500 ms windows
   with a 150 ms burn-in, each window started from rest.
@@ -18,15 +19,12 @@ import torch.nn as nn
 
 from simulation.errors import InputShapeError
 
-SOMA_VOLTAGE_BIAS_MV = -67.7  # spec 7.2
-SOMA_VOLTAGE_SCALE = 0.1
+from .targets import SomaTransform
 
 
-def outputs_to_predictions(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def outputs_to_predictions(output: torch.Tensor, transform: SomaTransform) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., 2) model output -> (spike probability, soma voltage in mV)."""
-    spike_probability = torch.sigmoid(output[..., 0].float())
-    soma_voltage = output[..., 1].float() / SOMA_VOLTAGE_SCALE + SOMA_VOLTAGE_BIAS_MV
-    return spike_probability, soma_voltage
+    return torch.sigmoid(output[..., 0].float()), transform.decode(output[..., 1])
 
 
 def _as_model_input(input_spikes: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -71,12 +69,14 @@ def _check_input(model: nn.Module, input_spikes) -> tuple[int, int]:
 def predict_whole(
     model: nn.Module,
     input_spikes,
+    transform: SomaTransform,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One causal pass over each whole simulation -> (spike_probability, soma_voltage_mV), (n, T) float32.
 
+    `transform` decodes the soma channel: the model's own (load_model's info["soma_transform"]).
     progress(k) is called with the number of simulations finished after each batch.
     """
     device = torch.device(device)
@@ -88,7 +88,7 @@ def predict_whole(
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             output = model(_as_model_input(np.asarray(input_spikes[start:stop]), device))
-            probability, voltage = outputs_to_predictions(output)
+            probability, voltage = outputs_to_predictions(output, transform)
             spike_probability[start:stop] = probability.cpu().numpy()
             soma_voltage[start:stop] = voltage.cpu().numpy()
             if progress is not None:
@@ -114,6 +114,7 @@ def window_starts(steps: int, window_ms: int = 500, burn_in_ms: int = 150) -> li
 def predict_windowed(
     model: nn.Module,
     input_spikes,
+    transform: SomaTransform,
     window_ms: int = 500,
     burn_in_ms: int = 150,
     batch_size: int = 64,
@@ -124,7 +125,8 @@ def predict_windowed(
     """The [ELM] test-time protocol (spec 7.3) -> (spike_probability, soma_voltage_mV), (n, T) float32.
 
     Each window of `window_ms` runs from rest; the first fills [0, window), each later one
-    fills [start + burn_in, start + window). Inputs past T are zeros. batch_size counts
+    fills [start + burn_in, start + window). Inputs past T are zeros. `transform` decodes the
+    soma channel (the model's own, as predict_whole). batch_size counts
     windows per forward pass; progress(k) reports finished simulations.
     """
     device = torch.device(device)
@@ -144,7 +146,7 @@ def predict_windowed(
             for k in range(0, len(pairs), batch_size):
                 batch = pairs[k:k + batch_size]
                 windows = np.stack([block[i, :, s:s + window_ms] for i, s in batch])
-                probability, voltage = outputs_to_predictions(model(_as_model_input(windows, device)))
+                probability, voltage = outputs_to_predictions(model(_as_model_input(windows, device)), transform)
                 probability, voltage = probability.cpu().numpy(), voltage.cpu().numpy()
                 for j, (i, s) in enumerate(batch):
                     keep_from = 0 if s == 0 else burn_in_ms  # the first window has no burn-in

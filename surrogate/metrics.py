@@ -1,9 +1,8 @@
 """Evaluation metrics of spec section 7 (the conventions of the ELM and NeuronIO evaluation code).
 
 Spike channel: the ROC curve of the flattened binary target against the predicted
-probability, computed as scikit-learn's `roc_curve` does by default (one point per
-distinct score, collinear intermediate points dropped, (0, 0) prepended), its area by
-the trapezoid rule, the true-positive rate at a chosen false-positive rate and the mean
+probability and its area, by scikit-learn (`roc_curve` with its defaults, `auc`), as the
+published evaluations; the true-positive rate at a chosen false-positive rate and the mean
 true-positive rate below it (spec 7.5).
 
 Soma channel: explained variance, RMSE and MAE in mV on the voltage clipped at -55 mV
@@ -12,12 +11,16 @@ aligned one (spec 7.3: z-score the prediction over the whole evaluated array and
 it the ground truth's mean and standard deviation).
 
 Which bins count (spec 7.4): simulations with 0..24 spike bins over their full
-duration, bins from 500 ms on. Pure numpy; no scikit-learn needed.
+duration, bins from 500 ms on.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import sklearn.metrics
+from sklearn.exceptions import UndefinedMetricWarning
 
 from simulation.errors import InputShapeError
 
@@ -31,15 +34,12 @@ DEFAULT_FP_RATES = (0.0025, 0.01)
 
 def roc_curve(spike_target: np.ndarray, spike_probability: np.ndarray,
               drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) of a binary target against scores, as sklearn.metrics.roc_curve.
+    """(fpr, tpr, thresholds) of a binary target against scores: sklearn.metrics.roc_curve on flattened arrays.
 
-    One operating point per distinct score, thresholds decreasing; the point for score s
-    counts every sample with score >= s as predicted positive. With drop_intermediate
-    (sklearn's default) a point is dropped when both its FP and TP counts lie on a
-    straight line with its neighbours (zero second difference): such points are never
-    corners of the curve, so the area is unchanged, but TP @ FP picks its index among the
-    remaining points, so this matters (spec 7.5). Finally (0, 0) is prepended with
-    threshold +inf. A target without negatives (positives) gives an all-NaN fpr (tpr).
+    With drop_intermediate (sklearn's default, as published) collinear points are dropped;
+    they never change the area, but TP @ FP picks its index among the remaining points, so
+    this matters (spec 7.5). A target without negatives (positives) gives an all-NaN fpr
+    (tpr), as sklearn, without its warning: the metrics report such values as NaN.
     """
     labels = np.asarray(spike_target).ravel().astype(bool)
     scores = np.asarray(spike_probability).ravel()
@@ -47,33 +47,14 @@ def roc_curve(spike_target: np.ndarray, spike_probability: np.ndarray,
         raise InputShapeError(f"spike target has {labels.size} values but the prediction has {scores.size}")
     if labels.size == 0:
         raise InputShapeError("cannot compute a ROC curve of zero samples")
-
-    # sort by decreasing score (stable); a threshold sits at the last sample of each run of equal scores
-    order = np.argsort(scores, kind="stable")[::-1]
-    scores, labels = scores[order], labels[order]
-    last_of_each_score = np.flatnonzero(np.diff(scores))
-    threshold_index = np.r_[last_of_each_score, labels.size - 1]
-    true_positives = np.cumsum(labels, dtype=np.float64)[threshold_index]
-    false_positives = 1.0 + threshold_index - true_positives
-    thresholds = scores[threshold_index]
-
-    if drop_intermediate and len(false_positives) > 2:
-        corner = np.logical_or(np.diff(false_positives, 2), np.diff(true_positives, 2))
-        keep = np.flatnonzero(np.r_[True, corner, True])
-        false_positives, true_positives, thresholds = false_positives[keep], true_positives[keep], thresholds[keep]
-
-    false_positives = np.r_[0.0, false_positives]
-    true_positives = np.r_[0.0, true_positives]
-    thresholds = np.r_[np.inf, thresholds.astype(np.float64)]
-    n_negative, n_positive = false_positives[-1], true_positives[-1]
-    fpr = false_positives / n_negative if n_negative > 0 else np.full_like(false_positives, np.nan)
-    tpr = true_positives / n_positive if n_positive > 0 else np.full_like(true_positives, np.nan)
-    return fpr, tpr, thresholds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # one class only: NaN rates, reported as NaN
+        return sklearn.metrics.roc_curve(labels, scores, drop_intermediate=drop_intermediate)
 
 
 def trapezoid_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """Area under the ROC curve by the trapezoid rule (sklearn.metrics.auc on a ROC)."""
-    return float(np.trapezoid(tpr, fpr))
+    """Area under the ROC curve by the trapezoid rule (sklearn.metrics.auc)."""
+    return float(sklearn.metrics.auc(fpr, tpr))
 
 
 def tp_at_fp(fpr: np.ndarray, tpr: np.ndarray, fp_rate: float) -> float:

@@ -21,6 +21,7 @@ import numpy as np
 from common.files import write_text_atomic
 from simulation.errors import UserInputError
 from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE
+from surrogate.registry import MODEL_KINDS
 
 # Published reference points (NeuronIO test set). TCN: Beniaguev et al. 2021 as quoted by
 # Spieler et al. 2024; its parameter count is that of surrogate.tcn.published_tcn_config()
@@ -82,8 +83,8 @@ def collect_runs(runs_dir: Path) -> list[RunResult]:
     found = sorted(p.parent for p in runs_dir.glob(f"*/{EVALUATION_FILE}"))
     if not found:
         raise UserInputError(f"no {EVALUATION_FILE} under {runs_dir}/*/ (run python -m pipelines evaluate first)")
-    order = {"elm": 0, "branch-elm": 1, "tcn": 2}
-    found.sort(key=lambda p: (order.get(p.name, 3), p.name))
+    order = {kind: i for i, kind in enumerate(MODEL_KINDS)}  # the registry's kinds first, in its order
+    found.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
     runs, extra = [], iter(EXTRA_COLOURS)
     for directory in found:
         try:
@@ -146,7 +147,8 @@ def read_example_inputs(data_dir: Path | None, shard_name: str, index: int) -> n
     path = Path(data_dir) / shard_name
     if not path.is_file():
         return None
-    from simulation.dataset import open_shard
+    from simulation.dataset import open_shard, validate_shard
+    validate_shard(path)  # as every stage: a damaged shard is named, never drawn
     with open_shard(path) as f:
         if index >= f["input_spikes"].shape[0]:
             return None

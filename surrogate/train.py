@@ -14,7 +14,13 @@ so a small validation set still has spikes. The run directory then gets, in this
 each written atomically, so a kill at any moment leaves a consistent run that the same
 command resumes from the last finished epoch. The training data of epoch e depend only
 on (seed, e) (surrogate.data), and dropout is reseeded per epoch, so nothing else needs
-saving: on the CPU a resumed run reproduces an uninterrupted one exactly.
+saving: on the CPU a resumed run reproduces an uninterrupted one exactly. Checkpoints also
+store the [data] soma transform, with which every later stage decodes the model's voltage.
+
+The steps, as named below: `start_run` (validate and split the shards, build the model and
+optimiser once, resume from checkpoint_last.pt) -> `train_run`, per epoch `train_epoch`,
+`validate`, `finish_epoch` (the metrics row and the best epoch, in the run's `RunState`),
+`save_run` -> `summarise_run` (summary.json).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import io
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -34,15 +41,18 @@ import torch.nn.functional as F
 
 from common.files import write_text_atomic
 from common.jsonio import write_json
-from simulation.errors import ConfigError, UserInputError
+from simulation.errors import UserInputError
 
-from . import metrics as metrics_module
-from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, build_model, load_checkpoint, save_checkpoint
-from .config import DataConfig, TrainConfig, check_model_kind, model_config_dict
+from . import metrics
+from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from .config import DataConfig, TrainConfig
 from .data import (SplitArrays, TrainingWindows, catalog_simulations, find_shards, load_split_arrays,
                    soma_target, split_shards, training_loader, unpack_input_spikes)
+from .devices import resolve_device
 from .elm import num_parameters
 from .inference import predict_windowed
+from .registry import build_model, model_config_of, model_kind
+from .targets import SomaTransform
 
 METRICS_CSV, METRICS_JSON, SUMMARY_JSON = "metrics.csv", "metrics.json", "summary.json"
 # training keys that may change between a run and its resumption (they do not change the data or the model)
@@ -57,16 +67,11 @@ class RunMismatchError(UserInputError):
     """The output directory holds a run of another model, config or dataset."""
 
 
+class TrainingDivergedError(UserInputError):
+    """The training loss became NaN or infinite (the shards were checked for non-finite values first)."""
+
+
 # --------------------------------------------------------------------------- small pieces
-
-def resolve_device(name: str) -> torch.device:
-    """"auto": CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here (use device = \"auto\" or \"cpu\")")
-    return torch.device(name)
-
 
 def resolve_amp(amp: str, model_kind: str, device: torch.device) -> str:
     """Mixed precision only on CUDA. "auto": bf16 for the TCN (convolutions gain), none for the ELM
@@ -93,10 +98,8 @@ def surrogate_loss(output: torch.Tensor, spike_target: torch.Tensor, soma_target
 
 
 def spike_auc(spike_target: np.ndarray, spike_probability: np.ndarray) -> float:
-    """Spike AUC of flattened arrays (surrogate.metrics, spec 7.5); NaN without spikes or without silence."""
-    if hasattr(metrics_module, "spike_auc"):
-        return float(metrics_module.spike_auc(spike_target, spike_probability))
-    return float(metrics_module.spike_metrics(spike_target, spike_probability, fp_rates=())[0]["auc"])
+    """Validation spike AUC (the selection metric); NaN when the bins hold one class only."""
+    return float(metrics.spike_metrics(spike_target, spike_probability, fp_rates=())[0]["auc"])
 
 
 def _seed_for(*words: int) -> int:
@@ -114,7 +117,8 @@ def validate(model: torch.nn.Module, arrays: SplitArrays, data: DataConfig, trai
              device: torch.device) -> dict[str, float]:
     """Score whole validation simulations (spec 7.3 windows), bins from ignore_first_ms on (spec 7.4)."""
     batch = 256 if device.type == "cuda" else 64
-    probability, voltage_mV = predict_windowed(model, arrays.input_spikes, data.window_ms, data.burn_in_ms,
+    probability, voltage_mV = predict_windowed(model, arrays.input_spikes, SomaTransform.of(data),
+                                               window_ms=data.window_ms, burn_in_ms=data.burn_in_ms,
                                                batch_size=batch, device=device)
     kept = slice(data.ignore_first_ms, None)
     spikes = arrays.output_spikes[:, kept]
@@ -152,248 +156,312 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
     write_json(out_dir / METRICS_JSON, history)
 
 
-def _check_resumable(checkpoint: dict, model_kind: str, model_config: dict, train: TrainConfig,
-                     data: DataConfig, splits: dict[str, list[str]], out_dir: Path) -> None:
-    """A re-run continues a run only if nothing that shapes the model or the data changed."""
-    hint = f"use another --out, or delete {out_dir} to start over"
-    if checkpoint["model_kind"] != model_kind:
-        raise RunMismatchError(f"{out_dir} holds a {checkpoint['model_kind']} run, not {model_kind}; {hint}")
-    if checkpoint["model_config"] != model_config:
-        changed = sorted(k for k in set(model_config) | set(checkpoint["model_config"])
-                         if model_config.get(k) != checkpoint["model_config"].get(k))
-        raise RunMismatchError(f"{out_dir} holds a run with another model config (changed: {', '.join(changed)}); {hint}")
-    extra = checkpoint.get("extra", {})
-    for name, now, before, free in (("train", dataclasses.asdict(train), extra.get("train_config", {}), RESUMABLE_TRAIN_KEYS),
-                                    ("data", dataclasses.asdict(data), extra.get("data_config", {}), RESUMABLE_DATA_KEYS)):
-        changed = sorted(k for k in now if k not in free and k in before and now[k] != before[k])
-        if changed:
-            raise RunMismatchError(f"{out_dir} holds a run with other [{name}] settings (changed: {', '.join(changed)}); {hint}")
-    if extra.get("shards") and extra["shards"] != splits:
-        raise RunMismatchError(f"{out_dir} holds a run on other shards (train/valid/test differ); {hint}")
+# --------------------------------------------------------------------------- one run, step by step
+
+@dataclass
+class RunState:
+    """How far a run has come: stored in every checkpoint, restored when a run resumes."""
+
+    epoch: int = 0  # epochs finished
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch (metrics.csv)
+    best_epoch: int | None = None
+    best_key: tuple[float, float] | None = None  # _selection_key of the best epoch
+    training_time_s: float = 0.0
+    resumed_at_epochs: list[int] = field(default_factory=list)
 
 
-def _summary(model_kind: str, model_config: dict, n_parameters: int, device: torch.device, amp: str,
-             train: TrainConfig, data: DataConfig, data_dir: Path, out_dir: Path, splits: dict,
-             training_simulations: int, training_simulated_ms: int, state: dict) -> dict:
-    history = state["history"]
-    best = next((row for row in history if row["epoch"] == state["best_epoch"]), None)
-    return {
-        "model_kind": model_kind,
-        "model_config": model_config,
-        "num_parameters": n_parameters,
-        "finished": state["epoch"] >= train.epochs,
-        "epochs_completed": state["epoch"],
-        "global_step": state["global_step"],
-        "training_time_s": state["training_time_s"],
-        "best_epoch": state["best_epoch"],
-        "best_valid_auc": best["valid_auc"] if best else None,
-        "best_valid_soma_rmse_mV": best["valid_soma_rmse_mV"] if best else None,
-        "final_valid_auc": history[-1]["valid_auc"] if history else None,
-        "device": str(device),
-        "amp": amp,
-        "data_dir": str(data_dir),
-        "shards": splits,
-        "training_simulations": training_simulations,
-        "training_simulated_ms": training_simulated_ms,
-        "windows_seen": state["global_step"] * train.batch_size,
-        "train_config": dataclasses.asdict(train),
-        "data_config": dataclasses.asdict(data),
-        "checkpoints": {"last": str(out_dir / LAST_CHECKPOINT),
-                        "best": str(out_dir / BEST_CHECKPOINT) if best else None},
-        "resumed_at_epochs": state["resumed_at_epochs"],
-    }
+@dataclass
+class Run:
+    """One fit: the model and its optimiser, the recipe, the data split and the run directory."""
+
+    kind: str
+    model: torch.nn.Module
+    model_config: dict  # the stored form: a re-run must match it to resume
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train: TrainConfig
+    data: DataConfig
+    device: torch.device
+    amp: str
+    data_dir: Path
+    out_dir: Path
+    split: dict[str, list[Path]]  # train / valid / test shard paths
+    training_simulations: int
+    training_simulated_ms: int
+    state: RunState = field(default_factory=RunState)
+    resumed: bool = False
+
+    @property
+    def shard_names(self) -> dict[str, list[str]]:
+        return {name: [p.name for p in paths] for name, paths in self.split.items()}
+
+    @property
+    def total_steps(self) -> int:
+        return self.train.epochs * self.train.batches_per_epoch
+
+    def learning_rate(self, step: int) -> float:
+        return cosine_learning_rate(step, self.total_steps, self.train.learning_rate, self.train.lr_min)
 
 
-# --------------------------------------------------------------------------- fit
-
-def fit(model_kind: str, train_config: TrainConfig, model_config, shard_dir: str | os.PathLike,
+def fit(kind: str, train_config: TrainConfig, model_config, shard_dir: str | os.PathLike,
         out_dir: str | os.PathLike, data_config: DataConfig | None = None,
         progress: Progress | None = None) -> dict:
-    """Train `model_kind` on the shards in `shard_dir`, writing the run to `out_dir`; returns the summary.
+    """Train a model of `kind` (surrogate.registry: "elm", "branch-elm", "tcn") on the shards in `shard_dir`, writing the run to `out_dir`.
 
-    Re-running the same call resumes from `out_dir`/checkpoint_last.pt; a finished run
-    returns its summary at once (with "already_finished": True). `model_config` is the
-    model's dataclass (surrogate.elm.ELMConfig / surrogate.tcn.TCNConfig) or its dict.
+    Returns the summary. Re-running the same call resumes from `out_dir`/checkpoint_last.pt;
+    a finished run returns its summary at once (with "already_finished": True). `model_config`
+    is the model's config dataclass (surrogate.registry) or its dict. Every shard of the
+    dataset is validated first: a stray or damaged file stops the run before anything is split.
     progress(event, info) receives "start", "steps", "validate", "epoch", "finished".
     """
-    check_model_kind(model_kind)
+    model_kind(kind)  # an unknown kind fails before anything is read
     train, data = train_config, data_config or DataConfig()
     report = progress or (lambda event, info: None)
-    data_dir, out_dir = Path(shard_dir), Path(out_dir)
-    config_dict = model_config if isinstance(model_config, dict) else model_config_dict(model_config)
-    config_dict = model_config_dict(build_model(model_kind, config_dict).config)  # validated, defaults filled in
-
     device = resolve_device(train.device)
-    amp = resolve_amp(train.amp, model_kind, device)
     threads_before = torch.get_num_threads()
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     try:
-        return _fit(model_kind, train, data, config_dict, device, amp, data_dir, out_dir, report)
+        run = start_run(kind, model_config, train, data, device, Path(shard_dir), Path(out_dir))
+        if run.state.epoch >= train.epochs:
+            result = summarise_run(run)
+            write_json(run.out_dir / SUMMARY_JSON, result)  # in case a kill came between the last checkpoint and it
+            result["already_finished"] = True
+            report("finished", result)
+            return result
+        return train_run(run, report)
     finally:
         torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
 
 
-def _fit(model_kind: str, train: TrainConfig, data: DataConfig, config_dict: dict, device: torch.device, amp: str,
-         data_dir: Path, out_dir: Path, report: Progress) -> dict:
-    # ---- data: split by shard
-    split_paths = split_shards(find_shards(data_dir), data)
-    splits = {name: [p.name for p in paths] for name, paths in split_paths.items()}
-    train_refs = catalog_simulations(split_paths["train"])
-    training_simulated_ms = sum(ref.duration_ms for ref in train_refs)
-
-    # ---- model and optimiser, fresh or from the last checkpoint
+def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, device: torch.device,
+              data_dir: Path, out_dir: Path) -> Run:
+    """Split the (validated) shards, build the model and its optimiser once, and resume if out_dir holds a run."""
+    split = split_shards(find_shards(data_dir), data)
+    train_refs = catalog_simulations(split["train"])
     torch.manual_seed(train.seed)
-    model = build_model(model_kind, config_dict).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    total_steps = train.epochs * train.batches_per_epoch
-    state = {"epoch": 0, "global_step": 0, "history": [], "best_epoch": None, "best_key": None,
-             "training_time_s": 0.0, "resumed_at_epochs": []}
+    model = build_model(kind, model_config).to(device)
+    amp = resolve_amp(train.amp, kind, device)
+    run = Run(
+        kind=kind, model=model, model_config=model_config_of(model),
+        optimizer=torch.optim.Adam(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay),
+        scaler=torch.amp.GradScaler("cuda", enabled=amp == "fp16"),
+        train=train, data=data, device=device, amp=amp, data_dir=data_dir, out_dir=out_dir, split=split,
+        training_simulations=len(train_refs), training_simulated_ms=sum(ref.duration_ms for ref in train_refs),
+    )
+    if (out_dir / LAST_CHECKPOINT).is_file():
+        resume_run(run, load_checkpoint(out_dir / LAST_CHECKPOINT))
+    return run
 
-    last_path, best_path = out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT
-    resumed = last_path.is_file()
-    if resumed:
-        checkpoint = load_checkpoint(last_path)
-        _check_resumable(checkpoint, model_kind, config_dict, train, data, splits, out_dir)
-        model.load_state_dict(checkpoint["model_state"])
-        optimizer.load_state_dict(checkpoint["optimizer_state"])
-        if amp == "fp16" and checkpoint.get("scaler_state"):
-            scaler.load_state_dict(checkpoint["scaler_state"])
-        extra = checkpoint["extra"]
-        state.update(epoch=checkpoint["epoch"], global_step=checkpoint["global_step"], history=list(extra["history"]),
-                     best_epoch=extra.get("best_epoch"), training_time_s=extra["training_time_s"],
-                     resumed_at_epochs=list(extra.get("resumed_at_epochs", [])))
-        if extra.get("best_key") is not None:
-            state["best_key"] = tuple(extra["best_key"])
 
-    n_parameters = num_parameters(model)
+def resume_run(run: Run, checkpoint: dict) -> None:
+    """Continue from a checkpoint of the same run: model, optimiser, scaler and RunState."""
+    _check_resumable(checkpoint, run)
+    run.model.load_state_dict(checkpoint["model_state"])
+    run.optimizer.load_state_dict(checkpoint["optimizer_state"])
+    if run.amp == "fp16" and checkpoint.get("scaler_state"):
+        run.scaler.load_state_dict(checkpoint["scaler_state"])
+    extra = checkpoint["extra"]
+    run.state = RunState(
+        epoch=checkpoint["epoch"], global_step=checkpoint["global_step"], history=list(extra["history"]),
+        best_epoch=extra.get("best_epoch"),
+        best_key=tuple(extra["best_key"]) if extra.get("best_key") is not None else None,
+        training_time_s=extra["training_time_s"], resumed_at_epochs=list(extra.get("resumed_at_epochs", [])),
+    )
+    run.resumed = True
 
-    def summary() -> dict:
-        return _summary(model_kind, config_dict, n_parameters, device, amp, train, data, data_dir, out_dir,
-                        splits, len(train_refs), training_simulated_ms, state)
 
-    if state["epoch"] >= train.epochs:
-        result = summary()
-        write_json(out_dir / SUMMARY_JSON, result)  # in case a kill came between the last checkpoint and it
-        result["already_finished"] = True
-        report("finished", result)
-        return result
-    if resumed:
-        state["resumed_at_epochs"].append(state["epoch"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _check_resumable(checkpoint: dict, run: Run) -> None:
+    """A re-run continues a run only if nothing that shapes the model or the data changed."""
+    out_dir = run.out_dir
+    hint = f"use another --out, or delete {out_dir} to start over"
+    if checkpoint["model_kind"] != run.kind:
+        raise RunMismatchError(f"{out_dir} holds a {checkpoint['model_kind']} run, not {run.kind}; {hint}")
+    if checkpoint["model_config"] != run.model_config:
+        changed = sorted(k for k in set(run.model_config) | set(checkpoint["model_config"])
+                         if run.model_config.get(k) != checkpoint["model_config"].get(k))
+        raise RunMismatchError(f"{out_dir} holds a run with another model config (changed: {', '.join(changed)}); {hint}")
+    extra = checkpoint.get("extra", {})
+    for name, now, before, free in (("train", dataclasses.asdict(run.train), extra.get("train_config", {}), RESUMABLE_TRAIN_KEYS),
+                                    ("data", dataclasses.asdict(run.data), extra.get("data_config", {}), RESUMABLE_DATA_KEYS)):
+        changed = sorted(k for k in now if k not in free and k in before and now[k] != before[k])
+        if changed:
+            raise RunMismatchError(f"{out_dir} holds a run with other [{name}] settings (changed: {', '.join(changed)}); {hint}")
+    if extra.get("shards") and extra["shards"] != run.shard_names:
+        raise RunMismatchError(f"{out_dir} holds a run on other shards (train/valid/test differ); {hint}")
 
-    valid_arrays = load_split_arrays(split_paths["valid"], train.valid_simulations)
-    windows = TrainingWindows(split_paths["train"], data, train.batch_size, train.batches_per_epoch, train.seed,
-                              first_epoch=state["epoch"], last_epoch=train.epochs)
-    batches = iter(training_loader(windows, pin_memory=device.type == "cuda"))
-    sync_every = 1 if device.type == "cpu" else 25  # .item() stalls a GPU: read the loss now and then
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16,
-                              enabled=amp != "off")
 
-    report("start", {"model_kind": model_kind, "epochs": train.epochs, "first_epoch": state["epoch"] + 1,
-                     "batches_per_epoch": train.batches_per_epoch, "device": str(device), "amp": amp,
-                     "num_parameters": n_parameters, "resumed": resumed, "training_simulations": len(train_refs),
-                     "valid_simulations": valid_arrays.num_simulations, "shards": splits})
-
-    while state["epoch"] < train.epochs:
-        epoch = state["epoch"] + 1  # 1-based in the logs
-        torch.manual_seed(_seed_for(train.seed, epoch))  # dropout: the same whether resumed or not
-        model.train()
-        epoch_start = time.perf_counter()
-        sums = torch.zeros(3, device=device)  # total, spike, soma loss summed over steps
-        reported = 0
-        for step in range(train.batches_per_epoch):
-            packed_inputs, spike_target, soma_target_batch = next(batches)
-            x = unpack_input_spikes(packed_inputs.to(device, non_blocking=True), windows.num_inputs)
-            spike_target = spike_target.to(device, non_blocking=True)
-            soma_target_batch = soma_target_batch.to(device, non_blocking=True)
-
-            lr = cosine_learning_rate(state["global_step"], total_steps, train.learning_rate, train.lr_min)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast:
-                output = model(x)
-            loss, spike_loss, soma_loss = surrogate_loss(output, spike_target, soma_target_batch, train)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if train.grad_clip_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            state["global_step"] += 1
-            sums += torch.stack([loss.detach(), spike_loss.detach(), soma_loss.detach()])
-
-            if (step + 1) % sync_every == 0 or step + 1 == train.batches_per_epoch:
-                running = sums[0].item() / (step + 1)
-                if not math.isfinite(running):
-                    raise FloatingPointError(f"training loss became {running} at epoch {epoch}, step {step + 1}; "
-                                             "lower [train] learning_rate or set grad_clip_norm")
-                report("steps", {"epoch": epoch, "steps": step + 1 - reported, "step_in_epoch": step + 1,
-                                 "global_step": state["global_step"], "loss": running, "lr": lr})
-                reported = step + 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - epoch_start
-
-        report("validate", {"epoch": epoch})
-        valid = validate(model, valid_arrays, data, train, device)
-        epoch_seconds = time.perf_counter() - epoch_start
-        state["training_time_s"] += epoch_seconds
-        total, spike, soma = (sums / train.batches_per_epoch).tolist()
-        row = {
-            "epoch": epoch,
-            "step": state["global_step"],
-            "train_loss": total,
-            "train_spike_loss": spike,
-            "train_soma_loss": soma,
-            **valid,
-            "lr": cosine_learning_rate(state["global_step"], total_steps, train.learning_rate, train.lr_min),
-            "epoch_time_s": epoch_seconds,
-            "elapsed_s": state["training_time_s"],
-            "windows_per_s": train.batches_per_epoch * train.batch_size / train_seconds,
-        }
-        state["history"].append(row)
-        state["epoch"] = epoch
-
-        key = _selection_key(valid["valid_auc"], valid["valid_loss"])
-        improved = state["best_key"] is None or key > state["best_key"]
-        if improved:
-            state["best_key"], state["best_epoch"] = key, epoch
-        checkpoint_fields = dict(
-            model_kind=model_kind,
-            model_config=config_dict,
-            model_state=model.state_dict(),
-            optimizer_state=optimizer.state_dict(),
-            scheduler_state={"kind": "cosine_per_step", "total_steps": total_steps,
-                             "learning_rate": train.learning_rate, "lr_min": train.lr_min},
-            scaler_state=scaler.state_dict() if amp == "fp16" else None,
-            epoch=epoch,
-            global_step=state["global_step"],
-            best_metric=state["best_key"][0] if math.isfinite(state["best_key"][0]) else None,
-            extra={
-                "history": state["history"],
-                "best_epoch": state["best_epoch"],
-                "best_key": list(state["best_key"]),
-                "training_time_s": state["training_time_s"],
-                "resumed_at_epochs": state["resumed_at_epochs"],
-                "train_config": dataclasses.asdict(train),
-                "data_config": dataclasses.asdict(data),
-                "shards": splits,
-                "device": str(device),
-            },
-        )
-        if improved:
-            save_checkpoint(best_path, **checkpoint_fields)
-        save_checkpoint(last_path, **checkpoint_fields)
-        _write_metrics(out_dir, state["history"])
-        report("epoch", {**row, "improved": improved, "epochs": train.epochs})
-
-    del batches  # stops the loader's workers
-    if windows.cache is not None:
-        windows.cache.close()
-    result = summary()
-    write_json(out_dir / SUMMARY_JSON, result)
+def train_run(run: Run, report: Progress) -> dict:
+    """Train the remaining epochs; after each, validate and write checkpoints and metrics. Returns the summary."""
+    train, state = run.train, run.state
+    if run.resumed:
+        state.resumed_at_epochs.append(state.epoch)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    valid_arrays = load_split_arrays(run.split["valid"], train.valid_simulations)
+    windows = TrainingWindows(run.split["train"], run.data, train.batch_size, train.batches_per_epoch, train.seed,
+                              first_epoch=state.epoch, last_epoch=train.epochs)
+    batches = iter(training_loader(windows, pin_memory=run.device.type == "cuda"))
+    report("start", {"model_kind": run.kind, "epochs": train.epochs, "first_epoch": state.epoch + 1,
+                     "batches_per_epoch": train.batches_per_epoch, "device": str(run.device), "amp": run.amp,
+                     "num_parameters": num_parameters(run.model), "resumed": run.resumed,
+                     "training_simulations": run.training_simulations,
+                     "valid_simulations": valid_arrays.num_simulations, "shards": run.shard_names})
+    try:
+        while state.epoch < train.epochs:
+            epoch = state.epoch + 1  # 1-based in the logs
+            epoch_start = time.perf_counter()
+            losses = train_epoch(run, epoch, batches, windows.num_inputs, report)
+            train_seconds = time.perf_counter() - epoch_start
+            report("validate", {"epoch": epoch})
+            valid = validate(run.model, valid_arrays, run.data, train, run.device)
+            row, improved = finish_epoch(run, epoch, losses, valid, time.perf_counter() - epoch_start, train_seconds)
+            save_run(run, improved)
+            report("epoch", {**row, "improved": improved, "epochs": train.epochs})
+    finally:
+        del batches  # stops the loader's workers
+        if windows.cache is not None:
+            windows.cache.close()
+    result = summarise_run(run)
+    write_json(run.out_dir / SUMMARY_JSON, result)
     report("finished", result)
     return result
+
+
+def train_epoch(run: Run, epoch: int, batches, num_inputs: int, report: Progress) -> list[float]:
+    """One epoch of Adam steps on the cosine schedule; returns the mean (total, spike, soma) training loss."""
+    model, optimizer, scaler, train, device, state = run.model, run.optimizer, run.scaler, run.train, run.device, run.state
+    torch.manual_seed(_seed_for(train.seed, epoch))  # dropout: the same whether resumed or not
+    model.train()
+    sync_every = 1 if device.type == "cpu" else 25  # .item() stalls a GPU: read the loss now and then
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16 if run.amp == "bf16" else torch.float16,
+                              enabled=run.amp != "off")
+    sums = torch.zeros(3, device=device)  # total, spike, soma loss summed over steps
+    reported = 0
+    for step in range(train.batches_per_epoch):
+        packed_inputs, spike_target, soma_target_batch = next(batches)
+        x = unpack_input_spikes(packed_inputs.to(device, non_blocking=True), num_inputs)
+        spike_target = spike_target.to(device, non_blocking=True)
+        soma_target_batch = soma_target_batch.to(device, non_blocking=True)
+
+        lr = run.learning_rate(state.global_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            output = model(x)
+        loss, spike_loss, soma_loss = surrogate_loss(output, spike_target, soma_target_batch, train)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if train.grad_clip_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        state.global_step += 1
+        sums += torch.stack([loss.detach(), spike_loss.detach(), soma_loss.detach()])
+
+        if (step + 1) % sync_every == 0 or step + 1 == train.batches_per_epoch:
+            running = sums[0].item() / (step + 1)
+            if not math.isfinite(running):
+                raise TrainingDivergedError(
+                    f"training loss became {running} at epoch {epoch}, step {step + 1}: the model diverged "
+                    "(the data were checked for non-finite values); lower [train] learning_rate or set grad_clip_norm")
+            report("steps", {"epoch": epoch, "steps": step + 1 - reported, "step_in_epoch": step + 1,
+                             "global_step": state.global_step, "loss": running, "lr": lr})
+            reported = step + 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (sums / train.batches_per_epoch).tolist()
+
+
+def finish_epoch(run: Run, epoch: int, losses: list[float], valid: dict, epoch_seconds: float,
+                 train_seconds: float) -> tuple[dict, bool]:
+    """Record the epoch in the RunState: its metrics row, and whether it is the best so far."""
+    train, state = run.train, run.state
+    state.training_time_s += epoch_seconds
+    total, spike, soma = losses
+    row = {
+        "epoch": epoch,
+        "step": state.global_step,
+        "train_loss": total,
+        "train_spike_loss": spike,
+        "train_soma_loss": soma,
+        **valid,
+        "lr": run.learning_rate(state.global_step),
+        "epoch_time_s": epoch_seconds,
+        "elapsed_s": state.training_time_s,
+        "windows_per_s": train.batches_per_epoch * train.batch_size / train_seconds,
+    }
+    state.history.append(row)
+    state.epoch = epoch
+    key = _selection_key(valid["valid_auc"], valid["valid_loss"])
+    improved = state.best_key is None or key > state.best_key
+    if improved:
+        state.best_key, state.best_epoch = key, epoch
+    return row, improved
+
+
+def save_run(run: Run, improved: bool) -> None:
+    """checkpoint_best.pt (if improved), checkpoint_last.pt, then metrics.csv / metrics.json, each atomic."""
+    state, train = run.state, run.train
+    fields = dict(
+        model_kind=run.kind,
+        model_config=run.model_config,
+        model_state=run.model.state_dict(),
+        soma_transform=SomaTransform.of(run.data),
+        optimizer_state=run.optimizer.state_dict(),
+        scheduler_state={"kind": "cosine_per_step", "total_steps": run.total_steps,
+                         "learning_rate": train.learning_rate, "lr_min": train.lr_min},
+        scaler_state=run.scaler.state_dict() if run.amp == "fp16" else None,
+        epoch=state.epoch,
+        global_step=state.global_step,
+        best_metric=state.best_key[0] if math.isfinite(state.best_key[0]) else None,
+        extra={
+            "history": state.history,
+            "best_epoch": state.best_epoch,
+            "best_key": list(state.best_key),
+            "training_time_s": state.training_time_s,
+            "resumed_at_epochs": state.resumed_at_epochs,
+            "train_config": dataclasses.asdict(train),
+            "data_config": dataclasses.asdict(run.data),
+            "shards": run.shard_names,
+            "device": str(run.device),
+        },
+    )
+    if improved:
+        save_checkpoint(run.out_dir / BEST_CHECKPOINT, **fields)
+    save_checkpoint(run.out_dir / LAST_CHECKPOINT, **fields)
+    _write_metrics(run.out_dir, state.history)
+
+
+def summarise_run(run: Run) -> dict:
+    """summary.json: what was trained, on what, how far, and the best epoch."""
+    state, train = run.state, run.train
+    history = state.history
+    best = next((row for row in history if row["epoch"] == state.best_epoch), None)
+    return {
+        "model_kind": run.kind,
+        "model_config": run.model_config,
+        "num_parameters": num_parameters(run.model),
+        "finished": state.epoch >= train.epochs,
+        "epochs_completed": state.epoch,
+        "global_step": state.global_step,
+        "training_time_s": state.training_time_s,
+        "best_epoch": state.best_epoch,
+        "best_valid_auc": best["valid_auc"] if best else None,
+        "best_valid_soma_rmse_mV": best["valid_soma_rmse_mV"] if best else None,
+        "final_valid_auc": history[-1]["valid_auc"] if history else None,
+        "device": str(run.device),
+        "amp": run.amp,
+        "data_dir": str(run.data_dir),
+        "shards": run.shard_names,
+        "training_simulations": run.training_simulations,
+        "training_simulated_ms": run.training_simulated_ms,
+        "windows_seen": state.global_step * train.batch_size,
+        "train_config": dataclasses.asdict(train),
+        "data_config": dataclasses.asdict(run.data),
+        "soma_transform": SomaTransform.of(run.data).as_dict(),
+        "checkpoints": {"last": str(run.out_dir / LAST_CHECKPOINT),
+                        "best": str(run.out_dir / BEST_CHECKPOINT) if best else None},
+        "resumed_at_epochs": state.resumed_at_epochs,
+    }

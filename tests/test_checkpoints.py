@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,9 @@ import pytest
 import torch
 
 from simulation.errors import ConfigError, UserInputError
-from surrogate.checkpoints import (
-    CheckpointError, build_model, load_checkpoint, load_model, model_config_dict, save_checkpoint,
-)
+from surrogate.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from surrogate.registry import build_model, model_config_of
+from surrogate.targets import PUBLISHED_SOMA_TRANSFORM, SomaTransform
 from surrogate.elm import neuronio_routing, num_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +127,8 @@ def test_round_trip(tmp_path, kind, config):
     model(torch.rand(1, 10, 1278).lt(0.05).float()).sum().backward()
     optimizer.step()
     path = save_checkpoint(
-        tmp_path / "run" / "checkpoint_best.pt", model_kind=kind, model_config=model_config_dict(model),
+        tmp_path / "run" / "checkpoint_best.pt", model_kind=kind, model_config=model_config_of(model),
+        soma_transform=PUBLISHED_SOMA_TRANSFORM,
         model_state=model.state_dict(), optimizer_state=optimizer.state_dict(), epoch=3, global_step=120,
         best_metric=np.float64(0.93), extra={"train_loss": [0.5, 0.4], "config_path": Path("configs/quick.toml")},
     )
@@ -145,7 +148,8 @@ def test_round_trip(tmp_path, kind, config):
 
 def test_run_directory_falls_back_to_last_checkpoint(tmp_path):
     model = build_model("elm", {"num_memory": 3})
-    save_checkpoint(tmp_path / "checkpoint_last.pt", model_kind="elm", model_config=model_config_dict(model),
+    save_checkpoint(tmp_path / "checkpoint_last.pt", model_kind="elm", model_config=model_config_of(model),
+                    soma_transform=PUBLISHED_SOMA_TRANSFORM,
                     model_state=model.state_dict())
     _, info = load_model(tmp_path)
     assert info["source"].endswith("checkpoint_last.pt")
@@ -153,7 +157,8 @@ def test_run_directory_falls_back_to_last_checkpoint(tmp_path):
 
 def test_corrupt_checkpoint_is_a_clear_user_error(tmp_path):
     model = build_model("elm", {"num_memory": 3})
-    good = save_checkpoint(tmp_path / "good.pt", model_kind="elm", model_config=model_config_dict(model),
+    good = save_checkpoint(tmp_path / "good.pt", model_kind="elm", model_config=model_config_of(model),
+                           soma_transform=PUBLISHED_SOMA_TRANSFORM,
                            model_state=model.state_dict())
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
@@ -174,6 +179,7 @@ def test_corrupt_checkpoint_is_a_clear_user_error(tmp_path):
 def test_checkpoint_with_mismatched_state_is_rejected(tmp_path):
     model = build_model("branch-elm", {"num_memory": 4})
     path = save_checkpoint(tmp_path / "bad.pt", model_kind="branch-elm", model_config={"num_memory": 5},
+                           soma_transform=PUBLISHED_SOMA_TRANSFORM,
                            model_state=model.state_dict())
     with pytest.raises(CheckpointError, match="does not match"):
         load_model(path)
@@ -182,7 +188,8 @@ def test_checkpoint_with_mismatched_state_is_rejected(tmp_path):
 def test_unpicklable_content_is_refused_at_save(tmp_path):
     model = build_model("elm", {"num_memory": 3})
     with pytest.raises(TypeError):
-        save_checkpoint(tmp_path / "x.pt", model_kind="elm", model_config=model_config_dict(model),
+        save_checkpoint(tmp_path / "x.pt", model_kind="elm", model_config=model_config_of(model),
+                        soma_transform=PUBLISHED_SOMA_TRANSFORM,
                         model_state=model.state_dict(), extra={"fn": lambda: 0})
     assert not (tmp_path / "x.pt").exists()
 
@@ -193,3 +200,83 @@ def test_build_model_rejects_bad_configs():
     with pytest.raises(ConfigError):
         build_model("lstm", {})
     assert build_model("branch-elm", {}).config.num_branch == 45
+
+
+class _RunsACommand:
+    """What a malicious checkpoint pickles: unpickling it would call os.system."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_refused_checkpoints_say_what_was_refused_and_why(tmp_path):
+    """A malicious pickle, random bytes and a truncated file each get their own full one-line reason."""
+    marker = tmp_path / "payload_ran"
+    command = f"touch {marker}"
+    torch_pickle = tmp_path / "malicious.pt"
+    torch.save({"model_state": {}, "hook": _RunsACommand(command)}, torch_pickle)
+    plain_pickle = tmp_path / "malicious.pkl"
+    plain_pickle.write_bytes(pickle.dumps(_RunsACommand(command), protocol=4))
+    old_pickle = tmp_path / "malicious_protocol0.pt"
+    old_pickle.write_bytes(pickle.dumps(_RunsACommand(command), protocol=0))
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    model = build_model("elm", {"num_memory": 3})
+    good = save_checkpoint(tmp_path / "good.pt", model_kind="elm", model_config=model_config_of(model),
+                           soma_transform=PUBLISHED_SOMA_TRANSFORM, model_state=model.state_dict())
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+
+    messages = {}
+    for path in (torch_pickle, plain_pickle, old_pickle, random_bytes, truncated, empty):
+        with pytest.raises(CheckpointError) as err:
+            load_model(path)
+        messages[path.name] = str(err.value)
+        assert "\n" not in messages[path.name] and path.name in messages[path.name]
+    assert not marker.exists()  # no payload ran
+    system = f"{os.system.__module__}.system"  # posix.system on Linux
+    for name in ("malicious.pt", "malicious.pkl", "malicious_protocol0.pt"):
+        assert "refused" in messages[name] and system in messages[name], messages[name]
+    assert system not in messages["random.pt"] and "not a torch checkpoint" in messages["random.pt"]
+    assert "truncated or corrupt" in messages["truncated.pt"]
+    assert "empty file" in messages["empty.pt"]
+    assert len(set(messages.values())) == len(messages)
+
+
+def test_published_folder_with_a_bad_model_config_is_a_clear_error(tmp_path, pretrained_dir):
+    folder = tmp_path / "num_memory_20"
+    shutil.copytree(pretrained_dir / "num_memory_20", folder)
+    for text, expected in (("{}", "missing num_input, num_output, num_memory"), ("[]", "expected a JSON object"),
+                           ("{\"num_input\": 1278", "unreadable model config"),
+                           ("{\"num_input\": \"many\", \"num_output\": 2, \"num_memory\": 20}", "invalid model config")):
+        (folder / "model_config.json").write_text(text)
+        with pytest.raises(CheckpointError, match=expected) as err:
+            load_model(folder)
+        assert "\n" not in str(err.value) and "model_config.json" in str(err.value)
+    (folder / "model_config.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(CheckpointError, match="unreadable model config"):
+        load_model(folder)
+
+
+def test_the_soma_transform_travels_with_the_checkpoint(tmp_path, pretrained_dir):
+    model = build_model("elm", {"num_memory": 3})
+    transform = SomaTransform(voltage_cap_mV=-50.0, voltage_bias_mV=-70.0, voltage_scale=0.2)
+    path = save_checkpoint(tmp_path / "c.pt", model_kind="elm", model_config=model_config_of(model),
+                           soma_transform=transform, model_state=model.state_dict())
+    assert load_model(path)[1]["soma_transform"] == transform
+    # published elmneuron models keep the published transform (spec 7.2)
+    assert load_model(pretrained_dir / "num_memory_20")[1]["soma_transform"] == PUBLISHED_SOMA_TRANSFORM
+    # a checkpoint without one (written before it was stored) decodes as it always did
+    raw = torch.load(path, weights_only=True)
+    del raw["soma_transform"]
+    torch.save(raw, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt")[1]["soma_transform"] == PUBLISHED_SOMA_TRANSFORM
+    raw["soma_transform"] = {"voltage_scale": 0.0}
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="soma_transform"):
+        load_model(tmp_path / "bad.pt")

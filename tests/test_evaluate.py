@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,12 @@ import torch
 from pipelines.__main__ import main as _cli_main
 from simulation.dataset import shard_path, write_shard
 from surrogate import metrics
-from surrogate.checkpoints import build_model, model_config_dict, save_checkpoint
+from surrogate.checkpoints import save_checkpoint
 from surrogate.config import DataConfig
 from surrogate.evaluation import EvaluateConfig, choose_examples, thin_roc
 from surrogate.inference import predict_whole, predict_windowed
+from surrogate.registry import build_model, model_config_of
+from surrogate.targets import PUBLISHED_SOMA_TRANSFORM, SomaTransform
 
 REPO = Path(__file__).resolve().parents[1]
 N_SEGMENTS = 639
@@ -79,14 +82,18 @@ SMALL_MODELS = {
     "elm": {"num_memory": 4},
     "tcn": {"depth": 2, "width": 8, "first_kernel_size": 9, "kernel_size": 5},
 }
+# the soma transform each fake run was "trained" with: the TCN's is not the published one, so
+# decoding it with the published transform would give other millivolts
+SOMA_TRANSFORMS = {"elm": PUBLISHED_SOMA_TRANSFORM,
+                   "tcn": SomaTransform(voltage_cap_mV=-50.0, voltage_bias_mV=-72.0, voltage_scale=0.05)}
 
 
 def write_fake_run(run_dir: Path, kind: str, seed: int = 0) -> torch.nn.Module:
     """A run directory as `fit` leaves it: checkpoint_best.pt, summary.json, metrics.csv."""
     torch.manual_seed(seed)
     model = build_model(kind, SMALL_MODELS[kind]).eval()
-    save_checkpoint(run_dir / "checkpoint_best.pt", model_kind=kind, model_config=model_config_dict(model),
-                    model_state=model.state_dict(), epoch=2)
+    save_checkpoint(run_dir / "checkpoint_best.pt", model_kind=kind, model_config=model_config_of(model),
+                    soma_transform=SOMA_TRANSFORMS[kind], model_state=model.state_dict(), epoch=2)
     (run_dir / "summary.json").write_text(json.dumps({
         "model_kind": kind, "num_parameters": sum(p.numel() for p in model.parameters()),
         "training_time_s": 12.5, "best_epoch": 2, "training_simulations": 3, "training_simulated_ms": 3600}))
@@ -127,12 +134,14 @@ def test_evaluation_json_matches_direct_computation(evaluated, kind):
     assert result["test"]["shards"] == [evaluated["shards"][-1].name]
     assert result["test"]["simulations"] == 3
 
+    # the model's outputs decode with the soma transform stored in its checkpoint
+    assert result["settings"]["model_soma_transform"] == SOMA_TRANSFORMS[kind].as_dict()
     # the same numbers from the library pieces, called directly
     for mode in ("windowed", "whole"):
         if mode == "windowed":
-            prob, volt = predict_windowed(model, inputs, window_ms=500, burn_in_ms=150)
+            prob, volt = predict_windowed(model, inputs, SOMA_TRANSFORMS[kind], window_ms=500, burn_in_ms=150)
         else:
-            prob, volt = predict_whole(model, inputs)
+            prob, volt = predict_whole(model, inputs, SOMA_TRANSFORMS[kind])
         expected = metrics.evaluate_predictions(soma, spikes, volt, prob)
         got = result[mode]
         assert got["simulations_kept"] == 3 and got["spike_bins_evaluated"] == expected["spike_bins_evaluated"]
@@ -157,7 +166,7 @@ def test_predictions_file_holds_rocs_and_examples(evaluated):
         assert list(f["examples/shard"].asstr()[()]) == [evaluated["shards"][-1].name] * len(index)
         np.testing.assert_array_equal(f["examples/soma_voltage_mV"][()], soma[index])
         stored = f["examples/windowed/soma_voltage_mV"][()]
-    _, volt = predict_windowed(model, inputs[index])
+    _, volt = predict_windowed(model, inputs[index], PUBLISHED_SOMA_TRANSFORM)
     np.testing.assert_allclose(stored, volt, atol=1e-4)
     # the AUC of the stored ROC is the reported AUC (few points: nothing was thinned)
     auc = json.loads((run / "evaluation.json").read_text())["windowed"]["spike"]["auc"]
@@ -213,6 +222,53 @@ def test_run_trained_on_a_test_shard_is_refused(evaluated, tmp_path, capsys):
                 "--runs", str(runs)]) == 2
     assert "test shard shard_00002.h5 was used to train" in capsys.readouterr().err
     assert not (runs / "elm" / "evaluation.json").exists()
+
+
+def _copy_dataset(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for shard in sorted(source.glob("shard_*.h5")):
+        shutil.copy(shard, target / shard.name)
+    return target
+
+
+def test_a_stray_file_among_the_shards_is_refused_not_split(evaluated, tmp_path, capsys):
+    """`echo junk > D/shard_00009.h5` would become the test split; evaluate refuses it instead."""
+    data = _copy_dataset(evaluated["data"], tmp_path / "data")
+    (data / "shard_00009.h5").write_text("junk\n")
+    runs = tmp_path / "runs"
+    write_fake_run(runs / "elm", "elm")
+    assert cli(["evaluate", "--config", str(evaluated["config"]), "--data", str(data), "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shard_00009.h5" in err and "not a readable HDF5 file" in err
+    assert not (runs / "elm" / "evaluation.json").exists()
+
+
+def test_nan_in_a_test_shard_is_refused_not_scored_as_null(evaluated, tmp_path, capsys):
+    data = _copy_dataset(evaluated["data"], tmp_path / "data")
+    with h5py.File(data / "shard_00002.h5", "r+") as f:  # the test shard
+        f["soma_voltage"][1, 700] = np.nan
+    runs = tmp_path / "runs"
+    write_fake_run(runs / "elm", "elm")
+    assert cli(["evaluate", "--config", str(evaluated["config"]), "--data", str(data), "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shard_00002.h5" in err and "finite" in err.lower()
+    assert not (runs / "elm" / "evaluation.json").exists()
+
+
+def test_non_ascii_paths(evaluated, tmp_path):
+    """Data, runs and config under non-ASCII names (a project in ~/Données, say) evaluate as any other."""
+    root = tmp_path / "Données ü 数据"
+    data = _copy_dataset(evaluated["data"], root / "données")
+    runs = root / "läufe"
+    write_fake_run(runs / "elm", "elm")
+    config = root / "konfig é.toml"
+    config.write_text(evaluated["config"].read_text())
+    proc = run_cli("evaluate", "--config", str(config), "--data", str(data), "--runs", str(runs))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((runs / "elm" / "evaluation.json").read_text(encoding="utf-8"))
+    assert result["test"]["shard_paths"] == [str(data / "shard_00002.h5")]
+    original = json.loads((evaluated["runs"] / "elm" / "evaluation.json").read_text())
+    assert result["windowed"]["spike"]["auc"] == original["windowed"]["spike"]["auc"]
 
 
 def test_choose_examples_prefers_kept_simulations_with_most_spikes():
@@ -292,7 +348,7 @@ def test_score_published_checkpoints_on_a_tiny_shard(pretrained_dir, tmp_path):
         assert row["published_test"]["soma_rmse_mV"] == published["soma_RMSE"]
         assert row["published_test"]["tp_at_fp"]["0.0100"] == published["TP @ 0.0100 FP"]
         model, _ = load_model(folder)
-        prob, volt = predict_windowed(model, inputs, window_ms=500, burn_in_ms=150)
+        prob, volt = predict_windowed(model, inputs, PUBLISHED_SOMA_TRANSFORM, window_ms=500, burn_in_ms=150)
         expected = metrics.evaluate_predictions(soma, spikes, volt, prob)
         assert row["ours"]["spike"]["auc"] == pytest.approx(expected["spike"]["auc"], abs=1e-6)
         assert row["ours"]["soma"]["aligned"]["rmse_mV"] == pytest.approx(expected["soma"]["aligned"]["rmse_mV"], rel=1e-5)

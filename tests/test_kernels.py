@@ -1,5 +1,6 @@
-"""The ELM memory recurrence on CPU: dispatch, the reference's gradients, and (where Triton is
-installed) the fused kernels run by Triton's CPU interpreter against the reference."""
+"""The ELM memory recurrence on CPU: the step function and its loop, dispatch, the reference's
+gradients, and (where Triton is installed) the fused kernels run by Triton's CPU interpreter
+against the reference."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from surrogate.kernels import memory_recurrence
-from surrogate.kernels.reference import memory_recurrence_reference
+from surrogate.elm import memory_recurrence
+
+
+def memory_recurrence_reference(*args):
+    return memory_recurrence(*args, implementation="reference")
+
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +49,7 @@ def test_cpu_dispatch_is_the_reference(activation):
 
 def test_dispatch_rejects_unknown_implementation_and_fused_on_cpu():
     drive, *params = random_recurrence(3, 6, batch=1, steps=4, dtype=torch.float32)
-    with pytest.raises(ValueError, match="implementation"):
+    with pytest.raises(ValueError, match="implementation must be one of auto, reference, fused"):
         memory_recurrence(drive, *params, 1.0, "relu", implementation="cuda")
     # the fused kernel needs triton and CUDA tensors: either is a clear error on a CPU machine
     if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
@@ -79,9 +84,7 @@ def test_reference_matches_the_equations_step_by_step():
 _INTERPRETER_CHECK = textwrap.dedent(
     """
     import json, torch
-    from surrogate.kernels import memory_recurrence
-    from surrogate.kernels.reference import memory_recurrence_reference
-    from tests.test_kernels import random_recurrence
+    from tests.test_kernels import memory_recurrence, memory_recurrence_reference, random_recurrence
     errors = {}
     for d_m, batch, steps, activation in [(1, 2, 3, "relu"), (5, 3, 9, "silu"), (12, 2, 7, "relu")]:
         inputs64 = random_recurrence(d_m, 2 * d_m, batch, steps, seed=d_m)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from surrogate.kernels import memory_recurrence
-from surrogate.kernels.reference import memory_recurrence_reference
+from surrogate.elm import memory_recurrence
 from test_kernels import random_recurrence  # tests/ is on sys.path under pytest
 
 pytestmark = [
@@ -92,10 +91,9 @@ def test_fused_large_batch_uses_several_rows_per_program():
 # ----------------------------------------------------------------------------- whole models
 
 def _model_grads(model, x, implementation):
-    model.recurrence_implementation = implementation
     model.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_()
-    output = model(x)
+    output = model(x, recurrence=implementation)
     # a loss touching both channels at every step
     weights = torch.linspace(0.5, 1.5, output.shape[1], device=x.device)[None, :, None]
     (output * weights).square().mean().backward()

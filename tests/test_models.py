@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from surrogate.elm import ELM, ELMConfig, exponential_filter, neuronio_routing, num_parameters
-from surrogate.kernels.reference import memory_recurrence_reference
+from surrogate.elm import (ELM, ELMConfig, SCALED_TANH_GAIN, exponential_filter, memory_dynamics, neuronio_routing,
+                           num_parameters)
 from surrogate.tcn import TCN, TCNConfig, published_tcn_config
 
 NUM_INPUT = 1278
@@ -159,17 +159,45 @@ def test_tcn_receptive_field_is_exact():
     assert touched.min().item() == 50 - (rf - 1) and touched.max().item() == 50
 
 
-def test_elm_reference_path_used_on_cpu():
-    """On CPU the ELM uses the reference recurrence: its memory equals a direct call."""
+def test_elm_forward_is_the_memory_dynamics_step_by_step():
+    """On CPU the ELM's memory is memory_dynamics applied at every step from m_0 = 0, bit for bit."""
     model = small_models()["branch-elm"]
-    x = random_spikes(1, 20, seed=6)
+    x = random_spikes(2, 20, seed=6)
     with torch.no_grad():
         a = x @ model.branch_input_weights().T
-        drive = model.w_hb(exponential_filter(a, model.kappa_s))
-        memory = memory_recurrence_reference(
-            drive, model.kappa_m, model.w_hm.weight, model.w_zh.weight, model.w_zh.bias,
-            model.config.lambda_value, model.config.mlp_activation)
-        assert torch.allclose(model(x), model.w_y(memory), atol=1e-6)
+        assert model.w_hb.out_features < a.shape[-1]  # forward projects before filtering (they commute)
+        drive = exponential_filter(a @ model.w_hb.weight.T, model.kappa_s) + model.w_hb.bias
+        kappa_m = model.kappa_m
+        gain = model.config.lambda_value * (1.0 - kappa_m) * SCALED_TANH_GAIN
+        memory, states = torch.zeros(2, model.config.num_memory), []
+        for t in range(20):
+            memory = memory_dynamics(memory, drive[:, t], kappa_m, model.w_hm.weight, model.w_zh.weight,
+                                     model.w_zh.bias, gain, torch.nn.functional.silu)
+            states.append(memory)
+        expected = model.w_y(torch.stack(states, dim=1))
+        assert torch.equal(model(x), expected)
+        assert torch.equal(model(x, recurrence="reference"), expected)
+
+
+def test_memory_dynamics_is_the_paper_update():
+    """m_t = kappa m_{t-1} + lambda (1 - kappa) 1.7159 tanh(2/3 (W_zh act(drive_t + W_hm kappa m_{t-1}) + b_z))."""
+    g = torch.Generator().manual_seed(3)
+    kappa, memory = torch.rand(4, generator=g, dtype=torch.float64), torch.randn(2, 4, generator=g, dtype=torch.float64)
+    drive, w_hm = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.randn(8, 4, generator=g, dtype=torch.float64)
+    w_zh, b_z = torch.randn(4, 8, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    lam = 5.0
+    expected = kappa * memory + lam * (1 - kappa) * 1.7159 * torch.tanh(
+        2.0 / 3.0 * (torch.relu(drive + (kappa * memory) @ w_hm.T) @ w_zh.T + b_z))
+    got = memory_dynamics(memory, drive, kappa, w_hm, w_zh, b_z, lam * (1 - kappa) * 1.7159, torch.relu)
+    assert torch.allclose(got, expected, rtol=1e-13, atol=0)
+
+
+def test_elm_recurrence_choice_is_an_argument():
+    model = small_models()["elm"]
+    x = random_spikes(1, 10, seed=4)
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        model(x, recurrence="cuda")
+    assert not hasattr(model, "recurrence_implementation")  # no hidden mutable switch
 
 
 def test_config_validation():

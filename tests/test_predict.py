@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from surrogate.checkpoints import build_model, model_config_dict, save_checkpoint
+from surrogate.checkpoints import save_checkpoint
 from surrogate.inference import predict_whole, predict_windowed, window_starts
+from surrogate.registry import build_model, model_config_of
+from surrogate.targets import PUBLISHED_SOMA_TRANSFORM, SomaTransform
 from surrogate.tcn import TCN, TCNConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +52,8 @@ def test_window_starts_follow_spec_7_3():
 def test_windowed_placement_equals_hand_written_loop():
     spikes = random_input_spikes(2, 6000, rate=0.002, seed=1)
     probe = WindowProbe()
-    got_p, got_v = predict_windowed(probe, spikes, window_ms=500, burn_in_ms=150, batch_size=5)
+    got_p, got_v = predict_windowed(probe, spikes, PUBLISHED_SOMA_TRANSFORM, window_ms=500, burn_in_ms=150,
+                                    batch_size=5)
 
     # spec 7.3 written out: 17 windows of 500 ms, stride 350; the first fills [0, 500),
     # later ones [start + 150, start + 500); inputs past 6000 ms are zeros
@@ -82,8 +87,8 @@ def test_windowed_equals_whole_for_memory_within_the_burn_in():
     model.train()
     model(torch.rand(4, 300, NUM_INPUT).lt(0.02).float())  # non-trivial batch-norm statistics
     spikes = random_input_spikes(2, 1300, rate=0.02, seed=3)
-    whole = predict_whole(model, spikes, batch_size=2)
-    windowed = predict_windowed(model, spikes, batch_size=3)
+    whole = predict_whole(model, spikes, PUBLISHED_SOMA_TRANSFORM, batch_size=2)
+    windowed = predict_windowed(model, spikes, PUBLISHED_SOMA_TRANSFORM, batch_size=3)
     assert model.training  # the caller's mode is restored
     for a, b in zip(whole, windowed):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -93,8 +98,8 @@ def test_predict_whole_matches_the_model_and_batching():
     torch.manual_seed(3)
     model = build_model("branch-elm", {"num_memory": 5}).eval()
     spikes = random_input_spikes(3, 120, rate=0.03, seed=4)
-    p1, v1 = predict_whole(model, spikes, batch_size=1)
-    p3, v3 = predict_whole(model, spikes, batch_size=3)
+    p1, v1 = predict_whole(model, spikes, PUBLISHED_SOMA_TRANSFORM, batch_size=1)
+    p3, v3 = predict_whole(model, spikes, PUBLISHED_SOMA_TRANSFORM, batch_size=3)
     np.testing.assert_allclose(p1, p3, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v1, v3, rtol=1e-5, atol=1e-4)
     with torch.no_grad():
@@ -116,7 +121,8 @@ def tiny_checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(5)
     model = build_model("branch-elm", {"num_memory": 4})
     path = save_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint_best.pt", model_kind="branch-elm",
-                           model_config=model_config_dict(model), model_state=model.state_dict())
+                           model_config=model_config_of(model),
+                           soma_transform=PUBLISHED_SOMA_TRANSFORM, model_state=model.state_dict())
     return path, model.eval()
 
 
@@ -130,7 +136,7 @@ def test_predict_command_end_to_end(tmp_path, tiny_checkpoint):
     result = run_cli("--checkpoint", str(checkpoint.parent), "--inputs", str(inputs), "--out", str(out),
                      "--device", "cpu", "--batch-size", "2")
     assert result.returncode == 0, result.stderr
-    expected_p, expected_v = predict_whole(model, spikes)
+    expected_p, expected_v = predict_whole(model, spikes, PUBLISHED_SOMA_TRANSFORM)
     with h5py.File(out, "r") as f:
         assert f["spike_probability"].shape == f["soma_voltage"].shape == (3, 700)
         assert f["spike_probability"].dtype == np.float32
@@ -145,7 +151,7 @@ def test_predict_command_end_to_end(tmp_path, tiny_checkpoint):
     result = run_cli("--checkpoint", str(checkpoint), "--inputs", str(inputs), "--out", str(windowed),
                      "--device", "cpu", "--windowed")
     assert result.returncode == 0, result.stderr
-    expected_p, _ = predict_windowed(model, spikes)
+    expected_p, _ = predict_windowed(model, spikes, PUBLISHED_SOMA_TRANSFORM)
     with h5py.File(windowed, "r") as f:
         np.testing.assert_allclose(f["spike_probability"][()], expected_p, rtol=1e-5, atol=1e-6)
         assert "windowed" in f.attrs["mode"]
@@ -172,3 +178,79 @@ def test_predict_command_bad_checkpoint_is_exit_2(tmp_path):
     bogus.write_text("not a checkpoint")
     result = run_cli("--checkpoint", str(bogus), "--inputs", str(inputs), "--out", str(tmp_path / "p.h5"))
     assert result.returncode == 2 and "bogus.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_refuses_to_overwrite_unless_asked(tmp_path, tiny_checkpoint):
+    """An existing --out, a dataset shard included, is kept unless --overwrite is given."""
+    from test_data import write_synthetic_dataset
+
+    checkpoint, model = tiny_checkpoint
+    shard = write_synthetic_dataset(tmp_path / "data", n_shards=1, simulations_per_shard=1, duration_ms=300)[0]
+    before = shard.read_bytes()
+    result = run_cli("--checkpoint", str(checkpoint), "--inputs", str(shard), "--out", str(shard), "--device", "cpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "--overwrite" in result.stderr
+    assert shard.read_bytes() == before
+
+    out = tmp_path / "pred.h5"
+    out.write_bytes(b"an earlier prediction")
+    result = run_cli("--checkpoint", str(checkpoint), "--inputs", str(shard), "--out", str(out), "--device", "cpu")
+    assert result.returncode == 2 and out.read_bytes() == b"an earlier prediction"
+    result = run_cli("--checkpoint", str(checkpoint), "--inputs", str(shard), "--out", str(out), "--device", "cpu",
+                     "--overwrite")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        assert f["soma_voltage"].shape == (1, 300)
+
+
+def test_predict_decodes_with_the_checkpoints_soma_transform(tmp_path):
+    """A model trained with another [data] voltage_bias_mV / voltage_scale predicts in that model's millivolts."""
+    torch.manual_seed(2)
+    model = build_model("tcn", {"depth": 2, "width": 4, "first_kernel_size": 5, "kernel_size": 3}).eval()
+    transform = SomaTransform(voltage_cap_mV=-50.0, voltage_bias_mV=-72.0, voltage_scale=0.05)
+    checkpoint = save_checkpoint(tmp_path / "run" / "checkpoint_best.pt", model_kind="tcn",
+                                 model_config=model_config_of(model), soma_transform=transform,
+                                 model_state=model.state_dict())
+    spikes = random_input_spikes(2, 80, rate=0.05, seed=9)
+    inputs = tmp_path / "inputs.h5"
+    with h5py.File(inputs, "w") as f:
+        f.create_dataset("input_spikes", data=spikes)
+    out = tmp_path / "pred.h5"
+    result = run_cli("--checkpoint", str(checkpoint), "--inputs", str(inputs), "--out", str(out), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    with torch.no_grad():
+        scaled = model(torch.from_numpy(spikes).float().transpose(1, 2))[..., 1].numpy()
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(f["soma_voltage"][()], scaled / 0.05 - 72.0, rtol=1e-5, atol=1e-3)
+        assert json.loads(f["soma_voltage"].attrs["soma_transform"]) == transform.as_dict()
+
+
+def test_predict_with_non_ascii_paths(tmp_path, tiny_checkpoint):
+    checkpoint, model = tiny_checkpoint
+    folder = tmp_path / "Modèle ü 模型"
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / "checkpoint_best.pt")
+    spikes = random_input_spikes(1, 120, rate=0.02, seed=3)
+    inputs = folder / "entrées.h5"
+    with h5py.File(inputs, "w") as f:
+        f.create_dataset("input_spikes", data=spikes)
+    out = folder / "prédiction.h5"
+    result = run_cli("--checkpoint", str(folder), "--inputs", str(inputs), "--out", str(out), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    expected_p, _ = predict_whole(model, spikes, PUBLISHED_SOMA_TRANSFORM)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(f["spike_probability"][()], expected_p, rtol=1e-5, atol=1e-6)
+
+
+def test_published_folder_with_an_empty_model_config_is_exit_2(tmp_path):
+    folder = tmp_path / "published"
+    folder.mkdir()
+    (folder / "model_config.json").write_text("{}")
+    torch.save({"mlp.network.0.weight": torch.zeros(2, 2)}, folder / "neuronio_best_model_state.pt")
+    inputs = tmp_path / "inputs.h5"
+    with h5py.File(inputs, "w") as f:
+        f.create_dataset("input_spikes", data=np.zeros((1, NUM_INPUT, 20), dtype=bool))
+    result = run_cli("--checkpoint", str(folder), "--inputs", str(inputs), "--out", str(tmp_path / "p.h5"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "model_config.json" in result.stderr and "num_memory" in result.stderr

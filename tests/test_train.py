@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
-from simulation.errors import DatasetError
+from simulation.errors import DatasetError, UserInputError
 from surrogate.checkpoints import load_checkpoint, load_model
 from surrogate.config import DataConfig, TrainConfig, load_training_config
 from surrogate.elm import ELMConfig
-from surrogate.train import RunMismatchError, cosine_learning_rate, fit
+from surrogate.inference import outputs_to_predictions
+from surrogate.targets import SomaTransform
+from surrogate.train import RunMismatchError, TrainingDivergedError, cosine_learning_rate, fit
 from test_data import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,3 +204,75 @@ def test_cli_reports_bad_input_in_one_line(dataset_dir, tmp_path):
     assert typo.returncode == 2 and "widht" in typo.stderr
     with pytest.raises(DatasetError, match="data directory not found"):
         fit("elm", TRAIN, ELM, tmp_path / "nowhere", tmp_path / "run2", data_config=DATA)
+
+
+def _copy_dataset(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for shard in sorted(source.glob("shard_*.h5")):
+        shutil.copy(shard, target / shard.name)
+    return target
+
+
+def test_a_stray_file_among_the_shards_is_refused_not_split(dataset_dir, tmp_path):
+    """`echo junk > D/shard_00009.h5` would silently become the test split: fit refuses it, naming it."""
+    data = _copy_dataset(dataset_dir, tmp_path / "data")
+    (data / "shard_00009.h5").write_text("junk\n")
+    with pytest.raises(DatasetError, match="shard_00009.h5"):
+        fit("elm", TRAIN, ELM, data, tmp_path / "run", data_config=DATA)
+    config = tmp_path / "fit.toml"
+    config.write_text(CONFIG_TOML.format(epochs=1))
+    result = _cli("--model", "elm", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "shard_00009.h5" in result.stderr and "not a readable HDF5 file" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_in_training_data_is_refused_up_front(dataset_dir, tmp_path):
+    """Not a diverged loss and a hint to lower the learning rate: the shard and simulation are named first."""
+    data = _copy_dataset(dataset_dir, tmp_path / "data")
+    with h5py.File(data / "shard_00001.h5", "r+") as f:  # a training shard
+        f["soma_voltage"][1, 800] = np.nan
+    config = tmp_path / "fit.toml"
+    config.write_text(CONFIG_TOML.format(epochs=1))
+    result = _cli("--model", "elm", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "shard_00001.h5" in result.stderr and "finite" in result.stderr.lower()
+    assert "learning_rate" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_is_a_one_line_error(dataset_dir, tmp_path):
+    train = TrainConfig(**{**TRAIN.__dict__, "epochs": 1, "batches_per_epoch": 4, "learning_rate": 1e35,
+                           "grad_clip_norm": 0.0})
+    with pytest.raises(TrainingDivergedError, match="learning_rate") as err:
+        fit("tcn", train, {"depth": 1, "width": 2, "first_kernel_size": 3, "kernel_size": 3, "batch_norm": False},
+            dataset_dir, tmp_path / "run", data_config=DATA)
+    assert "\n" not in str(err.value) and isinstance(err.value, UserInputError)
+
+
+def test_the_data_soma_transform_is_stored_and_decodes(dataset_dir, tmp_path):
+    """Another [data] voltage_bias_mV / voltage_scale: the checkpoint carries it and predictions decode with it."""
+    data = DataConfig(**{**DATA.__dict__, "voltage_bias_mV": -72.0, "voltage_scale": 0.05})
+    train = TrainConfig(**{**TRAIN.__dict__, "epochs": 1, "batches_per_epoch": 2})
+    summary = fit("elm", train, ELM, dataset_dir, tmp_path / "run", data_config=data)
+    stored = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["soma_transform"]
+    assert stored == {"voltage_cap_mV": -55.0, "voltage_bias_mV": -72.0, "voltage_scale": 0.05}
+    assert summary["soma_transform"] == stored
+    model, info = load_model(tmp_path / "run")
+    assert info["soma_transform"] == SomaTransform.of(data)
+    x = torch.zeros(1, 30, 1278)
+    x[0, 5, :50] = 1.0
+    with torch.no_grad():
+        _, volt = outputs_to_predictions(model(x), info["soma_transform"])
+        assert torch.allclose(volt, model(x)[..., 1] / 0.05 - 72.0)
+
+
+def test_fit_with_non_ascii_paths(dataset_dir, tmp_path):
+    root = tmp_path / "Données ü 数据"
+    data = _copy_dataset(dataset_dir, root / "données")
+    config = root / "konfig é.toml"
+    config.write_text(CONFIG_TOML.format(epochs=1), encoding="utf-8")
+    run = root / "läufe" / "elm"
+    result = _cli("--model", "elm", "--config", str(config), "--data", str(data), "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["data_dir"] == str(data)

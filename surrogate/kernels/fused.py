@@ -1,6 +1,6 @@
 """The ELM memory recurrence as fused Triton kernels (forward and backward).
 
-Same function as reference.py (Spieler et al. ICLR 2024, ELM v1):
+The same steps as surrogate.elm.memory_dynamics (Spieler et al. ICLR 2024, ELM v1):
     a_t = kappa * m_{t-1}                       (decayed memory)
     p_t = drive_t + W_hm a_t                    (MLP pre-activation, H)
     h_t = act(p_t)
@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import SCALED_TANH_GAIN, activation_fn
+from surrogate.elm import SCALED_TANH_GAIN, activation_fn
 
 _ACTIVATIONS = {"relu": 0, "silu": 1}
 # Triton's CPU interpreter (TRITON_INTERPRET=1) runs these kernels on CPU tensors (tests)
@@ -278,7 +278,7 @@ def _block(n: int) -> int:
     return max(triton.next_power_of_2(n), 2)
 
 
-def launch_config(batch: int, d_m: int, hidden: int) -> dict:
+def launch_config(batch: int, d_m: int, hidden: int, override: str | None = None) -> dict:
     """Kernel meta-parameters for a problem size: rows per program, warps, hidden-unit chunks.
 
     Chosen from a sweep on an H100 (bench/elm_speed.py --sweep, docs/kernels.md): the recurrence
@@ -287,10 +287,9 @@ def launch_config(batch: int, d_m: int, hidden: int) -> dict:
     d_m ~20, 4 for d_m ~100), since each step's reductions are cheaper across fewer warps;
     both weight tiles kept in registers while they need <= 64 registers a thread, else re-read
     from L1 in chunks of 32 hidden units.
-    Override with L5PC_ELM_KERNEL="block_b,num_warps,chunk_h,unroll,stages,prefetch" (benchmarks).
+    `override` = "block_b,num_warps,chunk_h,unroll,stages,prefetch" sets them instead (bench/elm_speed.py --sweep).
     """
     block_d, block_h = _block(d_m), _block(hidden)
-    override = os.environ.get("L5PC_ELM_KERNEL")
     if override:
         block_b, num_warps, chunk_h, unroll, stages, prefetch = (int(x) for x in override.split(","))
         block_b = triton.next_power_of_2(block_b)
@@ -424,6 +423,6 @@ def memory_recurrence_fused(
                          f"w_hm {tuple(w_hm.shape)}, w_zh {tuple(w_zh.shape)}, b_z {tuple(b_z.shape)}")
     inputs = (drive, kappa_m, w_hm, w_zh, b_z)
     if not all(x.is_cuda for x in inputs) and not _INTERPRETING:
-        raise ValueError("the fused ELM kernel needs CUDA tensors (use implementation='reference' on CPU)")
+        raise ValueError("the fused ELM kernel needs CUDA tensors (use recurrence='reference' on CPU)")
     save = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
     return _MemoryRecurrence.apply(drive, kappa_m, w_hm, w_zh, b_z, float(lambda_value), activation, save)
