@@ -109,6 +109,11 @@ class CPUBackend:
     def synchronize(self):
         pass
 
+    def context(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
 
 # --------------------------------------------------------------------------- CUDA
 
@@ -118,7 +123,7 @@ class CUDABackend:
     name = "cuda"
     cell_multiple = CELLS_PER_BLOCK  # batches are padded to whole blocks
 
-    def __init__(self, precision: str, device: int = 0):
+    def __init__(self, precision: str, device: int = 0, node_groups: int = NODE_GROUPS):
         try:
             import cupy
         except ImportError:
@@ -132,18 +137,24 @@ class CUDABackend:
         except cupy.cuda.runtime.CUDARuntimeError as err:
             raise ConfigError(f"[solver] method = \"gpu\": no usable CUDA device ({err})") from None
         self.device_name = name
+        self.node_groups = node_groups
+        # the engine's own stream: several engines (settings) can run side by side
+        self.stream = cupy.cuda.Stream(non_blocking=True)
         self.module = cupy.RawModule(code=source(precision), options=("-std=c++17",))
         self.initialize_kernel = self.module.get_function("gpu_initialize")
         self.advance_kernel = self.module.get_function("gpu_advance")
 
     def to_device(self, array):
-        return self.cp.asarray(array)
+        with self.stream:
+            return self.cp.asarray(array)
 
     def to_host(self, array):
-        return self.cp.asnumpy(array)
+        with self.stream:
+            return self.cp.asnumpy(array, stream=self.stream)
 
     def zeros(self, shape, dtype):
-        return self.cp.zeros(shape, dtype=dtype)
+        with self.stream:
+            return self.cp.zeros(shape, dtype=dtype)
 
     @staticmethod
     def address(array) -> int:
@@ -152,29 +163,32 @@ class CUDABackend:
     def struct(self, record):
         import numpy as np
 
-        return self.cp.asarray(np.frombuffer(record.tobytes(), dtype=np.uint8))
+        return self.to_device(np.frombuffer(record.tobytes(), dtype=np.uint8))
 
     def _grid(self, n_cells):
         if n_cells % CELLS_PER_BLOCK:
             raise ValueError(f"a CUDA batch holds a multiple of {CELLS_PER_BLOCK} cells, got {n_cells}")
-        return (n_cells // CELLS_PER_BLOCK,), (CELLS_PER_BLOCK, NODE_GROUPS)
+        return (n_cells // CELLS_PER_BLOCK,), (CELLS_PER_BLOCK, self.node_groups)
 
     def initialize(self, model, batch, n_cells):
-        self.initialize_kernel(*self._grid(n_cells), (model, batch))
+        self.initialize_kernel(*self._grid(n_cells), (model, batch), stream=self.stream)
 
     def advance(self, model, batch, n_cells, ms_begin, ms_end):
         import numpy as np
 
-        self.advance_kernel(*self._grid(n_cells), (model, batch, np.int64(ms_begin), np.int64(ms_end)))
+        self.advance_kernel(*self._grid(n_cells), (model, batch, np.int64(ms_begin), np.int64(ms_end)), stream=self.stream)
 
     def synchronize(self):
-        self.cp.cuda.Device().synchronize()
+        self.stream.synchronize()
+
+    def context(self):
+        return self.stream  # CuPy's current stream is per thread: engines in threads run side by side
 
 
-def make_backend(kind: str, precision: str):
+def make_backend(kind: str, precision: str, node_groups: int = NODE_GROUPS):
     """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin)."""
     if kind == "cuda":
-        return CUDABackend(precision)
+        return CUDABackend(precision, node_groups=node_groups)
     if kind == "cpu":
         return CPUBackend(precision)
     raise ValueError(f"backend must be 'cuda' or 'cpu', got {kind!r}")

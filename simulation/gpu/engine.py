@@ -12,6 +12,7 @@ not with the number of steps: per cell the states (about 100 KB in float64) and 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -21,7 +22,7 @@ import numpy as np
 from ..config import RecordingConfig, SolverConfig
 from ..errors import InputShapeError
 from ..run import SimulationResult, check_input_spikes, spike_raster
-from .backends import make_backend
+from .backends import NODE_GROUPS, make_backend
 from .export import CHANNELS, CellExport
 from .layout import BATCH_FIELDS, MODEL_FIELDS, pack, real_dtype
 
@@ -53,18 +54,55 @@ class EventList:
         return raster
 
 
+def depth_first_order(parent: np.ndarray) -> np.ndarray:
+    """Nodes in depth-first order from the root: order[k] is the k-th node visited.
+
+    Every node is then visited right after its parent or after a finished sibling subtree, so
+    that most nodes are their successor's parent (timestep.h's solve keeps such chains in
+    registers). The first child in NEURON's order is visited first.
+    """
+    children: list[list[int]] = [[] for _ in parent]
+    for node in range(1, len(parent)):
+        children[parent[node]].append(node)
+    order, stack = [], [0]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(reversed(children[node]))
+    return np.asarray(order, dtype=np.int64)
+
+
+def depth_first(cell: CellExport) -> CellExport:
+    """The same cell with its nodes renumbered depth first (every per-node array and node index)."""
+    order = depth_first_order(cell.parent)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    per_node = {name: getattr(cell, name)[order] for name in
+                ("area_um2", "a", "b", "cm", "node_name", "pas_g", "pas_e", "ena", "ek", "cao")}
+    parent = np.where(cell.parent[order] < 0, -1, rank[np.maximum(cell.parent[order], 0)]).astype(np.int32)
+    return dataclasses.replace(
+        cell, parent=parent, **per_node,
+        inserted={c: v[order] for c, v in cell.inserted.items()},
+        parameters={c: {p: v[order] for p, v in table.items()} for c, table in cell.parameters.items()},
+        excitatory_node=rank[cell.excitatory_node].astype(np.int32), inhibitory_node=rank[cell.inhibitory_node].astype(np.int32),
+        soma_node=int(rank[cell.soma_node]), nexus_node=int(rank[cell.nexus_node]),
+        segment_nodes=rank[cell.segment_nodes].astype(np.int32),
+    )
+
+
 class GPUEngine:
     """The exported cell on a device ("cuda", or "cpu" for the CPU twin), ready to run batches."""
 
     def __init__(self, cell: CellExport, solver: SolverConfig, recording: RecordingConfig,
-                 backend: str = "cuda", cpu_threads: int = 1):
+                 backend: str = "cuda", cpu_threads: int = 1, node_groups: int = NODE_GROUPS):
         self.cell, self.solver, self.recording = cell, solver, recording
         self.precision = solver.gpu_precision
         self.real = real_dtype(self.precision)
-        self.backend = make_backend(backend, self.precision)
+        self.backend = make_backend(backend, self.precision, node_groups)
         if backend == "cpu":
             self.backend.threads = max(1, cpu_threads)
         self.last_run_seconds = 0.0
+        self.last_run_device_bytes = 0  # the batch's arrays on the device (the model's are shared)
         self._model_arrays, self._model_values = self._model()
         self._model_struct = self.backend.struct(pack(MODEL_FIELDS, self._model_values, self.real, self.backend.address))
 
@@ -75,7 +113,8 @@ class GPUEngine:
     # ------------------------------------------------------------------ the Model struct
 
     def _model(self) -> tuple[list, dict]:
-        cell, solver, real = self.cell, self.solver, self.real
+        cell = depth_first(self.cell)
+        solver, real = self.solver, self.real
         n = cell.n_nodes
         dt = solver.dt_ms
         second_order = solver.neuron_secondorder
@@ -148,6 +187,10 @@ class GPUEngine:
     def run(self, inputs: Sequence[EventList] | np.ndarray, record_segments: bool | None = None,
             chunk_ms: int = 250, progress: Callable[[int, int], None] | None = None) -> list[SimulationResult]:
         """Simulate every raster (or EventList) of `inputs` from v_init, all of the same duration."""
+        with self.backend.context():
+            return self._run(inputs, record_segments, chunk_ms, progress)
+
+    def _run(self, inputs, record_segments, chunk_ms, progress) -> list[SimulationResult]:
         events = self._events(inputs)
         if record_segments is None:
             record_segments = self.recording.segment_voltages
@@ -184,6 +227,7 @@ class GPUEngine:
             "segment_out": be.zeros((chunk_ms, n_record, n_cells), np.float32) if record_segments else None,
             "spike_count": be.zeros(n_cells, np.int32), "spike_sample": be.zeros((max_spikes, n_cells), np.int32),
         }
+        self.last_run_device_bytes = int(sum(a.nbytes for a in arrays.values() if a is not None))
         soma = np.empty((n_cells, duration), dtype=np.float32)
         nexus = np.empty((n_cells, duration), dtype=np.float32)
         segments = np.empty((n_cells, n_record, duration), dtype=np.float32) if record_segments else None

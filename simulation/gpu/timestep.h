@@ -207,24 +207,57 @@ HD void membrane_and_axial_currents(const Model* __restrict__ M, const Batch* __
 
 // 3-4. The Hines solve (NEURON's triang and bksub, src/nrnoc/solve.cpp) leaves dv in rhs; then
 //      the voltage update, and NEURON's second_order_cur for Crank-Nicolson.
+//      The engine numbers nodes depth first (engine.py), so that most nodes are their next
+//      node's parent: along such a chain the elimination passes its values in registers and
+//      only branch points go through memory. Each iteration loads the next node's values
+//      before it stores anything: its store goes to a parent below the next node (a chain
+//      parent is passed in registers instead), so the early load never reads a stale value.
+//      d ends holding 1/d, so that back-substitution multiplies.
 HD void solve_and_update_voltage(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
-    const long long n_cells = B->n_cells;
-    for (long long i = M->n_nodes - 1; i >= 1; --i) {
+    const long long n_cells = B->n_cells, n = M->n_nodes;
+    real carry_d = 0.0, carry_rhs = 0.0;  // node i+1's elimination into node i, its chain parent
+    real next_d = AT(B->d, n - 1), next_rhs = AT(B->rhs, n - 1);
+    for (long long i = n - 1; i >= 1; --i) {
+        const real d = next_d + carry_d, rhs = next_rhs + carry_rhs;
+        next_d = AT(B->d, i - 1);
+        next_rhs = AT(B->rhs, i - 1);
         const int p = M->parent[i];
-        const real factor = M->a[i] / AT(B->d, i);
-        AT(B->d, p) -= factor * M->b[i];
-        AT(B->rhs, p) -= factor * AT(B->rhs, i);
+        const real inverse = 1.0 / d;
+        const real factor = M->a[i] * inverse;
+        AT(B->d, i) = inverse;
+        AT(B->rhs, i) = rhs;
+        if (p == i - 1) {
+            carry_d = -factor * M->b[i];
+            carry_rhs = -factor * rhs;
+        } else {
+            AT(B->d, p) -= factor * M->b[i];
+            AT(B->rhs, p) -= factor * rhs;
+            carry_d = 0.0;
+            carry_rhs = 0.0;
+        }
     }
-    AT(B->rhs, 0) /= AT(B->d, 0);
-    AT(B->v, 0) += M->voltage_step_factor * AT(B->rhs, 0);
-    for (long long i = 1; i < M->n_nodes; ++i) {
-        const real dv = (AT(B->rhs, i) - M->b[i] * AT(B->rhs, M->parent[i])) / AT(B->d, i);
+    const real step = M->voltage_step_factor;
+    real dv_previous = (next_rhs + carry_rhs) / (next_d + carry_d);  // the root
+    AT(B->rhs, 0) = dv_previous;
+    AT(B->v, 0) += step * dv_previous;
+    real next_inverse = AT(B->d, 1);
+    next_rhs = AT(B->rhs, 1);
+    for (long long i = 1; i < n; ++i) {
+        const real inverse = next_inverse, rhs = next_rhs;
+        if (i + 1 < n) {
+            next_inverse = AT(B->d, i + 1);
+            next_rhs = AT(B->rhs, i + 1);
+        }
+        const int p = M->parent[i];
+        const real dv_parent = (p == i - 1) ? dv_previous : AT(B->rhs, p);
+        const real dv = (rhs - M->b[i] * dv_parent) * inverse;
         AT(B->rhs, i) = dv;
-        AT(B->v, i) += M->voltage_step_factor * dv;
+        AT(B->v, i) += step * dv;
         int s;
         if (M->second_order == 2 && (s = M->off_ca_ion[i]) >= 0) {
             AT(B->state, s) += AT(B->state, s + 1) * dv;  // ica += dica/dv * dv(half step)
         }
+        dv_previous = dv;
     }
 }
 

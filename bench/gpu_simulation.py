@@ -1,0 +1,377 @@
+"""The GPU engine on one GPU machine: fidelity to CVode, throughput, and CPU baselines, in one run.
+
+    python bench/gpu_simulation.py --reference DIR [--cells 2048] [--duration-ms 6000]
+                                   [--out bench/results/gpu_simulation.json]
+
+1. Fidelity. Every simulation of the CVode reference dataset DIR (configs/fidelity.toml,
+   NeuronIO's own setting) is simulated again, from the same input spikes, by every GPU
+   setting of SETTINGS (dt, scheme, precision); the settings run side by side on their own
+   CUDA streams. simulation.fidelity gives each setting's figures against CVode: soma RMSE
+   per simulation, spike shifts, missed and extra spikes, rate and ISI statistics.
+2. Speed of each setting: CELLS cells x SWEEP_MS, alone on the GPU (simulated s per wall s).
+3. The chosen setting: the fastest one that meets every fidelity target, else the most
+   faithful. Throughput at it: CELLS NeuronIO simulations of DURATION ms drawn from seeds
+   (input drawing timed apart, on all cores), peak device memory, and the floor estimate
+   (bytes and transcendental functions per cell and step against the device's rates).
+4. CPU baselines, on the machine's cores while the GPU runs: one NEURON CVode core, and the
+   configs' default CPU setting (SolverConfig()) on all other cores but one; throughput per
+   core in simulated seconds per CPU second of each process.
+
+Writes the JSON (sim_seconds_per_wall_second, speedup_vs_cvode_core, speedup_vs_all_cores,
+device, fidelity of every setting, ...) and prints a table. `--backend cpu` runs the same
+script on the engine's CPU twin with small sizes (a dry run where there is no GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from simulation.config import InputConfig, RecordingConfig, SimulationConfig, SolverConfig  # noqa: E402
+from simulation.fidelity import TARGETS, compare, meets_targets  # noqa: E402
+
+SETTINGS = {
+    "gpu_be_0.025_float64": SolverConfig(method="gpu", dt_ms=0.025, scheme="backward-euler"),
+    "gpu_cn_0.025_float64": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson"),
+    "gpu_cn_0.025_float32": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson", gpu_precision="float32"),
+    "gpu_cn_0.05_float64": SolverConfig(method="gpu", dt_ms=0.05, scheme="crank-nicolson"),
+    "gpu_cn_0.05_float32": SolverConfig(method="gpu", dt_ms=0.05, scheme="crank-nicolson", gpu_precision="float32"),
+}
+SWEEP_MS = 100
+INPUT_SEED = 777  # the throughput run's master seed (its inputs are NeuronIO draws, not the reference's)
+# device rates for the floor estimate: copy bandwidth measured on this kind (KINDS.md), datasheet arithmetic
+DEVICE_BANDWIDTH_B_PER_S = 4.3e12
+FLOPS = {"float64": 34e12, "float32": 67e12}
+FLOPS_PER_TRANSCENDENTAL = {"float64": 20.0, "float32": 8.0}  # exp/log/pow in software, about
+
+
+# --------------------------------------------------------------------------- the cell
+
+def build_cell(morphology: str):
+    from simulation.gpu.export import export_cell
+    from simulation.run import L5PCSimulator
+
+    simulator = L5PCSimulator(SimulationConfig(), morphology)
+    return simulator, export_cell(simulator)
+
+
+def make_engine(cell, solver: SolverConfig, backend: str):
+    from simulation.gpu.engine import GPUEngine
+
+    return GPUEngine(cell, solver, RecordingConfig(), backend=backend, cpu_threads=os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------- 1. fidelity
+
+def load_reference(directory: Path, limit: int | None, duration_ms: int | None = None):
+    """Inputs (as events), soma traces and spike times of the CVode dataset; `duration_ms` cuts them (dry runs)."""
+    from simulation.dataset import read_shard
+    from simulation.gpu.engine import EventList
+
+    events, soma, spikes = [], [], []
+    for path in sorted(directory.glob("shard_*.h5")):
+        shard = read_shard(path)
+        if shard.attrs["config"]["solver"]["method"] != "cvode":
+            raise SystemExit(f"{path}: the reference must be simulated with cvode")
+        cut = duration_ms or shard.duration_ms
+        for k in range(len(shard.soma_voltage)):
+            events.append(EventList.from_raster(shard.input_spikes[k][:, :cut]))
+            soma.append(shard.soma_voltage[k][:cut])
+            times = np.asarray(shard.output_spike_times[k])
+            spikes.append(times[times < cut - 1])
+            if limit and len(events) >= limit:
+                return events, soma, spikes
+    if not events:
+        raise SystemExit(f"no shards in {directory}")
+    return events, soma, spikes
+
+
+def fidelity(cell, reference, backend: str, log) -> dict:
+    events, soma, spikes = reference
+    engines = {name: make_engine(cell, solver, backend) for name, solver in SETTINGS.items()}
+
+    def run(name):
+        started = time.perf_counter()
+        results = engines[name].run(events)
+        figures = compare(soma, spikes, [r.soma_voltage for r in results], [r.output_spike_times for r in results])
+        figures["wall_s"] = time.perf_counter() - started
+        figures["meets_targets"] = meets_targets(figures)
+        return name, figures
+
+    started = time.perf_counter()
+    if backend == "cuda":  # side by side, each engine on its own stream
+        with ThreadPoolExecutor(len(engines)) as pool:
+            out = dict(pool.map(run, engines))
+    else:
+        out = dict(run(name) for name in engines)
+    log(f"fidelity: {len(SETTINGS)} settings x {len(events)} simulations in {time.perf_counter() - started:.1f} s")
+    return out
+
+
+# --------------------------------------------------------------------------- 2-3. speed
+
+def draw_inputs(simulator, n: int, duration_ms: int, seed: int):
+    from simulation.gpu.engine import EventList
+    from simulation.inputs import generate_input_spikes, simulation_rng
+
+    config = InputConfig(duration_ms=duration_ms)
+    segments = simulator.segments
+
+    def draw(i):
+        return EventList.from_raster(generate_input_spikes(config, segments.length_um, segments.is_basal,
+                                                           simulation_rng(seed, i)))
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(draw, range(n)))
+
+
+def speed_sweep(cell, events, backend: str, log) -> dict:
+    out = {}
+    for name, solver in SETTINGS.items():
+        engine = make_engine(cell, solver, backend)
+        engine.run(events[:64])  # compile and warm up
+        started = time.perf_counter()
+        engine.run(events)
+        seconds = time.perf_counter() - started
+        duration_s = events[0].duration_ms / 1000
+        out[name] = {"cells": len(events), "duration_ms": events[0].duration_ms, "wall_s": seconds,
+                     "sim_seconds_per_wall_second": len(events) * duration_s / seconds}
+        log(f"speed {name}: {out[name]['sim_seconds_per_wall_second']:.1f} sim-s/s ({len(events)} cells x {events[0].duration_ms} ms)")
+    return out
+
+
+def choose(fidelity_figures: dict, speed: dict) -> tuple[str, str]:
+    passing = [n for n, f in fidelity_figures.items() if all(v is not False for v in f["meets_targets"].values())]
+    if passing:
+        best = max(passing, key=lambda n: speed[n]["sim_seconds_per_wall_second"])
+        return best, "fastest setting that meets every fidelity target"
+    best = min(fidelity_figures, key=lambda n: fidelity_figures[n]["spike_shift_mean_abs_ms"] or 1e9)
+    return best, "no setting met every target: the one with the smallest mean spike shift"
+
+
+def floor_estimate(engine, cells: int, duration_ms: int, wall_s: float) -> dict:
+    """Bytes and transcendental functions per cell and step, and the times they would take at the device's rates."""
+    values = engine._model_values  # noqa: SLF001  (the bench reads the engine's sizes)
+    size = np.dtype(engine.real).itemsize
+    slots = values["n_states"] + 4 * values["n_excitatory"] + 2 * values["n_inhibitory"]
+    # every state read and written once per step, v / rhs / d of every node read and written once
+    bytes_per_cell_step = (slots + 3 * values["n_nodes"]) * 2 * size
+    inserted = engine.cell.inserted
+    per_instance = {"CaDynamics_E2": 3, "Ca_HVA": 6, "Ca_LVAst": 6, "Ih": 3, "Im": 3, "K_Pst": 6, "K_Tst": 6,
+                    "NaTa_t": 6, "NaTs2_t": 6, "Nap_Et2": 8, "SK_E2": 3, "SKv3_1": 3}  # rates + cnexp (+ Nernst)
+    transcendentals = sum(per_instance[c] * int(inserted[c].sum()) for c in per_instance) + 2 * values["n_excitatory"]
+    steps = duration_ms * engine.solver.steps_per_ms
+    cell_steps = cells * steps
+    precision = engine.precision
+    return {
+        "bytes_per_cell_step": int(bytes_per_cell_step),
+        "transcendentals_per_cell_step": int(transcendentals),
+        "state_bytes_per_cell": int((slots + 3 * values["n_nodes"]) * size),
+        "memory_floor_s": bytes_per_cell_step * cell_steps / DEVICE_BANDWIDTH_B_PER_S,
+        "compute_floor_s": transcendentals * FLOPS_PER_TRANSCENDENTAL[precision] * cell_steps / FLOPS[precision],
+        "measured_s": wall_s,
+        "assumptions": f"state streamed from device memory every step at {DEVICE_BANDWIDTH_B_PER_S:.2g} B/s; "
+                       f"{FLOPS_PER_TRANSCENDENTAL[precision]:g} flops per exp/log/pow at {FLOPS[precision]:.2g} flop/s",
+    }
+
+
+# --------------------------------------------------------------------------- 4. CPU baselines
+
+def _cpu_job(args):
+    solver_dict, duration_ms, seed, index, morphology = args
+    from simulation.inputs import generate_input_spikes, simulation_rng
+    from simulation.run import get_simulator
+
+    config = SimulationConfig(solver=SolverConfig(**solver_dict), inputs=InputConfig(duration_ms=duration_ms))
+    simulator = get_simulator(config, morphology)
+    segments = simulator.segments
+    raster = generate_input_spikes(config.inputs, segments.length_um, segments.is_basal, simulation_rng(seed, index))
+    started = time.process_time()
+    simulator.run(raster)
+    return time.process_time() - started
+
+
+def cpu_baselines(morphology: str, duration_ms: int, workers: int):
+    """Start one CVode job and `workers` default-setting jobs in fresh processes; returns a function that waits for them."""
+    from simulation.mechanisms import compile_mechanisms
+
+    default = SolverConfig()
+    compile_mechanisms(coreneuron=default.method == "coreneuron")
+    compile_mechanisms(coreneuron=False)
+    context = get_context("spawn")
+    cvode_pool = context.Pool(1)
+    default_pool = context.Pool(workers)
+    started = time.perf_counter()
+    cvode = cvode_pool.map_async(_cpu_job, [(dataclasses.asdict(SolverConfig(method="cvode")), duration_ms, INPUT_SEED, 0, morphology)])
+    others = default_pool.map_async(_cpu_job, [(dataclasses.asdict(default), duration_ms, INPUT_SEED, i, morphology) for i in range(workers)])
+
+    def wait() -> dict:
+        cvode_seconds = cvode.get()[0]
+        default_seconds = others.get()
+        wall = time.perf_counter() - started
+        cvode_pool.close()
+        default_pool.close()
+        per_core = duration_ms / 1000 / float(np.median(default_seconds))
+        return {
+            "duration_ms": duration_ms,
+            "cvode": {"processes": 1, "cpu_seconds": cvode_seconds, "sim_seconds_per_core_second": duration_ms / 1000 / cvode_seconds},
+            "cpu_default": {"setting": dataclasses.asdict(default), "processes": workers, "cpu_seconds": default_seconds,
+                            "sim_seconds_per_core_second": per_core,
+                            "sim_seconds_per_second_all_cores": per_core * (os.cpu_count() or 1)},
+            "wall_s": wall,
+            "note": "all jobs ran at once, beside the GPU run, so the per-core figures are under full-machine load; "
+                    "all-cores throughput = per-core throughput x the machine's cores",
+        }
+    return wait
+
+
+# --------------------------------------------------------------------------- report
+
+def device_info(backend: str) -> dict:
+    info = {"backend": backend, "cpu_cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    if backend == "cuda":
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        info |= {"gpu": props["name"].decode(), "gpu_memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+                 "multiprocessors": props["multiProcessorCount"], "cupy": cupy.__version__}
+    return info
+
+
+def _f(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(result: dict) -> None:
+    print(f"\nfidelity against CVode ({result['fidelity_reference']['simulations']} simulations, "
+          f"{result['fidelity_reference']['spikes']} CVode spikes)")
+    print(f"{'setting':<24}{'sim-s/s':>10}{'RMSE clip med/max':>20}{'within 1ms':>12}{'|shift|':>9}{'lag':>8}{'max':>7}{'miss/extra':>12}{'targets':>9}")
+    for name, f in result["fidelity"].items():
+        speed = result["speed"][name]["sim_seconds_per_wall_second"]
+        ok = "yes" if all(v is not False for v in f["meets_targets"].values()) else "no"
+        print(f"{name:<24}{speed:>10.1f}{_f(f['soma_rmse_clipped_median_mV'], '>10.4f')}/{_f(f['soma_rmse_clipped_max_mV'], '<9.3f')}"
+              f"{_f(f['spike_fraction_within_1ms'], '>12.3f')}{_f(f['spike_shift_mean_abs_ms'], '>9.3f')}"
+              f"{_f(f['spike_shift_mean_signed_ms'], '>8.3f')}{_f(f['spike_shift_max_abs_ms'], '>7.2f')}"
+              f"{f['missed_spikes']:>6}/{f['extra_spikes']:<5}{ok:>9}")
+    t = result["throughput"]
+    print(f"\nchosen: {result['setting']} ({result['setting_reason']})")
+    print(f"throughput: {t['cells']} x {t['duration_ms']} ms in {t['gpu_wall_s']:.1f} s on the GPU "
+          f"(+{t['input_drawing_s']:.1f} s drawing inputs): {result['sim_seconds_per_wall_second']:.1f} sim-s/s")
+    if "cpu" in result:
+        print(f"CPU: CVode {result['cpu']['cvode']['sim_seconds_per_core_second']:.3f} sim-s per core-s, default "
+              f"{result['cpu']['cpu_default']['sim_seconds_per_core_second']:.3f}; GPU = "
+              f"{result['speedup_vs_cvode_core']:.1f}x one CVode core, {result['speedup_vs_all_cores']:.2f}x all "
+              f"{os.cpu_count()} cores at the CPU default")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, required=True, help="CVode dataset (configs/fidelity.toml)")
+    parser.add_argument("--reference-limit", type=int, default=0, help="use at most this many reference simulations")
+    parser.add_argument("--reference-ms", type=int, default=0, help="use only the first ms of each (dry runs)")
+    parser.add_argument("--cells", type=int, default=2048)
+    parser.add_argument("--duration-ms", type=int, default=6000)
+    parser.add_argument("--sweep-ms", type=int, default=SWEEP_MS)
+    parser.add_argument("--cpu-duration-ms", type=int, default=6000, help="duration of each CPU baseline simulation")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU baselines")
+    parser.add_argument("--backend", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--morphology", default=None)
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "gpu_simulation.json")
+    args = parser.parse_args(argv)
+
+    from simulation.paths import resolve_morphology
+
+    morphology = str(resolve_morphology(args.morphology))
+    t0 = time.perf_counter()
+
+    def log(message):
+        print(f"[{time.perf_counter() - t0:7.1f} s] {message}", flush=True)
+
+    simulator, cell = build_cell(morphology)
+    reference = load_reference(args.reference, args.reference_limit or None, args.reference_ms or None)
+    log(f"cell exported ({cell.n_nodes} nodes); reference: {len(reference[0])} simulations, "
+        f"{sum(len(s) for s in reference[2])} spikes")
+    fidelity_figures = fidelity(cell, reference, args.backend, log)
+
+    sweep_events = draw_inputs(simulator, args.cells, args.sweep_ms, INPUT_SEED)
+    speed = speed_sweep(cell, sweep_events, args.backend, log)
+    setting, reason = choose(fidelity_figures, speed)
+    log(f"chosen: {setting} ({reason})")
+
+    started = time.perf_counter()
+    events = draw_inputs(simulator, args.cells, args.duration_ms, INPUT_SEED)
+    drawing_s = time.perf_counter() - started
+    log(f"drew {args.cells} x {args.duration_ms} ms inputs in {drawing_s:.1f} s")
+
+    engine = make_engine(cell, SETTINGS[setting], args.backend)
+    engine.run(events[:64], chunk_ms=10)  # compile and warm up
+    wait_cpu = None if args.no_cpu else cpu_baselines(morphology, args.cpu_duration_ms, max(1, (os.cpu_count() or 2) - 2))
+    peak = {"bytes": 0}
+    if args.backend == "cuda":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        stop = threading.Event()
+
+        def watch():
+            while not stop.wait(0.05):
+                peak["bytes"] = max(peak["bytes"], pool.total_bytes())
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+    started = time.perf_counter()
+    results = engine.run(events, progress=lambda done, total: log(f"  {done}/{total} ms") if done % 1000 == 0 else None)
+    gpu_wall = time.perf_counter() - started
+    if args.backend == "cuda":
+        stop.set()
+        peak["bytes"] = max(peak["bytes"], cupy.get_default_memory_pool().total_bytes())
+    simulated_s = args.cells * args.duration_ms / 1000
+    log(f"GPU: {args.cells} x {args.duration_ms} ms in {gpu_wall:.1f} s")
+
+    spikes = sum(len(r.output_spike_times) for r in results)
+    chosen = fidelity_figures[setting]
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_info(args.backend),
+        "setting": setting, "setting_reason": reason, "solver": dataclasses.asdict(SETTINGS[setting]),
+        "sim_seconds_per_wall_second": simulated_s / gpu_wall,
+        "throughput": {"cells": args.cells, "duration_ms": args.duration_ms, "gpu_wall_s": gpu_wall,
+                       "input_drawing_s": drawing_s, "end_to_end_sim_seconds_per_wall_second": simulated_s / (gpu_wall + drawing_s),
+                       "output_rate_hz": spikes / simulated_s, "peak_device_memory_bytes": peak["bytes"] or None,
+                       "batch_device_bytes": engine.last_run_device_bytes,
+                       "floor": floor_estimate(engine, args.cells, args.duration_ms, gpu_wall)},
+        "accuracy": {k: v for k, v in chosen.items()},
+        "fidelity_targets": TARGETS,
+        "fidelity_reference": {"directory": str(args.reference), "simulations": len(reference[0]),
+                               "spikes": int(sum(len(s) for s in reference[2])), "solver": "cvode atol 1e-3"},
+        "fidelity": fidelity_figures,
+        "speed": speed,
+    }
+    if wait_cpu is not None:
+        cpu = wait_cpu()
+        result["cpu"] = cpu
+        result["speedup_vs_cvode_core"] = result["sim_seconds_per_wall_second"] / cpu["cvode"]["sim_seconds_per_core_second"]
+        result["speedup_vs_all_cores"] = result["sim_seconds_per_wall_second"] / cpu["cpu_default"]["sim_seconds_per_second_all_cores"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print_table(result)
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""What a GPU worker runs: one task simulates a whole batch of simulations on its worker's GPU.
+
+A GPU worker is a dask worker with the resource GPU=1 that sees one device (the local cluster
+pins each worker with CUDA_VISIBLE_DEVICES, see simulation.cluster). It builds the NEURON cell
+once, exports it to the engine once, and then, per task:
+
+    draw every simulation's inputs from (master seed, i) on a pool of CPU threads
+    -> one engine run for the whole batch -> one result dict per simulation (tasks.result_dict)
+
+so the GPU integrates thousands of cells at once while the dask loop writes shards as usual.
+A simulation's result does not depend on its batch (tests/test_gpu_engine_cuda.py), so a
+dataset is the same whatever the number of GPUs or the batch size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..config import SimulationConfig
+
+_cached: tuple[tuple, object] | None = None
+
+
+def input_threads() -> int:
+    """CPU threads for drawing inputs: this worker's share of the machine's cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = int(os.environ.get("L5PC_WORKERS_PER_MACHINE", "1"))
+    return max(1, cores // max(1, share))
+
+
+def get_engine(config: SimulationConfig, morphology: str | Path):
+    """This process's engine for `config`, built on first use (the cell from NEURON, then exported)."""
+    global _cached
+    from ..run import get_simulator
+    from .engine import GPUEngine
+    from .export import export_cell
+
+    key = (config.cell, config.synapses, config.solver, config.recording, str(Path(morphology).resolve()))
+    if _cached is None or _cached[0] != key:
+        _cached = None
+        simulator = get_simulator(config, morphology)
+        engine = GPUEngine(export_cell(simulator), config.solver, config.recording,
+                           backend=config.solver.gpu_backend, cpu_threads=input_threads())
+        _cached = (key, engine)
+    return _cached[1]
+
+
+def _results(engine, indices, events, packed_inputs) -> list[dict]:
+    from ..tasks import result_dict
+
+    started = time.perf_counter()
+    outputs = engine.run(events)
+    seconds = (time.perf_counter() - started) / len(indices)  # device time, shared evenly
+    return [result_dict(i, out, seconds, packed) for i, out, packed in zip(indices, outputs, packed_inputs)]
+
+
+def simulate_seeded_batch(config: SimulationConfig, morphology: str, simulation_indices: tuple[int, ...]) -> list[dict]:
+    """Draw the inputs of every simulation index from (master seed, i), simulate them all at once."""
+    from ..inputs import generate_input_spikes, simulation_rng
+    from ..run import get_simulator
+    from .engine import EventList
+
+    engine = get_engine(config, morphology)
+    segments = get_simulator(config, morphology).segments
+
+    def draw(i):
+        raster = generate_input_spikes(config.inputs, segments.length_um, segments.is_basal,
+                                       simulation_rng(config.dataset.seed, i))
+        return EventList.from_raster(raster), np.packbits(raster, axis=-1)
+
+    with ThreadPoolExecutor(input_threads()) as pool:  # numpy's generators and FFTs release the GIL
+        drawn = list(pool.map(draw, simulation_indices))
+    return _results(engine, simulation_indices, [d[0] for d in drawn], [d[1] for d in drawn])
+
+
+def simulate_given_batch(config: SimulationConfig, morphology: str, rows: tuple[int, ...],
+                         packed_inputs: list[np.ndarray], duration_ms: int) -> list[dict]:
+    """Simulate given (bit-packed) input rasters, all at once."""
+    from .engine import EventList
+
+    engine = get_engine(config, morphology)
+    events = [EventList.from_raster(np.unpackbits(p, axis=-1, count=duration_ms).astype(bool)) for p in packed_inputs]
+    return _results(engine, rows, events, [None] * len(rows))
