@@ -67,11 +67,11 @@ def test_kernel_matches_twin_float32(exported):
 def test_results_do_not_depend_on_the_batch(exported):
     """Bit for bit: alone, in another position, in a larger batch, in another chunking."""
     segments, cell = exported
-    inputs = rasters(segments, 70, seed=5)
+    inputs = rasters(segments, 70, duration_ms=120, seed=5)
     solver = SolverConfig(method="gpu", dt_ms=0.025)
     engine = GPUEngine(cell, solver, RecordingConfig(), backend="cuda")
-    everything = engine.run(inputs, chunk_ms=300)
-    alone = engine.run(inputs[[37]], chunk_ms=100)[0]
+    everything = engine.run(inputs, chunk_ms=120)
+    alone = engine.run(inputs[[37]], chunk_ms=50)[0]
     again = engine.run(inputs[::-1].copy(), chunk_ms=45)
     for result in (alone, again[70 - 1 - 37]):
         assert np.array_equal(result.soma_voltage, everything[37].soma_voltage)

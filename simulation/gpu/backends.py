@@ -161,9 +161,12 @@ class CUDABackend:
         return array.data.ptr
 
     def struct(self, record):
-        import numpy as np
+        return record.copy()  # copied into the module's constant memory at each launch
 
-        return self.to_device(np.frombuffer(record.tobytes(), dtype=np.uint8))
+    def _set_constant(self, name: str, record) -> None:
+        symbol = self.module.get_global(name)
+        symbol.copy_from_host_async(record.ctypes.data, record.nbytes, self.stream)
+        self._pending = record  # the host bytes must live until the copy ran (synchronize)
 
     def _grid(self, n_cells):
         if n_cells % CELLS_PER_BLOCK:
@@ -171,12 +174,17 @@ class CUDABackend:
         return (n_cells // CELLS_PER_BLOCK,), (CELLS_PER_BLOCK, self.node_groups)
 
     def initialize(self, model, batch, n_cells):
-        self.initialize_kernel(*self._grid(n_cells), (model, batch), stream=self.stream)
+        self._set_constant("c_model", model)
+        self._set_constant("c_batch", batch)
+        self.initialize_kernel(*self._grid(n_cells), (), stream=self.stream)
+        self.stream.synchronize()
 
     def advance(self, model, batch, n_cells, ms_begin, ms_end):
         import numpy as np
 
-        self.advance_kernel(*self._grid(n_cells), (model, batch, np.int64(ms_begin), np.int64(ms_end)), stream=self.stream)
+        self._set_constant("c_model", model)
+        self._set_constant("c_batch", batch)
+        self.advance_kernel(*self._grid(n_cells), (np.int64(ms_begin), np.int64(ms_end)), stream=self.stream)
 
     def synchronize(self):
         self.stream.synchronize()

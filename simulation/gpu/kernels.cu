@@ -4,18 +4,27 @@
 
 #ifdef __CUDACC__
 
+// The Model and the Batch live in constant memory: every thread reads the same fields, which
+// the constant cache broadcasts, and no store to the state arrays can alias them, so the
+// compiler keeps their pointers in registers. Each engine has its own module, hence its own copy.
+__constant__ Model c_model;
+__constant__ Batch c_batch;
+
+// At most MAX_THREADS_PER_BLOCK threads (32 cells x up to 16 node groups): the compiler keeps
+// registers within what such a block may hold.
+#define MAX_THREADS_PER_BLOCK 512
+
 // blockDim = (32, NODE_GROUPS): lane x is cell blockIdx.x * 32 + x, warp y a node group.
 // The batch is padded to whole blocks (padded cells get no input), so that every thread of
 // a block reaches every __syncthreads.
-extern "C" __global__ void gpu_initialize(const Model* __restrict__ M, const Batch* __restrict__ B) {
+extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_initialize() {
     const long long cell = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    initialize_cell(M, B, cell);
+    initialize_cell(&c_model, &c_batch, cell);
 }
 
-extern "C" __global__ void gpu_advance(const Model* __restrict__ M, const Batch* __restrict__ B,
-                                       long long ms_begin, long long ms_end) {
+extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_advance(long long ms_begin, long long ms_end) {
     const long long cell = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    advance_cell(M, B, cell, ms_begin, ms_end);
+    advance_cell(&c_model, &c_batch, cell, ms_begin, ms_end);
 }
 
 #else

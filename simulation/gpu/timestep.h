@@ -107,8 +107,14 @@ HD void deliver_events(const Model* __restrict__ M, const Batch* __restrict__ B,
 //    Their part of the diagonal, -b_i and -a_c, is constant: Model.d_axial.
 HD void membrane_and_axial_currents(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
     const long long n_cells = B->n_cells;
+    real* __restrict__ v_ = B->v;
+    real* __restrict__ state_ = B->state;
+    real* __restrict__ rhs_ = B->rhs;
+    real* __restrict__ d_ = B->d;
+    real* __restrict__ exc_ = B->excitatory_state;
+    real* __restrict__ inh_ = B->inhibitory_state;
     for (long long i = NODE_GROUP; i < M->n_nodes; i += NODE_GROUPS) {
-        const real v = AT(B->v, i);
+        const real v = AT(v_, i);
         real current = 0.0, conductance = 0.0;
         if (M->cm[i] > 0.0) {
             real g = M->pas_g[i];
@@ -117,70 +123,70 @@ HD void membrane_and_axial_currents(const Model* __restrict__ M, const Batch* __
             int s;
             if ((s = M->off_CaDynamics_E2[i]) >= 0) {
                 // NEURON's ion_cur: eca from the cai of time t, then the Ca channels' ica
-                const real eca = nernst_ca(AT(B->state, s), M->cao[i], M->ktf);
+                const real eca = nernst_ca(AT(state_, s), M->cao[i], M->ktf);
                 real ica = 0.0, dica = 0.0;
                 if ((s = M->off_Ca_HVA[i]) >= 0) {
-                    const real m = AT(B->state, s), h = AT(B->state, s + 1);
+                    const real m = AT(state_, s), h = AT(state_, s + 1);
                     g = Ca_HVA_conductance(M->gbar_Ca_HVA[i], m, h);
                     ica += g * (v - eca); dica += g;
                 }
                 if ((s = M->off_Ca_LVAst[i]) >= 0) {
-                    const real m = AT(B->state, s), h = AT(B->state, s + 1);
+                    const real m = AT(state_, s), h = AT(state_, s + 1);
                     g = Ca_LVAst_conductance(M->gbar_Ca_LVAst[i], m, h);
                     ica += g * (v - eca); dica += g;
                 }
-                AT(B->state, M->off_ca_ion[i]) = ica;
-                AT(B->state, M->off_ca_ion[i] + 1) = dica;
+                AT(state_, M->off_ca_ion[i]) = ica;
+                AT(state_, M->off_ca_ion[i] + 1) = dica;
                 current += ica;
                 conductance += dica;
             }
             if ((s = M->off_Ih[i]) >= 0) {
-                g = Ih_conductance(M->gbar_Ih[i], AT(B->state, s));
+                g = Ih_conductance(M->gbar_Ih[i], AT(state_, s));
                 current += g * (v - M->ehcn_Ih[i]); conductance += g;
             }
             const real ek = M->ek[i], ena = M->ena[i];
             if ((s = M->off_Im[i]) >= 0) {
-                g = Im_conductance(M->gbar_Im[i], AT(B->state, s));
+                g = Im_conductance(M->gbar_Im[i], AT(state_, s));
                 current += g * (v - ek); conductance += g;
             }
             if ((s = M->off_K_Pst[i]) >= 0) {
-                const real m = AT(B->state, s), h = AT(B->state, s + 1);
+                const real m = AT(state_, s), h = AT(state_, s + 1);
                 g = K_Pst_conductance(M->gbar_K_Pst[i], m, h);
                 current += g * (v - ek); conductance += g;
             }
             if ((s = M->off_K_Tst[i]) >= 0) {
-                const real m = AT(B->state, s), h = AT(B->state, s + 1);
+                const real m = AT(state_, s), h = AT(state_, s + 1);
                 g = K_Tst_conductance(M->gbar_K_Tst[i], m, h);
                 current += g * (v - ek); conductance += g;
             }
             if ((s = M->off_NaTa_t[i]) >= 0) {
-                const real m = AT(B->state, s), h = AT(B->state, s + 1);
+                const real m = AT(state_, s), h = AT(state_, s + 1);
                 g = NaTa_t_conductance(M->gbar_NaTa_t[i], m, h);
                 current += g * (v - ena); conductance += g;
             }
             if ((s = M->off_NaTs2_t[i]) >= 0) {
-                const real m = AT(B->state, s), h = AT(B->state, s + 1);
+                const real m = AT(state_, s), h = AT(state_, s + 1);
                 g = NaTs2_t_conductance(M->gbar_NaTs2_t[i], m, h);
                 current += g * (v - ena); conductance += g;
             }
             if ((s = M->off_Nap_Et2[i]) >= 0) {
-                const real m = AT(B->state, s), h = AT(B->state, s + 1);
+                const real m = AT(state_, s), h = AT(state_, s + 1);
                 g = Nap_Et2_conductance(M->gbar_Nap_Et2[i], m, h);
                 current += g * (v - ena); conductance += g;
             }
             if ((s = M->off_SK_E2[i]) >= 0) {
-                g = SK_E2_conductance(M->gbar_SK_E2[i], AT(B->state, s));
+                g = SK_E2_conductance(M->gbar_SK_E2[i], AT(state_, s));
                 current += g * (v - ek); conductance += g;
             }
             if ((s = M->off_SKv3_1[i]) >= 0) {
-                g = SKv3_1_conductance(M->gbar_SKv3_1[i], AT(B->state, s));
+                g = SKv3_1_conductance(M->gbar_SKv3_1[i], AT(state_, s));
                 current += g * (v - ek); conductance += g;
             }
             const real to_density = 100.0 / M->area[i];  // nA on a node of area um2 -> mA/cm2
             long long k;
             if ((k = M->node_excitatory[i]) >= 0) {
-                const real a_ampa = AT(B->excitatory_state, 4 * k), b_ampa = AT(B->excitatory_state, 4 * k + 1);
-                const real a_nmda = AT(B->excitatory_state, 4 * k + 2), b_nmda = AT(B->excitatory_state, 4 * k + 3);
+                const real a_ampa = AT(exc_, 4 * k), b_ampa = AT(exc_, 4 * k + 1);
+                const real a_nmda = AT(exc_, 4 * k + 2), b_nmda = AT(exc_, 4 * k + 3);
                 const real gmax = M->exc_gmax[k], e = M->exc_e[k], mg = M->exc_mg[k];
                 const real i0 = AmpaNmda_current(v, a_ampa, b_ampa, a_nmda, b_nmda, gmax, e, mg);
                 const real i1 = AmpaNmda_current(v + 0.001, a_ampa, b_ampa, a_nmda, b_nmda, gmax, e, mg);
@@ -188,20 +194,20 @@ HD void membrane_and_axial_currents(const Model* __restrict__ M, const Batch* __
                 conductance += (i1 - i0) / 0.001 * to_density;
             }
             if ((k = M->node_inhibitory[i]) >= 0) {
-                const real a = AT(B->inhibitory_state, 2 * k), b = AT(B->inhibitory_state, 2 * k + 1);
+                const real a = AT(inh_, 2 * k), b = AT(inh_, 2 * k + 1);
                 const real gmax = M->inh_gmax[k];
                 current += GabaA_current(v, a, b, gmax, M->inh_e[k]) * to_density;
                 conductance += gmax * (b - a) * to_density;
             }
         }
         real rhs = -current;
-        if (i > 0) rhs -= M->b[i] * (AT(B->v, M->parent[i]) - v);
+        if (i > 0) rhs -= M->b[i] * (AT(v_, M->parent[i]) - v);
         for (int j = M->child_begin[i]; j < M->child_begin[i + 1]; ++j) {
             const int c = M->children[j];
-            rhs += M->a[c] * (v - AT(B->v, c));
+            rhs += M->a[c] * (v - AT(v_, c));
         }
-        AT(B->rhs, i) = rhs;
-        AT(B->d, i) = M->cfac * M->cm[i] + conductance + M->d_axial[i];
+        AT(rhs_, i) = rhs;
+        AT(d_, i) = M->cfac * M->cm[i] + conductance + M->d_axial[i];
     }
 }
 
@@ -215,47 +221,51 @@ HD void membrane_and_axial_currents(const Model* __restrict__ M, const Batch* __
 //      d ends holding 1/d, so that back-substitution multiplies.
 HD void solve_and_update_voltage(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
     const long long n_cells = B->n_cells, n = M->n_nodes;
+    real* __restrict__ v_ = B->v;
+    real* __restrict__ state_ = B->state;
+    real* __restrict__ rhs_ = B->rhs;
+    real* __restrict__ d_ = B->d;
     real carry_d = 0.0, carry_rhs = 0.0;  // node i+1's elimination into node i, its chain parent
-    real next_d = AT(B->d, n - 1), next_rhs = AT(B->rhs, n - 1);
+    real next_d = AT(d_, n - 1), next_rhs = AT(rhs_, n - 1);
     for (long long i = n - 1; i >= 1; --i) {
         const real d = next_d + carry_d, rhs = next_rhs + carry_rhs;
-        next_d = AT(B->d, i - 1);
-        next_rhs = AT(B->rhs, i - 1);
+        next_d = AT(d_, i - 1);
+        next_rhs = AT(rhs_, i - 1);
         const int p = M->parent[i];
         const real inverse = 1.0 / d;
         const real factor = M->a[i] * inverse;
-        AT(B->d, i) = inverse;
-        AT(B->rhs, i) = rhs;
+        AT(d_, i) = inverse;
+        AT(rhs_, i) = rhs;
         if (p == i - 1) {
             carry_d = -factor * M->b[i];
             carry_rhs = -factor * rhs;
         } else {
-            AT(B->d, p) -= factor * M->b[i];
-            AT(B->rhs, p) -= factor * rhs;
+            AT(d_, p) -= factor * M->b[i];
+            AT(rhs_, p) -= factor * rhs;
             carry_d = 0.0;
             carry_rhs = 0.0;
         }
     }
     const real step = M->voltage_step_factor;
     real dv_previous = (next_rhs + carry_rhs) / (next_d + carry_d);  // the root
-    AT(B->rhs, 0) = dv_previous;
-    AT(B->v, 0) += step * dv_previous;
-    real next_inverse = AT(B->d, 1);
-    next_rhs = AT(B->rhs, 1);
+    AT(rhs_, 0) = dv_previous;
+    AT(v_, 0) += step * dv_previous;
+    real next_inverse = AT(d_, 1);
+    next_rhs = AT(rhs_, 1);
     for (long long i = 1; i < n; ++i) {
         const real inverse = next_inverse, rhs = next_rhs;
         if (i + 1 < n) {
-            next_inverse = AT(B->d, i + 1);
-            next_rhs = AT(B->rhs, i + 1);
+            next_inverse = AT(d_, i + 1);
+            next_rhs = AT(rhs_, i + 1);
         }
         const int p = M->parent[i];
-        const real dv_parent = (p == i - 1) ? dv_previous : AT(B->rhs, p);
+        const real dv_parent = (p == i - 1) ? dv_previous : AT(rhs_, p);
         const real dv = (rhs - M->b[i] * dv_parent) * inverse;
-        AT(B->rhs, i) = dv;
-        AT(B->v, i) += step * dv;
+        AT(rhs_, i) = dv;
+        AT(v_, i) += step * dv;
         int s;
         if (M->second_order == 2 && (s = M->off_ca_ion[i]) >= 0) {
-            AT(B->state, s) += AT(B->state, s + 1) * dv;  // ica += dica/dv * dv(half step)
+            AT(state_, s) += AT(state_, s + 1) * dv;  // ica += dica/dv * dv(half step)
         }
         dv_previous = dv;
     }
@@ -265,31 +275,35 @@ HD void solve_and_update_voltage(const Model* __restrict__ M, const Batch* __res
 //    type order: CaDynamics_E2 integrates cai with this step's ica before SK_E2 reads it.
 HD void update_states(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
     const long long n_cells = B->n_cells;
+    real* __restrict__ v_ = B->v;
+    real* __restrict__ state_ = B->state;
+    real* __restrict__ exc_ = B->excitatory_state;
+    real* __restrict__ inh_ = B->inhibitory_state;
     const real dt = M->dt;
     real x_inf, tau_x, y_inf, tau_y;
     for (long long i = NODE_GROUP; i < M->n_nodes; i += NODE_GROUPS) {
-        const real v = AT(B->v, i);
+        const real v = AT(v_, i);
         int s;
         if ((s = M->off_CaDynamics_E2[i]) >= 0) {
-            const real ica = AT(B->state, M->off_ca_ion[i]);
-            AT(B->state, s) = CaDynamics_E2_step(AT(B->state, s), ica, M->gamma_CaDynamics_E2[i], M->decay_CaDynamics_E2[i],
+            const real ica = AT(state_, M->off_ca_ion[i]);
+            AT(state_, s) = CaDynamics_E2_step(AT(state_, s), ica, M->gamma_CaDynamics_E2[i], M->decay_CaDynamics_E2[i],
                                                  M->depth_CaDynamics_E2[i], M->minCai_CaDynamics_E2[i], M->faraday, dt);
         }
 #define UPDATE_TWO_GATES(channel)                                                        \
         if ((s = M->off_##channel[i]) >= 0) {                                            \
             channel##_rates(v, &x_inf, &tau_x, &y_inf, &tau_y);                          \
-            AT(B->state, s) = cnexp(AT(B->state, s), x_inf, tau_x, dt);                  \
-            AT(B->state, s + 1) = cnexp(AT(B->state, s + 1), y_inf, tau_y, dt);          \
+            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);                  \
+            AT(state_, s + 1) = cnexp(AT(state_, s + 1), y_inf, tau_y, dt);          \
         }
         UPDATE_TWO_GATES(Ca_HVA)
         UPDATE_TWO_GATES(Ca_LVAst)
         if ((s = M->off_Ih[i]) >= 0) {
             Ih_rates(v, M->vhalf_Ih, M->vshift_Ih[i], &x_inf, &tau_x);
-            AT(B->state, s) = cnexp(AT(B->state, s), x_inf, tau_x, dt);
+            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);
         }
         if ((s = M->off_Im[i]) >= 0) {
             Im_rates(v, &x_inf, &tau_x);
-            AT(B->state, s) = cnexp(AT(B->state, s), x_inf, tau_x, dt);
+            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);
         }
         UPDATE_TWO_GATES(K_Pst)
         UPDATE_TWO_GATES(K_Tst)
@@ -298,24 +312,24 @@ HD void update_states(const Model* __restrict__ M, const Batch* __restrict__ B, 
         UPDATE_TWO_GATES(Nap_Et2)
 #undef UPDATE_TWO_GATES
         if ((s = M->off_SK_E2[i]) >= 0) {
-            SK_E2_rates(AT(B->state, M->off_CaDynamics_E2[i]), &x_inf, &tau_x);
-            AT(B->state, s) = cnexp(AT(B->state, s), x_inf, tau_x, dt);
+            SK_E2_rates(AT(state_, M->off_CaDynamics_E2[i]), &x_inf, &tau_x);
+            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);
         }
         if ((s = M->off_SKv3_1[i]) >= 0) {
             SKv3_1_rates(v, &x_inf, &tau_x);
-            AT(B->state, s) = cnexp(AT(B->state, s), x_inf, tau_x, dt);
+            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);
         }
     }
     // synapses: A' = -A / tau, exactly exp(-dt / tau) per step (Model's *_decay_* factors)
     for (long long k = NODE_GROUP; k < M->n_excitatory; k += NODE_GROUPS) {
-        AT(B->excitatory_state, 4 * k + 0) *= M->exc_decay_rise_ampa[k];
-        AT(B->excitatory_state, 4 * k + 1) *= M->exc_decay_decay_ampa[k];
-        AT(B->excitatory_state, 4 * k + 2) *= M->exc_decay_rise_nmda[k];
-        AT(B->excitatory_state, 4 * k + 3) *= M->exc_decay_decay_nmda[k];
+        AT(exc_, 4 * k + 0) *= M->exc_decay_rise_ampa[k];
+        AT(exc_, 4 * k + 1) *= M->exc_decay_decay_ampa[k];
+        AT(exc_, 4 * k + 2) *= M->exc_decay_rise_nmda[k];
+        AT(exc_, 4 * k + 3) *= M->exc_decay_decay_nmda[k];
     }
     for (long long k = NODE_GROUP; k < M->n_inhibitory; k += NODE_GROUPS) {
-        AT(B->inhibitory_state, 2 * k + 0) *= M->inh_decay_rise[k];
-        AT(B->inhibitory_state, 2 * k + 1) *= M->inh_decay_decay[k];
+        AT(inh_, 2 * k + 0) *= M->inh_decay_rise[k];
+        AT(inh_, 2 * k + 1) *= M->inh_decay_decay[k];
     }
 }
 
