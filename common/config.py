@@ -10,7 +10,7 @@ reading a file needs every stage's list of tables. Each side owns its list, as C
 in its config module; TABLE_OWNERS below names those modules, which read_toml imports when it
 checks a file. This is the one place where the ground floor names the floors above it: it
 lets `simulate`, which never imports surrogate/, still accept [train] and refuse [trian].
-Both modules are light (no NEURON, no torch; tests/test_config.py checks it).
+Both modules are light (no NEURON, no torch; tests/test_common.py checks it).
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:  # TOML is UTF-8; tomllib decodes before parsing
+        line = err.object[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} on line {line}); "
+                          f"TOML files must be UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
     known = known_tables()
     unknown = sorted(set(raw) - set(known))
     if unknown:

@@ -20,3 +20,7 @@ class DatasetError(UserInputError):
 
 class InputShapeError(UserInputError):
     """An input-spike array whose shape or type does not match the cell."""
+
+
+class OutputError(UserInputError):
+    """The output location cannot be written: read-only, full, missing permissions."""

@@ -1,7 +1,9 @@
 """Files written whole or not at all, and their sha256.
 
-    with atomic_path(path) as tmp: ...   write `tmp` with any library (h5py, torch.save); it becomes `path`
+    with atomic_path(path) as tmp: ...   write `tmp` with any library (torch.save, ...); it becomes `path`
+    with atomic_hdf5(path) as f: ...     an HDF5 file built in memory, then written atomically
     write_text_atomic(path, text)        the same for text; write_bytes_atomic for bytes
+    check_writable(directory)            OutputError unless a file can be created there
     temporaries(directory, pattern)      what writers killed mid-write left behind
     sha256_hex(data), file_sha256(path)  hex digests
 
@@ -17,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from .errors import OutputError
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -83,6 +88,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: str | os.PathLike):
+    """Yield a writable h5py.File held in memory; when the block succeeds it is written to `path` atomically.
+
+    Why in memory: HDF5 buffers its writes and meets a full disk only while closing the file,
+    where h5py raises RuntimeError and leaves the library in a state that later crashed the
+    process (segfault, exit code 139). Built in memory, the file reaches the disk through
+    plain file I/O, where a full disk is an ordinary OSError, the temporary file is removed
+    and `path` is untouched. The price: the compressed file is held in memory once.
+    """
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        yield f
+    write_bytes_atomic(path, buffer.getbuffer())
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """OutputError unless `directory` exists (or can be made) and a file can be created in it."""
+    directory = Path(directory)
+    probe = temporary_path(directory / "write-probe")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot write to {directory}: {err.strerror or err}") from None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -2,7 +2,9 @@
 
 Prints the number of simulations, output firing (rate, silent simulations, ISI statistics),
 the soma voltage and the input volume as a table, or as JSON with --json. Each shard's
-schema is checked first, so a truncated or foreign file is reported by name.
+schema is checked first, so a truncated or foreign file is reported by name, and shards
+of different datasets in one directory (another config, seed, mechanisms or morphology)
+are an error that names them.
 """
 
 from __future__ import annotations
@@ -60,10 +62,16 @@ def main(args) -> int:
 
     from common.jsonio import dumps_json
     from simulation.dataset import resolve_shards, summarise, validate_shard
+    from simulation.errors import DatasetError
+    from simulation.plan import foreign_shards
 
     paths = resolve_shards(args.path)
     for path in paths:
         validate_shard(path)
+    foreign = foreign_shards(paths)  # e.g. two simulate runs with different seeds into one directory
+    if foreign:
+        listed = "; ".join(f"{name}: {difference}" for name, difference in foreign.items())
+        raise DatasetError(f"{args.path} mixes shards of different datasets ({listed})")
     with tqdm(total=len(paths), unit="shard", desc="inspect", disable=args.json or len(paths) < 2, leave=False) as bar:
         summary = summarise(paths, inputs=not args.no_inputs, progress=lambda _: bar.update())
     if args.json:

@@ -5,7 +5,9 @@ a shard of this project, an imported NeuronIO shard, or rasters written by hand.
 is simulated in parallel and OUTPUT.h5 is one shard of the usual schema (created_by
 "resimulate"). The config is --config, else the one stored in INPUT.h5 if it is a shard,
 else the defaults; its duration is replaced by T. If INPUT.h5 is a shard, its simulation
-indices and master seed are kept, so rows can be compared one to one.
+indices and master seed are kept, so rows can be compared one to one. An existing OUTPUT.h5
+is replaced only with --overwrite; an input too large for this machine's memory is refused
+before it is read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TOML config (default: the config stored in INPUT.h5, else the defaults)")
     parser.add_argument("--morphology", type=Path, default=None,
                         help="cell1.asc (default: $L5PC_MORPHOLOGY, else data/morphology/cell1.asc)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT.h5 if it exists")
     add_cluster_arguments(parser)
 
 
@@ -60,6 +63,7 @@ def _config_and_provenance(args):
 def main(args: argparse.Namespace) -> int:
     import time
 
+    from common.errors import OutputError
     from simulation.cluster import close_client
     from simulation.dataset import read_input_spikes
     from simulation.errors import UserInputError
@@ -68,6 +72,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.output.resolve() == args.input.resolve():
         raise UserInputError(f"OUTPUT.h5 must differ from INPUT.h5 ({args.input})")
+    if args.output.is_dir():
+        raise OutputError(f"OUTPUT.h5 {args.output} is a directory")
+    if args.output.exists() and not args.overwrite:  # before any work: it may be a dataset's shard
+        raise OutputError(f"{args.output} exists; pass --overwrite to replace it")
     input_spikes = read_input_spikes(args.input)  # InputShapeError unless (n, 1278, T) 0/1
     config, simulation_index, kept = _config_and_provenance(args)
     if simulation_index is not None and simulation_index.shape != (len(input_spikes),):

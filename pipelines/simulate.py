@@ -2,8 +2,10 @@
 
 Runs on a new local cluster (one single-threaded worker process per core, or --workers N)
 or on an existing one (--scheduler tcp://HOST:PORT, see docs/cluster.md). Re-running the same
-command resumes: finished shards are kept, the rest is simulated. Exit codes: 0 done,
-2 bad input (config, morphology, output directory), 1 some simulations failed (listed).
+command resumes: finished shards are kept, the rest is simulated. One run at a time writes
+into a directory (a lock file, DIR/.lock, names its owner). Exit codes: 0 done, 2 bad input
+(config, morphology, an output directory in use, read-only or full), 1 some simulations
+failed (listed).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import time
 
+    from common.files import check_writable
+    from common.locks import DirectoryLock, describe_owner
     from simulation.cluster import close_client
     from simulation.config import load_simulation_config
     from simulation.dataset import summarise
@@ -51,19 +55,24 @@ def main(args: argparse.Namespace) -> int:
         print("nothing to do: every shard is already there")
         return 0
 
-    # compiled here, once, before any worker exists; workers only load the build
-    compile_mechanisms(coreneuron=config.solver.method == "coreneuron")
-    client, where = start_cluster(args, config)
-    print(where, flush=True)
-    started = time.perf_counter()
-    failed = None
-    try:
-        with ProgressBar("simulate") as progress:
-            paths = generate_dataset(config, args.out, morphology, client, progress=progress)
-    except SimulationsFailed as err:
-        failed, paths = err, err.written
-    finally:
-        close_client(client)
+    # one run per output directory, for the whole run; refused before any worker starts
+    with DirectoryLock(args.out, "simulate") as lock:
+        if lock.stale:
+            print(f"taking over the lock of a run that ended without releasing it: {describe_owner(lock.stale)}")
+        check_writable(args.out)  # before the computing, not after it
+        # compiled here, once, before any worker exists; workers only load the build
+        compile_mechanisms(coreneuron=config.solver.method == "coreneuron")
+        client, where = start_cluster(args, config)
+        print(where, flush=True)
+        started = time.perf_counter()
+        failed = None
+        try:
+            with ProgressBar("simulate") as progress:
+                paths = generate_dataset(config, args.out, morphology, client, progress=progress)
+        except SimulationsFailed as err:
+            failed, paths = err, err.written
+        finally:
+            close_client(client)
     seconds = time.perf_counter() - started
 
     simulated = state.simulations_todo - (len(failed.failures) if failed else 0)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, MorphologyError
+from .morphology import check_morphology, path_neuron_can_read
 
 BIOPHYSICS_DIR = Path(__file__).resolve().parent / "biophysics"
 BIOPHYSICS_SETS = ("neuronio", "hay2011")  # neuronio = biophys5b (default), hay2011 = biophys3
@@ -141,20 +142,13 @@ class L5PCCell:
     def _import_morphology(self, path: Path) -> None:
         from neuron import h
 
-        if not path.is_file():
-            raise MorphologyError(f"morphology file not found: {path}")
-        suffix = path.suffix.lower()
-        if suffix == ".asc":
-            h.load_file("import3d.hoc")
-            reader = h.Import3d_Neurolucida3()
-        elif suffix == ".swc":
-            h.load_file("import3d.hoc")
-            reader = h.Import3d_SWC_read()
-        else:
-            raise MorphologyError(f"morphology {path}: expected a Neurolucida .asc or an .swc file")
+        check_morphology(path)  # NEURON hangs or crashes on some malformed files
+        h.load_file("import3d.hoc")
+        reader = h.Import3d_Neurolucida3() if path.suffix.lower() == ".asc" else h.Import3d_SWC_read()
         reader.quiet = 1
         try:
-            reader.input(str(path))
+            with path_neuron_can_read(path) as readable:
+                reader.input(str(readable))
             L5PCCell._count += 1
             imported = _ImportedSections(f"L5PC{L5PCCell._count - 1}")
             h.Import3d_GUI(reader, 0).instantiate(imported)

@@ -6,9 +6,10 @@ spikes (as times and as a raster), optionally all dendritic segment voltages, th
 table, and as attributes everything needed to reproduce it (config, master seed, seed rule,
 NEURON version, hashes of the mechanisms and the morphology).
 
-Shards are written atomically (common.files: a hidden temporary file unique to the writer,
-fsync, rename), so a shard under its final name is always complete; a crash leaves at most
-a `.shard_NNNNN.h5.<pid>-<random>.tmp` file, which readers ignore.
+Shards are built in memory and written atomically (common.files.atomic_hdf5: a hidden
+temporary file unique to the writer, fsync, rename), so a shard under its final name is
+always complete; a crash leaves at most a `.shard_NNNNN.h5.<pid>-<random>.tmp` file, which
+readers ignore. A full disk raises OSError and leaves the finished shards as they were.
 This module is pure h5py/numpy: surrogate/ reads shards through it without NEURON.
 """
 
@@ -25,7 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import h5py
 import numpy as np
 
-from common.files import atomic_path
+from common.files import atomic_hdf5
 from common.jsonio import dumps_json, plain
 
 from .errors import DatasetError, InputShapeError
@@ -157,7 +158,7 @@ def write_shard(
 
     # ---- write under a temporary name, then rename: never a half-written shard
     compressed = {"compression": "gzip", "compression_opts": int(compression_level), "shuffle": True}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_hdf5(path) as f:  # built in memory: a full disk is an OSError, never a crash in HDF5
         f.create_dataset("input_spikes", data=input_spikes, chunks=(1, 2 * n_segments, duration), **compressed)
         f.create_dataset("soma_voltage", data=soma_voltage)
         f.create_dataset("nexus_voltage", data=nexus_voltage)
@@ -235,22 +236,43 @@ def _check_structure(f: h5py.File, path: Path) -> tuple[int, int]:
 
 
 def validate_shard(path: str | os.PathLike, deep: bool = False) -> dict:
-    """Check a shard's schema; `deep` also decompresses every chunk. Returns {"simulations", "duration_ms"}.
+    """Check a shard's schema and that its voltages are finite; `deep` also decompresses every chunk.
 
-    Raises DatasetError with a one-line message for a missing file, a file that is not HDF5
-    or is truncated, a missing dataset, inconsistent shapes or another schema version.
+    Returns {"simulations", "duration_ms"}. Raises DatasetError with a one-line message for a
+    missing file, a file that is not HDF5 or is truncated, a missing dataset, inconsistent
+    shapes, another schema version, or a NaN or infinite voltage (naming the simulation).
+    The soma and nexus traces are small and always read; `deep` adds segment_voltages.
     """
     path = Path(path)
     with _open_h5(path) as f:
         n, duration = _check_structure(f, path)
+        simulation_index = f["simulation_index"][()]
+        for name in ("soma_voltage", "nexus_voltage"):
+            _check_finite(f[name][()], name, simulation_index, path)
         if deep:
             for name in ("input_spikes", "segment_voltages"):
                 if name in f:
                     for i in range(n):
-                        f[name][i]
+                        block = f[name][i]
+                        if name == "segment_voltages":
+                            _check_finite(block[np.newaxis], name, simulation_index[i:i + 1], path)
             for name in REQUIRED_DATASETS[1:]:
                 f[name][()]
     return {"simulations": n, "duration_ms": duration}
+
+
+def _check_finite(traces: np.ndarray, name: str, simulation_index: np.ndarray, path: Path) -> None:
+    """DatasetError naming the first simulation whose `traces` (one row per simulation) hold NaN or inf."""
+    bad = ~np.isfinite(traces.reshape(len(traces), -1))
+    rows = np.flatnonzero(bad.any(axis=1))
+    if rows.size:
+        row = int(rows[0])
+        first = int(np.flatnonzero(bad[row])[0]) % traces.shape[-1]
+        raise DatasetError(
+            f"{path}: {name} of simulation {int(simulation_index[row])} (row {row}) is not finite: "
+            f"{int(bad[row].sum())} NaN or infinite value(s), the first at t = {first} ms"
+            + (f"; {rows.size - 1} more simulation(s) affected" if rows.size > 1 else "")
+        )
 
 
 @contextlib.contextmanager
@@ -337,10 +359,27 @@ def read_shard(path: str | os.PathLike, inputs: bool = True, segment_voltages: b
         )
 
 
-def read_input_spikes(path: str | os.PathLike, dataset: str = "input_spikes", n_rows: int = N_INPUT_ROWS) -> np.ndarray:
+def available_memory_bytes() -> int | None:
+    """Memory this machine can still give (Linux MemAvailable), else its physical memory, else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def read_input_spikes(path: str | os.PathLike, dataset: str = "input_spikes", n_rows: int = N_INPUT_ROWS,
+                      max_bytes: int | None = None) -> np.ndarray:
     """Input rasters to re-simulate, (n, n_rows, T) bool, from a shard or any HDF5 file holding `dataset`.
 
-    A 2-D dataset (n_rows, T) is read as one simulation.
+    A 2-D dataset (n_rows, T) is read as one simulation. Before reading, the memory the array
+    needs is compared with `max_bytes` (default: the memory available now): a compressed file
+    can hold a raster far larger than memory, and reading it would fail only after minutes.
     """
     path = Path(path)
     with _open_h5(path) as f:
@@ -351,6 +390,14 @@ def read_input_spikes(path: str | os.PathLike, dataset: str = "input_spikes", n_
         if ds.ndim not in (2, 3) or ds.shape[-2] != n_rows:
             raise InputShapeError(
                 f"{path}:{dataset} has shape {ds.shape}, expected (n, {n_rows}, T) or ({n_rows}, T)"
+            )
+        # the array as stored, plus its bool copy unless it is bool already
+        needed = ds.size * (ds.dtype.itemsize + (0 if ds.dtype == bool else 1))
+        limit = available_memory_bytes() if max_bytes is None else max_bytes
+        if limit is not None and needed > limit:
+            raise InputShapeError(
+                f"{path}:{dataset} has shape {ds.shape}: reading it needs {needed / 2**30:,.1f} GiB of memory, "
+                f"more than the {limit / 2**30:,.1f} GiB available; split it into smaller files"
             )
         spikes = ds[()]
     if spikes.ndim == 2:

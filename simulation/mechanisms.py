@@ -3,7 +3,8 @@
 A build lives in `<cache root>/<sha256>[-coreneuron]/`, where the hash covers the .mod
 files' names and contents, the NEURON version and the machine architecture. Changing a
 .mod file (or upgrading NEURON) therefore gives a new directory and a rebuild; nothing
-else does. The cache root is `build/mechanisms/` in the project, or $L5PC_MECHANISMS_CACHE.
+else does. The cache root is `build/mechanisms/` in the project, or $L5PC_MECHANISMS_CACHE
+(an ASCII directory elsewhere when the project's path is not ASCII: see cache_root).
 
 Builds are made in a fresh temporary directory next to their final place and renamed into
 it when complete, under a per-build file lock, so that concurrent processes (dask workers,
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from common.files import sha256_hex
 
+from .errors import UserInputError
 from .paths import PROJECT_ROOT
 
 MOD_DIR = Path(__file__).resolve().parent / "mechanisms"
@@ -39,6 +41,10 @@ _loaded_build: Path | None = None
 
 class MechanismBuildError(RuntimeError):
     """nrnivmodl is missing or failed; the message ends with the tail of its output."""
+
+
+class MechanismPathError(UserInputError):
+    """No ASCII directory for the mechanism build (NEURON's hoc strings are ASCII)."""
 
 
 class MechanismLoadError(RuntimeError):
@@ -79,12 +85,25 @@ def mechanisms_sha256(mod_dir: str | os.PathLike | None = None) -> str:
 
 
 def cache_root(root: str | os.PathLike | None = None) -> Path:
-    """Where builds live: `root`, else $L5PC_MECHANISMS_CACHE, else build/mechanisms/."""
-    if root:
-        return Path(root)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return DEFAULT_CACHE_ROOT
+    """Where builds live: `root`, else $L5PC_MECHANISMS_CACHE, else build/mechanisms/ in the project.
+
+    NEURON takes only ASCII paths (hoc strings), so a build under a project whose path is not
+    ASCII could never be loaded; the default then moves to ~/.cache/l5pc-surrogate/mechanisms,
+    or to the temporary directory, whichever is ASCII. A root given explicitly must be ASCII.
+    """
+    if root or os.environ.get(CACHE_ENV):
+        chosen = Path(root or os.environ[CACHE_ENV])
+        if not str(chosen.absolute()).isascii():
+            origin = "the mechanisms cache" if root else f"${CACHE_ENV}"
+            raise MechanismPathError(f"{origin} {chosen} is not an ASCII path, and NEURON loads libraries only "
+                                     f"from ASCII paths: choose another directory")
+        return chosen
+    for candidate in (DEFAULT_CACHE_ROOT, Path.home() / ".cache" / "l5pc-surrogate" / "mechanisms",
+                      Path(tempfile.gettempdir()) / f"l5pc-surrogate-mechanisms-{os.getuid()}"):
+        if str(candidate.absolute()).isascii():
+            return candidate
+    raise MechanismPathError(f"the project's path {PROJECT_ROOT} is not ASCII, and NEURON loads libraries only from "
+                             f"ASCII paths: set {CACHE_ENV} to an ASCII directory for the compiled mechanisms")
 
 
 def build_directory(

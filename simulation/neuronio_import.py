@@ -61,12 +61,32 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("_codecs", "encode"): _latin1_encode,
     }
     for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _empty_shell(multiarray._reconstruct)
         allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
         allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol-5 pickles
-    for name in ("set", "frozenset", "list", "dict", "tuple", "complex", "bytearray", "bytes", "str", "int", "float", "bool"):
+    for name in ("set", "frozenset", "list", "dict", "tuple", "complex", "str", "int", "float", "bool"):
         allowed[("builtins", name)] = getattr(__import__("builtins"), name)
+    for name in ("bytearray", "bytes"):
+        allowed[("builtins", name)] = _sized_from_data(getattr(__import__("builtins"), name))
     return allowed
+
+
+def _empty_shell(reconstruct):
+    """numpy pickles an array as an empty shell (shape (0,)) filled by its state; a large shell is a pickle bomb."""
+    def build(subtype, shape, dtype):
+        if int(np.prod(shape, dtype=np.float64)) > 1:
+            raise pickle.UnpicklingError(f"refusing an empty array of shape {shape}: numpy pickles never ask for one")
+        return reconstruct(subtype, shape, dtype)
+    return build
+
+
+def _sized_from_data(make):
+    """bytes / bytearray from the pickle's data only: bytes(10**12) would allocate a terabyte (a pickle bomb)."""
+    def build(*args):
+        if args and isinstance(args[0], int):
+            raise pickle.UnpicklingError(f"refusing {make.__name__}({args[0]}): a size, not data (a pickle bomb?)")
+        return make(*args)
+    return build
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -104,9 +124,42 @@ def load_neuronio_pickle(path: str | os.PathLike) -> dict:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             UnicodeError, OverflowError) as err:
         raise DatasetError(f"{path}: not a readable NeuronIO pickle ({type(err).__name__}: {str(err)[:120]})") from None
+    except (MemoryError, RecursionError) as err:
+        raise DatasetError(f"refusing to load {path}: {_bomb(err)}") from None
     if not isinstance(data, dict) or "Params" not in data or "Results" not in data:
         raise DatasetError(f"{path}: not a NeuronIO file (expected a dict with 'Params' and 'Results')")
+    # every element of a real file is stored in it, so its containers unfold to at most a few
+    # elements per byte; shared references can make a 1-kB pickle unfold to 2**40 (a pickle bomb)
+    limit = 1_000_000 + 4 * path.stat().st_size
+    if _unfolded_size(data, limit) > limit:
+        raise DatasetError(f"refusing to load {path}: its containers unfold to more than {limit:,} elements through "
+                           f"shared references, more than a file of its size can hold (a pickle bomb?)")
     return data
+
+
+def _unfolded_size(data: Any, limit: int) -> int:
+    """The number of container elements met walking `data` as a tree (a shared object counts each time), up to `limit` + 1.
+
+    Iterative, so deep nesting cannot overflow the stack; stops as soon as the count passes `limit`.
+    """
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+            count += len(value)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+            count += len(value)
+        else:
+            count += 1  # a number, a string, a numpy array (its bytes are in the file)
+    return count
+
+
+def _bomb(err: BaseException) -> str:
+    what = "more memory than this machine has" if isinstance(err, MemoryError) else "nesting too deep to follow"
+    return f"its content needs {what} ({type(err).__name__}; a pickle bomb?)"
 
 
 # --------------------------------------------------------------------------- conversion
@@ -308,7 +361,12 @@ def import_neuronio(
                 )
             status = "skipped"
         else:
-            arrays = convert_experiment(load_neuronio_pickle(pickle_path), str(pickle_path), k, keep_segment_voltages)
+            data = load_neuronio_pickle(pickle_path)
+            try:
+                arrays = convert_experiment(data, str(pickle_path), k, keep_segment_voltages)
+            except (MemoryError, RecursionError) as err:  # a small file whose shared references unfold hugely
+                raise DatasetError(f"refusing to convert {pickle_path}: {_bomb(err)}") from None
+            del data
             write_shard(target, compression_level=compression_level, **arrays)
             status = "written"
         done.append((target, status))

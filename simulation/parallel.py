@@ -34,10 +34,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from common.errors import OutputError
+from common.files import check_writable
+from common.locks import DirectoryLock
+
 from .cluster import prepare_workers, unique_token
 from .config import SimulationConfig
-from .errors import InputShapeError, MorphologyError
-from .plan import ShardPlan, dataset_attrs, inspect_output_dir, plan_shards
+from .errors import InputShapeError
+from .morphology import check_morphology
+from .plan import OutputState, ShardPlan, dataset_attrs, inspect_output_dir, plan_shards
 from .tasks import Task, run_task, simulate_given, simulate_seeded
 
 # Re-exported: a caller of generate_dataset also starts and stops a client (bench/, docs/cluster.md).
@@ -210,42 +215,57 @@ def generate_dataset(
 ) -> list[Path]:
     """Simulate every shard of `config` that `out_dir` lacks; returns the paths of all planned shards.
 
-    Raises DatasetError if `out_dir` holds another dataset's shards, and SimulationsFailed
-    (after writing every shard whose simulations all succeeded) if some simulations failed
-    after `config.parallel.retries` retries.
+    Holds `out_dir`'s lock (common.locks) while it writes: DirectoryLocked if another run
+    writes there. Raises DatasetError if `out_dir` holds another dataset's shards, OutputError
+    if it cannot be written (checked before simulating; a full disk while writing a shard
+    leaves the finished shards intact), and SimulationsFailed (after writing every shard
+    whose simulations all succeeded) if some simulations failed after `config.parallel.retries` retries.
     """
-    from .dataset import write_shard
-
     out_dir = Path(out_dir)
-    morphology = Path(morphology)
-    if not morphology.is_file():
-        raise MorphologyError(f"morphology file not found: {morphology}")
-    state = inspect_output_dir(config, out_dir, morphology)
-    for stale in state.stale_temporaries:
-        stale.unlink(missing_ok=True)
+    morphology = check_morphology(morphology)
     total = config.dataset.n_shards * config.dataset.simulations_per_shard
     paths = [out_dir / plan.file_name for plan in plan_shards(config)]
-    if not state.todo:
+    state = inspect_output_dir(config, out_dir, morphology)
+    if not state.todo:  # nothing to write: a finished dataset may sit on a read-only disk
         if progress:
             progress(state.simulations_done, total)
         return paths
+    with DirectoryLock(out_dir, "simulate"):  # re-entrant: the command line already holds it
+        check_writable(out_dir)
+        # again under the lock: the run that held it before may have finished shards meanwhile
+        state = inspect_output_dir(config, out_dir, morphology)
+        for stale in state.stale_temporaries:  # no other writer can be running now
+            stale.unlink(missing_ok=True)
+        if state.todo:
+            _simulate_missing_shards(config, out_dir, morphology, client, state, progress, total)
+        elif progress:
+            progress(state.simulations_done, total)
+    return paths
+
+
+def _simulate_missing_shards(config: SimulationConfig, out_dir: Path, morphology: Path, client, state: OutputState,
+                             progress: Progress | None, total: int) -> None:
+    from .dataset import write_shard
 
     segments = prepare_workers(client, config, morphology)
-    out_dir.mkdir(parents=True, exist_ok=True)
     attrs = dataset_attrs(config, morphology) | {"created_by": "simulate"}
 
     def write(shard: ShardPlan, results: list[dict]) -> Path:
-        return write_shard(
-            out_dir / shard.file_name, **_stack_shard(results, config.inputs.duration_ms),
-            simulation_index=np.asarray(shard.simulation_indices, dtype=np.int64),
-            segments=segments, attrs=attrs | {"shard_index": shard.index},
-            compression_level=config.dataset.compression_level,
-        )
+        path = out_dir / shard.file_name
+        try:
+            return write_shard(
+                path, **_stack_shard(results, config.inputs.duration_ms),
+                simulation_index=np.asarray(shard.simulation_indices, dtype=np.int64),
+                segments=segments, attrs=attrs | {"shard_index": shard.index},
+                compression_level=config.dataset.compression_level,
+            )
+        except OSError as err:  # a full disk, a revoked permission: the finished shards are intact
+            raise OutputError(f"cannot write {path}: {err.strerror or err}; the shards already written are "
+                              f"intact: make room and run the same command again to resume") from None
 
     run_shards(client, seeded_tasks(config, morphology, state.todo), state.todo, write,
                retries=config.parallel.retries, master_seed=config.dataset.seed,
                progress=progress, done=state.simulations_done, total=total)
-    return paths
 
 
 def resimulate(
@@ -270,9 +290,9 @@ def resimulate(
         raise InputShapeError(f"input_spikes has shape {input_spikes.shape}, expected (n, 1278, T) with n, T >= 1")
     n, _, duration = input_spikes.shape
     config = dataclasses.replace(config, inputs=dataclasses.replace(config.inputs, duration_ms=int(duration)))
-    morphology = Path(morphology)
-    if not morphology.is_file():
-        raise MorphologyError(f"morphology file not found: {morphology}")
+    morphology = check_morphology(morphology)
+    out_path = Path(out_path)
+    check_writable(out_path.parent)  # before simulating, not after
     segments = prepare_workers(client, config, morphology)
     if input_spikes.shape[1] != 2 * len(segments["index"]):
         raise InputShapeError(
@@ -282,11 +302,14 @@ def resimulate(
     attrs |= extra_attrs or {}
 
     def write(shard: ShardPlan, results: list[dict]) -> Path:
-        return write_shard(
-            out_path, **_stack_shard(results, duration, input_spikes=input_spikes.astype(bool)),
-            simulation_index=np.arange(n, dtype=np.int64) if simulation_index is None else np.asarray(simulation_index, dtype=np.int64),
-            segments=segments, attrs=attrs, compression_level=config.dataset.compression_level,
-        )
+        try:
+            return write_shard(
+                out_path, **_stack_shard(results, duration, input_spikes=input_spikes.astype(bool)),
+                simulation_index=np.arange(n, dtype=np.int64) if simulation_index is None else np.asarray(simulation_index, dtype=np.int64),
+                segments=segments, attrs=attrs, compression_level=config.dataset.compression_level,
+            )
+        except OSError as err:
+            raise OutputError(f"cannot write {out_path}: {err.strerror or err}") from None
 
     # the rows are the simulation indices of the loop; the shard stores `simulation_index`
     tasks = [Task((row,), simulate_given, (config, str(morphology), (row,), [np.packbits(input_spikes[row], axis=-1)], int(duration)))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .errors import MorphologyError
+from .morphology import check_morphology
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MORPHOLOGY = PROJECT_ROOT / "data" / "morphology" / "cell1.asc"
@@ -25,4 +26,4 @@ def resolve_morphology(cli_path: str | os.PathLike | None = None) -> Path:
             f"morphology file not found: {path} (from {origin}); run `make morphology`, "
             f"pass --morphology PATH or set {MORPHOLOGY_ENV}=PATH to cell1.asc"
         )
-    return path.resolve()
+    return check_morphology(path.resolve())  # a malformed file is an error here, never a hang in NEURON

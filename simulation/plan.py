@@ -64,17 +64,57 @@ def data_identity(config_dict: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def _first_difference(expected: dict, found: dict, where: str = "") -> str | None:
+def _first_difference(expected: dict, found: dict, where: str = "", here: str = "in this config") -> str | None:
     for key in sorted(set(expected) | set(found)):
         a, b = expected.get(key), found.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            diff = _first_difference(a, b, f"{where}[{key}]" if not where else f"{where}.{key}")
+            diff = _first_difference(a, b, f"{where}[{key}]" if not where else f"{where}.{key}", here)
             if diff:
                 return diff
         elif a != b:
             name = f"{where}.{key}" if where else key
-            return f"{name} = {b!r} there, {a!r} in this config"
+            return f"{name} = {b!r} there, {a!r} {here}"
     return None
+
+
+def shard_identity(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What the shards of one dataset share.
+
+    Shards of `simulate` share the data config, master seed, mechanisms and morphology.
+    Other creators are compared by creator only: each imported NeuronIO file has its own
+    seed and input ranges, and a resimulated file stands alone.
+    """
+    identity = {"created_by": attrs.get("created_by")}
+    if identity["created_by"] == "simulate":
+        config = attrs.get("config") if isinstance(attrs.get("config"), dict) else {}
+        identity |= data_identity(config) | {key: attrs.get(key) for key in ("master_seed", "mechanisms_sha256",
+                                                                                "morphology_sha256")}
+    return identity
+
+
+def foreign_shards(paths) -> dict[str, str]:
+    """Shards that belong to another dataset than most of `paths`: file name -> how it differs.
+
+    The dataset of most shards (of the first, on a tie) is the reference; two runs with
+    different seeds or configs into one directory show up here.
+    """
+    from .dataset import read_shard_attrs
+
+    identities = [(Path(p).name, shard_identity(read_shard_attrs(p))) for p in paths]
+    groups: list[list] = []  # [identity, names]
+    for name, identity in identities:
+        for group in groups:
+            if group[0] == identity:
+                group[1].append(name)
+                break
+        else:
+            groups.append([identity, [name]])
+    if len(groups) < 2:
+        return {}
+    reference, names = max(groups, key=lambda group: len(group[1]))  # max keeps the first of equals
+    here = f"in {names[0]}" + (f" and {len(names) - 1} other shard(s)" if len(names) > 1 else "")
+    return {name: _first_difference(reference, identity, here=here)
+            for name, identity in identities if identity != reference}
 
 
 def dataset_attrs(config: SimulationConfig, morphology: Path) -> dict[str, Any]:

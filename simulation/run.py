@@ -36,6 +36,9 @@ from .errors import InputShapeError
 # hence a positive one.
 NETCON_DELAY_MS = 1.0
 
+# wall-clock seconds without progress after which NEURON aborts a simulation (see L5PCSimulator)
+STALLED_STEP_TIMEOUT_S = 600
+
 
 @dataclass
 class SimulationResult:
@@ -108,6 +111,10 @@ class L5PCSimulator:
         self._segment_recorders = None  # made on the first run that asks for them
 
         self._parallel_context = h.ParallelContext()
+        # psolve aborts the process (message "nrn_timeout") when simulated time has not advanced
+        # for pc.timeout() s of wall time, 20 s by default: a worker starved of CPU or memory by
+        # other processes for that long was killed mid-simulation. Only a truly stuck step should.
+        self._parallel_context.timeout(STALLED_STEP_TIMEOUT_S)
         self._pending_events: list[tuple[object, np.ndarray]] = []
         # queue the raster after the mechanisms' INITIALIZE, at every finitialize (spec 4.5); the
         # handler holds only a weak reference, so that a dropped simulator frees its sections

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from common.config import from_table, known_tables, read_toml, require
-from common.errors import ConfigError
-from common.files import atomic_path, file_sha256, sha256_hex, temporaries, temporary_path, write_text_atomic
+from common.errors import ConfigError, OutputError
+from common.files import (atomic_path, check_writable, file_sha256, sha256_hex, temporaries, temporary_path,
+                          write_text_atomic)
+from common.locks import DirectoryLock, DirectoryLocked
 from common.jsonio import dumps_json, plain, write_json
 from common.spikes import spike_raster
 
@@ -123,3 +125,81 @@ def test_spike_raster_uses_the_neuronio_bin_rule():
     assert raster.dtype == bool and raster.shape == (6000,)
     assert np.flatnonzero(raster).tolist() == [0, 1, 4, 9, 5999]
     assert not spike_raster(np.array([7000.0, -3.0]), 6000).any()  # outside [0, T): dropped
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
+    config = tmp_path / "latin1.toml"
+    config.write_bytes("[dataset]\nseed = 1  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(byte 0xe9 on line 2\)"):
+        read_toml(config)
+
+
+# --------------------------------------------------------------------------- the directory lock
+
+def hold_lock_in_another_process(directory: Path) -> subprocess.Popen:
+    """A real second process holding `directory`'s lock until it is killed."""
+    code = ("import sys, time; from common.locks import DirectoryLock; "
+            f"DirectoryLock({str(directory)!r}, 'simulate').acquire(); print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_held_lock_is_refused_naming_its_owner_and_a_killed_owner_leaves_a_stale_lock(tmp_path):
+    import socket
+
+    directory = tmp_path / "data"
+    holder = hold_lock_in_another_process(directory)
+    try:
+        with pytest.raises(DirectoryLocked, match=rf"in use by simulate \(pid {holder.pid} on {socket.gethostname()}"):
+            DirectoryLock(directory, "simulate").acquire()
+    finally:
+        holder.kill()  # SIGKILL: the owner cannot clean up
+        holder.wait()
+    with DirectoryLock(directory, "simulate") as lock:
+        assert lock.stale is not None and lock.stale["pid"] == holder.pid
+        assert json.loads((directory / ".lock").read_text())["pid"] == os.getpid()
+    assert (directory / ".lock").read_text() == ""  # released: free for the next run
+    with DirectoryLock(directory, "simulate") as lock:
+        assert lock.stale is None
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+    outer = DirectoryLock(tmp_path, "simulate").acquire()
+    with DirectoryLock(tmp_path, "simulate"):  # the library inside the command line: no self-refusal
+        pass
+    assert (tmp_path / ".lock").read_text() != ""  # still held by the outer holder
+    outer.release()
+    assert (tmp_path / ".lock").read_text() == ""
+
+
+def test_without_flock_the_owner_is_judged_by_host_and_pid(tmp_path, monkeypatch):
+    """Some Lustre and NFS mounts have no flock: a live owner is still refused, a dead one is stale."""
+    import errno
+    import fcntl
+
+    directory = tmp_path / "data"
+    holder = hold_lock_in_another_process(directory)
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    try:
+        monkeypatch.setattr(fcntl, "flock", no_flock)
+        with pytest.raises(DirectoryLocked, match=rf"pid {holder.pid}"):
+            DirectoryLock(directory, "simulate").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with DirectoryLock(directory, "simulate") as lock:
+        assert lock.stale["pid"] == holder.pid
+
+
+def test_an_unwritable_place_is_an_output_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot write to"):
+        check_writable(blocker / "data")  # a directory cannot be made inside a file
+    with pytest.raises(OutputError, match="cannot write to"):
+        DirectoryLock(blocker / "data", "simulate").acquire()

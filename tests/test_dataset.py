@@ -327,3 +327,46 @@ def test_inspect_reports_a_damaged_shard_in_one_line(tmp_path, cli, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "shard_00001.h5" in err and "\n" not in err
     assert cli(["inspect", str(tmp_path / "nowhere")]) == 2
+
+
+def test_non_finite_voltages_are_rejected_naming_the_simulation(tmp_path, cli, capsys):
+    """Issue 9, defect 6: NaN in soma_voltage passed `inspect` ("nan mV") and reached evaluate and fit."""
+    arrays = shard_arrays(2)  # simulations 20, 21, 22
+    arrays["soma_voltage"][1, 57] = np.nan
+    arrays["soma_voltage"][2, 3] = np.inf
+    path = write_shard(shard_path(tmp_path, 2), **arrays, compression_level=1)
+    with pytest.raises(DatasetError, match=r"soma_voltage of simulation 21 \(row 1\) is not finite: 1 NaN or "
+                                           r"infinite value\(s\), the first at t = 57 ms; 1 more simulation"):
+        validate_shard(path)
+    assert cli(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "simulation 21" in err and err.count("\n") == 1
+
+    arrays = shard_arrays(3, segment_voltages=True)
+    arrays["segment_voltages"][2, 100, 7] = -np.inf
+    path = write_shard(tmp_path / "deep.h5", **arrays, compression_level=1)
+    validate_shard(path)  # segment voltages are read only by a deep check (they are large)
+    with pytest.raises(DatasetError, match=r"segment_voltages of simulation 32 \(row 0\) is not finite.*t = 7 ms"):
+        validate_shard(path, deep=True)
+
+
+def test_inspect_reports_shards_of_another_dataset(tmp_path, cli, capsys):
+    """Issue 9, defect 1: two `simulate` runs with different seeds left a mixed directory that inspect accepted."""
+    for i in range(3):
+        write_shard(shard_path(tmp_path, i), **shard_arrays(i), compression_level=1)
+    other = shard_arrays(3)
+    other["attrs"]["config"]["dataset"]["seed"] = 8
+    other["attrs"]["master_seed"] = 8
+    write_shard(shard_path(tmp_path, 3), **other, compression_level=1)
+    assert cli(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mixes shards of different datasets" in err
+    assert "shard_00003.h5: [dataset].seed = 8 there, 0 in shard_00000.h5 and 2 other shard(s)" in err, err
+
+    # a larger dataset (n_shards) or other workers is still one dataset
+    grown = shard_arrays(3)
+    grown["attrs"]["config"]["dataset"]["n_shards"] = 40
+    grown["attrs"]["config"]["parallel"]["workers"] = 7
+    write_shard(shard_path(tmp_path, 3), **grown, compression_level=1)
+    assert cli(["inspect", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shards"] == 4

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from simulation.dataset import read_shard
 from simulation.errors import DatasetError
 from simulation.neuronio_import import import_neuronio, load_neuronio_pickle
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 N_BASAL, N_APICAL = 262, 377
 N_SEGMENTS = N_BASAL + N_APICAL
 DURATION_S = 0.3
@@ -328,3 +331,58 @@ def test_cli_refuses_a_malicious_pickle_with_exit_code_2(tmp_path, cli, capsys):
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last_line.startswith("error: refusing to load") and "posix.system" in last_line
     assert not sentinel.exists()
+
+
+# --------------------------------------------------------------------------- pickle bombs
+
+class AsksForBytes:
+    """bytes(10**13): a 40-byte pickle asking for 10 TB."""
+
+    def __reduce__(self):
+        return bytearray, (10**13,)
+
+
+class AsksForAnEmptyArray:
+    """numpy's own array constructor with a shape of 10**11 elements (numpy pickles use shape (0,))."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, (10**11,), b"b")
+
+
+def billion_laughs_experiment() -> dict:
+    """A valid experiment whose spike times are a 40-deep tree of shared lists: 1 kB on disk, 2**40 numbers unfolded."""
+    experiment, _ = neuronio_experiment(0, n_simulations=1, dendrites=False)
+    laughs = [1.0]
+    for _ in range(40):
+        laughs = [laughs, laughs]
+    experiment["Results"]["listOfSingleSimulationDicts"][0]["exInputSpikeTimes"] = {0: laughs}
+    return experiment
+
+
+@pytest.mark.parametrize("payload, message", [
+    (lambda: {"Params": AsksForBytes(), "Results": {}}, r"refusing bytearray\(10000000000000\): a size, not data"),
+    (lambda: {"Params": AsksForAnEmptyArray(), "Results": {}}, r"refusing an empty array of shape \(100000000000,\)"),
+    (billion_laughs_experiment, r"its containers unfold to more than [\d,]+ elements through shared references"),
+])
+def test_a_pickle_bomb_is_refused_in_one_line(tmp_path, payload, message):
+    """Issue 9, defect 7: a small pickle that unfolds into more memory than the machine has gave a traceback
+    (or got the process killed). The command runs with its address space capped at 4 GiB, so that a
+    regression fails this test instead of exhausting the machine."""
+    import resource
+
+    bomb = tmp_path / "bomb.p"
+    write_pickle(bomb, payload(), python2=False)
+    assert bomb.stat().st_size < 200_000
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    result = subprocess.run([sys.executable, "-m", "pipelines", "import-neuronio", str(bomb), str(tmp_path / "shards")],
+                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120, preexec_fn=capped)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert last_line.startswith("error: ") and "Traceback" not in result.stderr
+    assert re.search(message, last_line), last_line

@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 
 import pipelines.__main__ as dispatcher
+from common.files import temporary_path
+from simulation.cluster import close_client, make_client
 from simulation.config import load_simulation_config
 from simulation.dataset import read_shard
 from simulation.errors import DatasetError
 from simulation.inputs import generate_input_spikes, simulation_rng
-from simulation.cluster import close_client, make_client
 from simulation.parallel import SimulationsFailed, generate_dataset
 from simulation.plan import data_identity, inspect_output_dir, plan_shards
 from simulation.tasks import TASK_PREFIX
@@ -182,14 +183,16 @@ def test_finished_shards_are_kept_and_the_dataset_can_grow(reference, client, tm
     small = load_simulation_config(write_config(tmp_path, n_shards=1, name="small.toml"))
     [first] = generate_dataset(small, out, morphology_path, client)
     before = identity(first)
-    stale = out / "shard_00001.h5.tmp"
+    stale = temporary_path(out / "shard_00001.h5")
     stale.write_bytes(b"half a shard from a killed run")
+    older = out / "shard_00002.h5.tmp"  # the one temporary name of earlier versions
+    older.write_bytes(b"half a shard")
 
     done = []
     paths = generate_dataset(load_simulation_config(config_path), out, morphology_path, client,
                              progress=lambda n, total: done.append((n, total)))
     assert identity(first) == before  # not rewritten
-    assert not stale.exists()
+    assert not stale.exists() and not older.exists()
     assert done[0] == (2, 6) and done[-1] == (6, 6)  # the kept shard counts as done from the start
     assert_same_shards(paths, reference_paths)
 
@@ -418,3 +421,83 @@ def test_cli_reports_an_unreachable_scheduler(tmp_path, capsys):
                                 "--scheduler", f"tcp://127.0.0.1:{free_port()}"])
     assert code == 2
     assert "cannot reach the dask scheduler" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one run per directory, full and read-only disks
+
+def test_cli_refuses_a_directory_another_run_writes_into(reference, tmp_path, capsys):
+    """Issue 9, defect 1: a second `simulate` (another seed) into the same directory mixed the datasets silently."""
+    out = tmp_path / "data"
+    code = ("import time; from common.locks import DirectoryLock; "
+            f"DirectoryLock({str(out)!r}, 'simulate').acquire(); print('held', flush=True); time.sleep(120)")
+    first = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=subprocess_env(),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"  # a real run in another process, mid-way
+        other_seed = write_config(tmp_path, seed=SEED + 1, name="other_seed.toml")
+        assert dispatcher.main(["simulate", "--config", str(other_seed), "--out", str(out), "--workers", "1"]) == 2
+        captured = capsys.readouterr()
+        assert "local cluster" not in captured.out  # refused before any worker started
+        assert captured.err.count("\n") == 1 and f"is in use by simulate (pid {first.pid} on {socket.gethostname()}" in captured.err
+        assert not list(out.glob("shard_*"))
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_cli_on_a_full_disk_stops_with_one_line_and_keeps_finished_shards(reference, tmp_path):
+    """Issue 9, defect 4: a full disk made `simulate` segfault (HDF5 met ENOSPC while closing a file).
+
+    The disk is made "full" for the run with RLIMIT_FSIZE (no privileges needed): every write
+    past 20 kB fails with EFBIG, as ENOSPC does; the tiny shards here are about 100 kB.
+    """
+    import resource
+
+    config_path, _, reference_paths = reference
+    out = tmp_path / "data"
+    out.mkdir()
+    shutil.copy(reference_paths[0], out / "shard_00000.h5")  # finished by an earlier run
+    kept = identity(out / "shard_00000.h5")
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    result = subprocess.run([sys.executable, "-m", "pipelines", "simulate", "--config", str(config_path), "--out", str(out),
+                             "--workers", "1"], cwd=PROJECT_ROOT, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=300, preexec_fn=small_disk)
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert error.startswith("error: cannot write ") and "File too large" in error and "intact" in error, error
+    assert "Traceback" not in result.stderr
+    assert identity(out / "shard_00000.h5") == kept
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "shard_00000.h5"]  # no temporary file left behind
+
+
+@pytest.fixture
+def read_only_directory(tmp_path):
+    """A directory nobody may write into: permissions for a normal user; for root, a read-only tmpfs."""
+    directory = tmp_path / "read_only"
+    directory.mkdir()
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        yield directory
+        directory.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(directory)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("running as root without permission to mount: no way to make a read-only directory")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def test_cli_into_a_read_only_directory_fails_before_simulating(reference, read_only_directory, capsys):
+    """Issue 9, defect 4: a read-only output directory gave a traceback, and only after all the computing."""
+    config_path, _, _ = reference
+    code = dispatcher.main(["simulate", "--config", str(config_path), "--out", str(read_only_directory), "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 2 and "local cluster" not in captured.out
+    assert captured.err.startswith(f"error: cannot write to {read_only_directory}: ") and captured.err.count("\n") == 1, \
+        captured.err

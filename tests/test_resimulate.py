@@ -122,3 +122,33 @@ def test_cli_rejects_bad_input_files(tmp_path, capsys, make_file, message):
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_cli_refuses_to_overwrite_an_existing_file_unless_asked(simulated, tmp_path):
+    """Issue 9, defect 9: resimulate replaced any existing OUTPUT.h5 silently, even a dataset's shard."""
+    _, shard_path = simulated
+    existing = tmp_path / "shard_00000.h5"
+    existing.write_bytes(b"a file someone wants to keep")
+    command = [sys.executable, "-m", "pipelines", "resimulate", str(shard_path), str(existing), "--workers", "1"]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), NEURON_MODULE_OPTIONS="-nogui")
+    refused = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == f"error: {existing} exists; pass --overwrite to replace it\n"
+    assert existing.read_bytes() == b"a file someone wants to keep"
+    replaced = subprocess.run(command + ["--overwrite"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert replaced.returncode == 0, replaced.stderr
+    np.testing.assert_array_equal(read_shard(existing).soma_voltage, read_shard(shard_path).soma_voltage)
+
+
+def test_cli_refuses_an_input_too_large_for_memory_before_reading_it(tmp_path, capsys):
+    """Issue 9, defect 7: T = 100 million ms needs 119 GiB as a raster; the file holding it is tiny."""
+    source = tmp_path / "huge.h5"
+    with h5py.File(source, "w") as f:  # never written: HDF5 stores no chunk, the file stays small
+        f.create_dataset("input_spikes", shape=(1, 1278, 100_000_000), dtype=bool, chunks=(1, 1278, 10_000),
+                         compression="gzip")
+    assert source.stat().st_size < 100_000
+    code = dispatcher.main(["resimulate", str(source), str(tmp_path / "out.h5")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "has shape (1, 1278, 100000000): reading it needs 119.0 GiB of memory" in err

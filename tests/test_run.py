@@ -180,3 +180,16 @@ def _compare_coreneuron(morphology: Path) -> dict:
 if __name__ == "__main__":
     assert sys.argv[1] == "coreneuron"
     print(json.dumps(_compare_coreneuron(Path(sys.argv[2]))))
+
+
+def test_neuron_does_not_abort_a_simulation_starved_for_20_seconds(simulator):
+    """NEURON aborts a psolve whose simulated time has not advanced for pc.timeout() s of wall time,
+    20 s by default: the workers of a long CVode run on an overloaded machine died with "nrn_timeout
+    t=1990". The simulator raises the limit so that only a truly stuck step ends a run. (A stall of
+    exactly that kind cannot be produced on demand; SIGSTOP does not, since the timer's signal
+    waits until the process runs again.)"""
+    from simulation.run import STALLED_STEP_TIMEOUT_S
+
+    assert STALLED_STEP_TIMEOUT_S >= 300
+    previous = simulator._parallel_context.timeout(STALLED_STEP_TIMEOUT_S)  # returns the setting it replaces
+    assert previous == STALLED_STEP_TIMEOUT_S
