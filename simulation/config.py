@@ -109,6 +109,7 @@ class SolverConfig:
     cvode_atol: float = 1e-3  # NEURON's default absolute tolerance, as NeuronIO (spec 6.1)
     cvode_rtol: float = 0.0
     gpu_precision: str = "float64"
+    gpu_backend: str = "cuda"  # "cuda", or "cpu": the engine's CPU twin (same numerics on CPU threads; tests, no GPU)
 
     def __post_init__(self):
         require(self.method in SOLVER_METHODS, f"method must be one of {', '.join(repr(m) for m in SOLVER_METHODS)}, got {self.method!r}")
@@ -117,6 +118,7 @@ class SolverConfig:
         require(self.scheme in TIME_STEP_SCHEMES, f"scheme must be one of {', '.join(repr(s) for s in TIME_STEP_SCHEMES)}, got {self.scheme!r}")
         require(self.cvode_atol > 0, f"cvode_atol must be positive, got {self.cvode_atol}")
         require(self.gpu_precision in GPU_PRECISIONS, f"gpu_precision must be one of {', '.join(repr(p) for p in GPU_PRECISIONS)}, got {self.gpu_precision!r}")
+        require(self.gpu_backend in ("cuda", "cpu"), f"gpu_backend must be 'cuda' or 'cpu', got {self.gpu_backend!r}")
 
     @property
     def steps_per_ms(self) -> int:
@@ -157,12 +159,16 @@ class DatasetConfig:
 class ParallelConfig:
     """[parallel]: the dask LocalCluster used when no --scheduler is given."""
 
-    workers: int = 0  # 0: one single-threaded worker process per core
+    workers: int = 0  # 0: one single-threaded worker process per core (per GPU for method "gpu")
     retries: int = 2  # a failing simulation is retried this many times, then reported
+    gpus: int = 0  # method "gpu": GPUs the local cluster uses, one worker each (0: every visible GPU)
+    gpu_batch_size: int = 2048  # method "gpu": simulations one task integrates at once on its GPU
 
     def __post_init__(self):
         require(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
         require(self.retries >= 0, f"retries must be >= 0, got {self.retries}")
+        require(self.gpus >= 0, f"gpus must be >= 0, got {self.gpus}")
+        require(self.gpu_batch_size >= 1, f"gpu_batch_size must be >= 1, got {self.gpu_batch_size}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 from common.files import file_sha256, temporaries
 
 from .config import SimulationConfig
-from .errors import DatasetError
+from .errors import DatasetError, UserInputError
 
 # Tables that do not change a shard's content: who computes it, how many shards in total
 # (a dataset may grow by raising n_shards) and how hard the inputs are compressed.
@@ -54,7 +54,16 @@ def plan_shards(config: SimulationConfig) -> list[ShardPlan]:
 # --------------------------------------------------------------------------- identity of a dataset
 
 def data_identity(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a config that determine a shard's arrays."""
+    """The parts of a config that determine a shard's arrays.
+
+    The config is read through today's tables first, so that a key added to a table after a
+    dataset was made (e.g. [solver] scheme) counts as its default, which is what the older
+    code simulated; a config that today's tables cannot read is compared as it is.
+    """
+    try:
+        config_dict = SimulationConfig.from_dict(config_dict).to_dict()
+    except UserInputError:
+        pass
     identity = {}
     for table, values in config_dict.items():
         if table not in NOT_PART_OF_THE_DATA:

@@ -35,9 +35,9 @@ def _compiler() -> str:
     return compiler
 
 
-def build_cpu_library(precision: str) -> Path:
+def build_cpu_library(precision: str, class_masks=(0,)) -> Path:
     """Compile (once per source and compiler) and return the CPU twin's shared library."""
-    code = source(precision)
+    code = source(precision, class_masks)
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     key = hashlib.sha256("\n".join([code, *version, *CXX_FLAGS]).encode()).hexdigest()[:24]
@@ -62,11 +62,11 @@ class CPUBackend:
     name = "cpu"
     cell_multiple = 1
 
-    def __init__(self, precision: str):
+    def __init__(self, precision: str, class_masks=(0,)):
         import numpy as np
 
         self.np = np
-        self.library = ctypes.CDLL(str(build_cpu_library(precision)))
+        self.library = ctypes.CDLL(str(build_cpu_library(precision, class_masks)))
         i64, ptr = ctypes.c_longlong, ctypes.c_void_p
         self.library.cpu_initialize.argtypes = [ptr, ptr, i64, i64]
         self.library.cpu_advance.argtypes = [ptr, ptr, i64, i64, i64, i64]
@@ -123,7 +123,7 @@ class CUDABackend:
     name = "cuda"
     cell_multiple = CELLS_PER_BLOCK  # batches are padded to whole blocks
 
-    def __init__(self, precision: str, device: int = 0, node_groups: int = NODE_GROUPS):
+    def __init__(self, precision: str, class_masks=(0,), device: int = 0, node_groups: int = NODE_GROUPS):
         try:
             import cupy
         except ImportError:
@@ -140,7 +140,7 @@ class CUDABackend:
         self.node_groups = node_groups
         # the engine's own stream: several engines (settings) can run side by side
         self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.module = cupy.RawModule(code=source(precision), options=("-std=c++17",))
+        self.module = cupy.RawModule(code=source(precision, class_masks), options=("-std=c++17",))
         self.initialize_kernel = self.module.get_function("gpu_initialize")
         self.advance_kernel = self.module.get_function("gpu_advance")
 
@@ -193,10 +193,10 @@ class CUDABackend:
         return self.stream  # CuPy's current stream is per thread: engines in threads run side by side
 
 
-def make_backend(kind: str, precision: str, node_groups: int = NODE_GROUPS):
-    """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin)."""
+def make_backend(kind: str, precision: str, class_masks, node_groups: int = NODE_GROUPS):
+    """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin), compiled for a cell's node classes."""
     if kind == "cuda":
-        return CUDABackend(precision, node_groups=node_groups)
+        return CUDABackend(precision, class_masks, node_groups=node_groups)
     if kind == "cpu":
-        return CPUBackend(precision)
+        return CPUBackend(precision, class_masks)
     raise ValueError(f"backend must be 'cuda' or 'cpu', got {kind!r}")

@@ -24,7 +24,8 @@ from ..errors import InputShapeError
 from ..run import SimulationResult, check_input_spikes, spike_raster
 from .backends import NODE_GROUPS, make_backend
 from .export import CHANNELS, CellExport
-from .layout import BATCH_FIELDS, MODEL_FIELDS, pack, real_dtype
+from .layout import (BATCH_FIELDS, CHANNEL_BITS, HAS_EXCITATORY, HAS_INHIBITORY, MEMBRANE, MODEL_FIELDS, ca_ion_offset,
+                     node_states, pack, real_dtype)
 
 MAX_SPIKES_PER_MS = 4  # strict local maxima on an 8 samples/ms grid: at most one every other sample
 
@@ -90,6 +91,53 @@ def depth_first(cell: CellExport) -> CellExport:
     )
 
 
+@dataclass(frozen=True)
+class NodeLayout:
+    """How the engine lays out a (depth-first numbered) cell: node classes, state blocks, chains.
+
+    Nodes with the same mechanisms form a class (layout.py's masks); a node's states are one
+    block of node_states(mask) slots, blocks of a class one after the other. Chains are runs
+    of nodes each the parent of the next, which the tree solve eliminates in registers.
+    """
+
+    cell: CellExport
+    class_masks: tuple[int, ...]
+    class_begin: np.ndarray  # int32 (n_classes + 1,): class c's nodes are class_nodes[begin[c]:begin[c + 1]]
+    class_nodes: np.ndarray  # int32, every node once
+    class_state_base: np.ndarray  # int32 (n_classes,): the first state slot of class c
+    ca_ion_slot: np.ndarray  # int32 per node: the ica slot, -1 where no Ca pool
+    chain_first: np.ndarray  # int32 per chain
+    chain_last: np.ndarray
+    n_states: int
+
+    @classmethod
+    def of(cls, cell: CellExport) -> "NodeLayout":
+        n = cell.n_nodes
+        masks = np.zeros(n, dtype=np.int64)
+        masks[cell.cm > 0] |= MEMBRANE
+        masks[cell.excitatory_node] |= HAS_EXCITATORY
+        masks[cell.inhibitory_node] |= HAS_INHIBITORY
+        for channel, bit in CHANNEL_BITS.items():
+            masks[cell.inserted[channel]] |= bit
+        class_masks = tuple(dict.fromkeys(int(m) for m in masks))  # in order of first appearance
+        class_nodes = [np.flatnonzero(masks == m) for m in class_masks]
+        sizes = [len(nodes) * node_states(m) for m, nodes in zip(class_masks, class_nodes)]
+        state_base = np.concatenate([[0], np.cumsum(sizes)])
+        ca_ion_slot = np.full(n, -1, dtype=np.int32)
+        for m, nodes, base in zip(class_masks, class_nodes, state_base):
+            if m & CHANNEL_BITS["CaDynamics_E2"]:
+                ca_ion_slot[nodes] = base + np.arange(len(nodes)) * node_states(m) + ca_ion_offset(m)
+        starts = np.flatnonzero(np.append(True, cell.parent[1:] != np.arange(1, n) - 1))
+        return cls(
+            cell=cell, class_masks=class_masks,
+            class_begin=np.concatenate([[0], np.cumsum([len(x) for x in class_nodes])]).astype(np.int32),
+            class_nodes=np.concatenate(class_nodes).astype(np.int32),
+            class_state_base=state_base[:-1].astype(np.int32), ca_ion_slot=ca_ion_slot,
+            chain_first=starts.astype(np.int32), chain_last=np.append(starts[1:] - 1, n - 1).astype(np.int32),
+            n_states=int(state_base[-1]),
+        )
+
+
 class GPUEngine:
     """The exported cell on a device ("cuda", or "cpu" for the CPU twin), ready to run batches."""
 
@@ -98,7 +146,8 @@ class GPUEngine:
         self.cell, self.solver, self.recording = cell, solver, recording
         self.precision = solver.gpu_precision
         self.real = real_dtype(self.precision)
-        self.backend = make_backend(backend, self.precision, node_groups)
+        self.layout = NodeLayout.of(depth_first(cell))
+        self.backend = make_backend(backend, self.precision, self.layout.class_masks, node_groups)
         if backend == "cpu":
             self.backend.threads = max(1, cpu_threads)
         self.last_run_seconds = 0.0
@@ -113,26 +162,13 @@ class GPUEngine:
     # ------------------------------------------------------------------ the Model struct
 
     def _model(self) -> tuple[list, dict]:
-        cell = depth_first(self.cell)
+        layout = self.layout
+        cell = layout.cell
         solver, real = self.solver, self.real
         n = cell.n_nodes
         dt = solver.dt_ms
         second_order = solver.neuron_secondorder
         cj = (2.0 if second_order else 1.0) / dt  # NEURON's cj: 1/dt, 2/dt for secondorder
-
-        # per-node state slots of the channels present there (layout: CHANNELS order), then
-        # two Ca-ion slots (ica, dica/dv) where CaDynamics_E2 keeps a Ca pool
-        offsets = {channel: np.full(n, -1, dtype=np.int32) for channel in CHANNELS}
-        ca_ion = np.full(n, -1, dtype=np.int32)
-        n_states = 0
-        for i in range(n):
-            for channel, (_, states, _) in CHANNELS.items():
-                if cell.inserted[channel][i]:
-                    offsets[channel][i] = n_states
-                    n_states += len(states)
-            if cell.inserted["CaDynamics_E2"][i]:
-                ca_ion[i] = n_states
-                n_states += 2
 
         d_axial = -cell.b.copy()  # node i's equation: -b_i; its parent's: -a_i
         np.add.at(d_axial, cell.parent[1:], -cell.a[1:])
@@ -149,8 +185,9 @@ class GPUEngine:
         child_begin = np.searchsorted(cell.parent[order], np.arange(n + 1)).astype(np.int32)
         arrays = {
             "parent": cell.parent.astype(np.int32), "child_begin": child_begin, "children": order.astype(np.int32),
-            **{f"off_{c}": o for c, o in offsets.items()},
-            "off_ca_ion": ca_ion, "node_excitatory": node_excitatory, "node_inhibitory": node_inhibitory,
+            "class_begin": layout.class_begin, "class_nodes": layout.class_nodes, "class_state_base": layout.class_state_base,
+            "chain_first": layout.chain_first, "chain_last": layout.chain_last, "ca_ion_slot": layout.ca_ion_slot,
+            "node_excitatory": node_excitatory, "node_inhibitory": node_inhibitory,
             "record_nodes": cell.segment_nodes.astype(np.int32),
             "a": cell.a, "b": cell.b, "d_axial": d_axial, "cm": cell.cm, "area": cell.area_um2,
             "pas_g": cell.pas_g, "pas_e": cell.pas_e, "ena": np.nan_to_num(cell.ena), "ek": np.nan_to_num(cell.ek),
@@ -172,7 +209,7 @@ class GPUEngine:
         values = {
             **device_arrays,
             "n_nodes": n, "n_excitatory": len(cell.excitatory_node), "n_inhibitory": len(cell.inhibitory_node),
-            "n_states": n_states, "n_record": len(cell.segment_nodes),
+            "n_states": layout.n_states, "n_record": len(cell.segment_nodes), "n_chains": len(layout.chain_first),
             "steps_per_ms": solver.steps_per_ms, "samples_per_ms": self.recording.high_resolution_per_ms,
             "soma_node": cell.soma_node, "nexus_node": cell.nexus_node, "second_order": second_order,
             "dt": dt, "cfac": 1e-3 * cj, "voltage_step_factor": 2.0 if second_order else 1.0, "ktf": ktf,

@@ -30,9 +30,11 @@ MODEL_FIELDS: list[tuple[str, str]] = [
     ("dt", "double"), ("cfac", "double"), ("voltage_step_factor", "double"), ("ktf", "double"),
     ("faraday", "double"), ("v_init", "double"), ("cai0", "double"), ("spike_threshold", "double"),
     *[(f"{name}_{channel}", "double") for channel, names in CHANNEL_GLOBALS.items() for name in names],
+    ("n_chains", "int"),
     ("parent", "int*"), ("child_begin", "int*"), ("children", "int*"),
-    *[(f"off_{channel}", "int*") for channel in CHANNELS],
-    ("off_ca_ion", "int*"), ("node_excitatory", "int*"), ("node_inhibitory", "int*"), ("record_nodes", "int*"),
+    ("class_begin", "int*"), ("class_nodes", "int*"), ("class_state_base", "int*"),
+    ("chain_first", "int*"), ("chain_last", "int*"), ("ca_ion_slot", "int*"),
+    ("node_excitatory", "int*"), ("node_inhibitory", "int*"), ("record_nodes", "int*"),
     ("a", "real*"), ("b", "real*"), ("d_axial", "real*"), ("cm", "real*"), ("area", "real*"),
     ("pas_g", "real*"), ("pas_e", "real*"), ("ena", "real*"), ("ek", "real*"), ("cao", "real*"),
     *[(f"{parameter}_{channel}", "real*") for channel, (_, _, parameters) in CHANNELS.items() for parameter in parameters],
@@ -78,6 +80,38 @@ def _c_struct(name: str, fields: list[tuple[str, str]], const: bool) -> str:
     return "\n".join(lines + ["};"])
 
 
+# --------------------------------------------------------------------------- node classes
+
+# A node's mask: what it carries. Bits 0-2 below, then one bit per channel in CHANNELS order.
+MEMBRANE, HAS_EXCITATORY, HAS_INHIBITORY = 1 << 0, 1 << 1, 1 << 2
+CHANNEL_BITS = {channel: 1 << (3 + k) for k, channel in enumerate(CHANNELS)}
+CA_ION_SLOTS = 2  # ica and dica/dv, where CaDynamics_E2 keeps a Ca pool
+
+
+def node_states(mask: int) -> int:
+    """State slots of a node with this mask: its channels' states in CHANNELS order, then the Ca-ion slots."""
+    n = sum(len(CHANNELS[c][1]) for c, bit in CHANNEL_BITS.items() if mask & bit)
+    return n + (CA_ION_SLOTS if mask & CHANNEL_BITS["CaDynamics_E2"] else 0)
+
+
+def ca_ion_offset(mask: int) -> int:
+    return sum(len(CHANNELS[c][1]) for c, bit in CHANNEL_BITS.items() if mask & bit)
+
+
+def _class_macros(class_masks: list[int]) -> str:
+    """The C twin of node_states / ca_ion_offset, and the list of node classes."""
+    lines = [f"#define MEMBRANE {MEMBRANE}u", f"#define HAS_EXCITATORY {HAS_EXCITATORY}u", f"#define HAS_INHIBITORY {HAS_INHIBITORY}u"]
+    lines += [f"#define HAS_{c} {bit}u" for c, bit in CHANNEL_BITS.items()]
+    previous = "0"
+    for channel, bit in CHANNEL_BITS.items():
+        lines.append(f"#define STATE_OFFSET_{channel}(mask) ({previous})")
+        previous = f"(STATE_OFFSET_{channel}(mask) + (((mask) & HAS_{channel}) ? {len(CHANNELS[channel][1])} : 0))"
+    lines.append(f"#define CA_ION_OFFSET(mask) {previous}")
+    lines.append(f"#define NODE_STATES(mask) (CA_ION_OFFSET(mask) + (((mask) & HAS_CaDynamics_E2) ? {CA_ION_SLOTS} : 0))")
+    lines.append("#define FOR_EACH_CLASS(F) " + " ".join(f"F({k}, {mask}u)" for k, mask in enumerate(class_masks)))
+    return "\n".join(lines)
+
+
 def _prelude(precision: str) -> str:
     double = precision == "float64"
     suffix = "" if double else "f"
@@ -104,8 +138,8 @@ def _prelude(precision: str) -> str:
 _FLOAT_LITERAL = re.compile(r"(?<![\w.])((?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])")
 
 
-def source(precision: str) -> str:
-    """The engine's C/CUDA program for `precision` ("float64" or "float32").
+def source(precision: str, class_masks: list[int] = (0,)) -> str:
+    """The engine's C/CUDA program for `precision` ("float64" or "float32") and a cell's node classes.
 
     In float32, every floating-point literal gets an `f` suffix, so that no expression is
     silently promoted to double (which would cost a GPU its float throughput).
@@ -115,7 +149,7 @@ def source(precision: str) -> str:
     body = "\n".join((SOURCE_DIR / name).read_text() for name in SOURCE_FILES)
     if precision == "float32":
         body = _FLOAT_LITERAL.sub(lambda m: m.group(1) + "f", body)
-    return _prelude(precision) + body
+    return _prelude(precision) + _class_macros(list(class_masks)) + "\n" + body
 
 
 def pack(fields: list[tuple[str, str]], values: dict, real, address_of) -> np.ndarray:

@@ -16,6 +16,13 @@
 //
 // Memory layout: value k of cell c lives at [k * n_cells + c], so the threads of a warp
 // (consecutive cells) read consecutive addresses. All cells share the Model's arrays.
+//
+// Node classes. The nodes that carry the same mechanisms form a class (soma, axon, basal,
+// apical, zero-area ...); layout.py writes each class's mask of mechanisms into the program
+// (FOR_EACH_CLASS), so the code for a class is straight-line, with no branch on what a node
+// carries, and a node's states sit in one block whose layout the mask fixes at compile time
+// (STATE_OFFSET_*, NODE_STATES). The loads of a node are then independent of each other and
+// issue together instead of one after the other.
 
 #define AT(array, k) (array)[(long long)(k) * n_cells + cell]
 
@@ -37,38 +44,58 @@
 
 // -------------------------------------------------------------------------------- init
 
+#define SLOT(channel) (s + STATE_OFFSET_##channel(MASK))
+#define TWO_GATES_AT_STEADY_STATE(channel)                                               \
+    if constexpr ((MASK & HAS_##channel) != 0) {                                          \
+        channel##_rates(v0, &x_inf, &tau_x, &y_inf, &tau_y);                             \
+        AT(state_, SLOT(channel)) = x_inf;                                                \
+        AT(state_, SLOT(channel) + 1) = y_inf;                                            \
+    }
+
 // NEURON's finitialize: v = v_init everywhere, gates at their steady state for v_init,
 // cai = cai0 (CaDynamics_E2 has no INITIAL block), SK_E2's z at steady state for cai0,
 // synapses at rest.
+template <unsigned MASK>
+HD void initialize_class(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
+    const long long n_cells = B->n_cells;
+    real* __restrict__ v_ = B->v;
+    real* __restrict__ state_ = B->state;
+    const real v0 = M->v_init;
+    real x_inf, tau_x, y_inf, tau_y;
+    const int begin = M->class_begin[c], end = M->class_begin[c + 1];
+    for (long long k = begin + NODE_GROUP; k < end; k += NODE_GROUPS) {
+        const int i = M->class_nodes[k];
+        const long long s = M->class_state_base[c] + (k - begin) * NODE_STATES(MASK);
+        AT(v_, i) = v0;
+        if constexpr ((MASK & HAS_CaDynamics_E2) != 0) {
+            AT(state_, SLOT(CaDynamics_E2)) = M->cai0;
+            AT(state_, s + CA_ION_OFFSET(MASK)) = 0.0;      // ica
+            AT(state_, s + CA_ION_OFFSET(MASK) + 1) = 0.0;  // dica/dv
+        }
+        TWO_GATES_AT_STEADY_STATE(Ca_HVA)
+        TWO_GATES_AT_STEADY_STATE(Ca_LVAst)
+        if constexpr ((MASK & HAS_Ih) != 0) { Ih_rates(v0, M->vhalf_Ih, M->vshift_Ih[i], &x_inf, &tau_x); AT(state_, SLOT(Ih)) = x_inf; }
+        if constexpr ((MASK & HAS_Im) != 0) { Im_rates(v0, &x_inf, &tau_x); AT(state_, SLOT(Im)) = x_inf; }
+        TWO_GATES_AT_STEADY_STATE(K_Pst)
+        TWO_GATES_AT_STEADY_STATE(K_Tst)
+        TWO_GATES_AT_STEADY_STATE(NaTa_t)
+        TWO_GATES_AT_STEADY_STATE(NaTs2_t)
+        TWO_GATES_AT_STEADY_STATE(Nap_Et2)
+        if constexpr ((MASK & HAS_SK_E2) != 0) { SK_E2_rates(M->cai0, &x_inf, &tau_x); AT(state_, SLOT(SK_E2)) = x_inf; }
+        if constexpr ((MASK & HAS_SKv3_1) != 0) { SKv3_1_rates(v0, &x_inf, &tau_x); AT(state_, SLOT(SKv3_1)) = x_inf; }
+    }
+}
+
 HD void initialize_cell(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
     const long long n_cells = B->n_cells;
-    const real v0 = M->v_init;
-    real x_inf, tau, y_inf, tau_y;
-    for (long long i = NODE_GROUP; i < M->n_nodes; i += NODE_GROUPS) {
-        AT(B->v, i) = v0;
-        int s;
-        if ((s = M->off_CaDynamics_E2[i]) >= 0) {
-            AT(B->state, s) = M->cai0;
-            AT(B->state, M->off_ca_ion[i]) = 0.0;      // ica
-            AT(B->state, M->off_ca_ion[i] + 1) = 0.0;  // dica/dv
-        }
-        if ((s = M->off_Ca_HVA[i]) >= 0) { Ca_HVA_rates(v0, &x_inf, &tau, &y_inf, &tau_y); AT(B->state, s) = x_inf; AT(B->state, s + 1) = y_inf; }
-        if ((s = M->off_Ca_LVAst[i]) >= 0) { Ca_LVAst_rates(v0, &x_inf, &tau, &y_inf, &tau_y); AT(B->state, s) = x_inf; AT(B->state, s + 1) = y_inf; }
-        if ((s = M->off_Ih[i]) >= 0) { Ih_rates(v0, M->vhalf_Ih, M->vshift_Ih[i], &x_inf, &tau); AT(B->state, s) = x_inf; }
-        if ((s = M->off_Im[i]) >= 0) { Im_rates(v0, &x_inf, &tau); AT(B->state, s) = x_inf; }
-        if ((s = M->off_K_Pst[i]) >= 0) { K_Pst_rates(v0, &x_inf, &tau, &y_inf, &tau_y); AT(B->state, s) = x_inf; AT(B->state, s + 1) = y_inf; }
-        if ((s = M->off_K_Tst[i]) >= 0) { K_Tst_rates(v0, &x_inf, &tau, &y_inf, &tau_y); AT(B->state, s) = x_inf; AT(B->state, s + 1) = y_inf; }
-        if ((s = M->off_NaTa_t[i]) >= 0) { NaTa_t_rates(v0, &x_inf, &tau, &y_inf, &tau_y); AT(B->state, s) = x_inf; AT(B->state, s + 1) = y_inf; }
-        if ((s = M->off_NaTs2_t[i]) >= 0) { NaTs2_t_rates(v0, &x_inf, &tau, &y_inf, &tau_y); AT(B->state, s) = x_inf; AT(B->state, s + 1) = y_inf; }
-        if ((s = M->off_Nap_Et2[i]) >= 0) { Nap_Et2_rates(v0, &x_inf, &tau, &y_inf, &tau_y); AT(B->state, s) = x_inf; AT(B->state, s + 1) = y_inf; }
-        if ((s = M->off_SK_E2[i]) >= 0) { SK_E2_rates(M->cai0, &x_inf, &tau); AT(B->state, s) = x_inf; }
-        if ((s = M->off_SKv3_1[i]) >= 0) { SKv3_1_rates(v0, &x_inf, &tau); AT(B->state, s) = x_inf; }
-    }
+#define INITIALIZE_CLASS(c, mask) initialize_class<mask>(M, B, cell, c);
+    FOR_EACH_CLASS(INITIALIZE_CLASS)
+#undef INITIALIZE_CLASS
     for (long long k = NODE_GROUP; k < 4 * M->n_excitatory; k += NODE_GROUPS) AT(B->excitatory_state, k) = 0.0;
     for (long long k = NODE_GROUP; k < 2 * M->n_inhibitory; k += NODE_GROUPS) AT(B->inhibitory_state, k) = 0.0;
     if (LEADER) {
-        B->sample_last[cell] = v0;  // the soma sample at t = 0
-        B->sample_before_last[cell] = v0;
+        B->sample_last[cell] = M->v_init;  // the soma sample at t = 0
+        B->sample_before_last[cell] = M->v_init;
     }
 }
 
@@ -98,113 +125,90 @@ HD void deliver_events(const Model* __restrict__ M, const Batch* __restrict__ B,
 
 // -------------------------------------------------------------------------------- the step
 
-// 1-2. Membrane currents at v(t) (mA/cm2) and their conductances dI/dv (S/cm2) at every node:
-//    rhs = -i, d = cm/dt + g + (the constant axial part). Channels are linear in v, so dI/dv
-//    is their conductance; the NMDA current is not, and its dI/dv is NEURON's finite
-//    difference over 0.001 mV. Point-process currents (nA) become densities by 100 / area.
-//    Then the axial currents of NEURON's nrn_rhs, gathered per node (no two threads write
-//    one node): rhs_i -= b_i (v_parent - v_i) and, for every child c, rhs_i += a_c (v_i - v_c).
-//    Their part of the diagonal, -b_i and -a_c, is constant: Model.d_axial.
-HD void membrane_and_axial_currents(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
+#define CHANNEL_CURRENT(channel, conductance_expression, reversal)                      \
+    if constexpr ((MASK & HAS_##channel) != 0) {                                          \
+        const real g = conductance_expression;                                            \
+        current += g * (v - (reversal));                                                  \
+        conductance += g;                                                                 \
+    }
+
+// 1-2. Membrane currents at v(t) (mA/cm2) and their conductances dI/dv (S/cm2) at every node
+//    of class c: rhs = -i, d = cm/dt + g + (the constant axial part). Channels are linear in
+//    v, so dI/dv is their conductance; the NMDA current is not, and its dI/dv is NEURON's
+//    finite difference over 0.001 mV. Point-process currents (nA) become densities by
+//    100 / area. Then the axial currents of NEURON's nrn_rhs, gathered per node (no two
+//    threads write one node): rhs_i -= b_i (v_parent - v_i) and, for every child c,
+//    rhs_i += a_c (v_i - v_c). Their part of the diagonal, -b_i and -a_c, is Model.d_axial.
+template <unsigned MASK>
+HD void class_currents(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
     const long long n_cells = B->n_cells;
-    real* __restrict__ v_ = B->v;
+    const real* __restrict__ v_ = B->v;
     real* __restrict__ state_ = B->state;
     real* __restrict__ rhs_ = B->rhs;
     real* __restrict__ d_ = B->d;
-    real* __restrict__ exc_ = B->excitatory_state;
-    real* __restrict__ inh_ = B->inhibitory_state;
-    for (long long i = NODE_GROUP; i < M->n_nodes; i += NODE_GROUPS) {
+    const real* __restrict__ exc_ = B->excitatory_state;
+    const real* __restrict__ inh_ = B->inhibitory_state;
+    const int begin = M->class_begin[c], end = M->class_begin[c + 1];
+    for (long long k = begin + NODE_GROUP; k < end; k += NODE_GROUPS) {
+        const int i = M->class_nodes[k];
+        const long long s = M->class_state_base[c] + (k - begin) * NODE_STATES(MASK);
         const real v = AT(v_, i);
         real current = 0.0, conductance = 0.0;
-        if (M->cm[i] > 0.0) {
-            real g = M->pas_g[i];
+        if constexpr ((MASK & MEMBRANE) != 0) {
+            const real g = M->pas_g[i];
             current += g * (v - M->pas_e[i]);
             conductance += g;
-            int s;
-            if ((s = M->off_CaDynamics_E2[i]) >= 0) {
-                // NEURON's ion_cur: eca from the cai of time t, then the Ca channels' ica
-                const real eca = nernst_ca(AT(state_, s), M->cao[i], M->ktf);
-                real ica = 0.0, dica = 0.0;
-                if ((s = M->off_Ca_HVA[i]) >= 0) {
-                    const real m = AT(state_, s), h = AT(state_, s + 1);
-                    g = Ca_HVA_conductance(M->gbar_Ca_HVA[i], m, h);
-                    ica += g * (v - eca); dica += g;
-                }
-                if ((s = M->off_Ca_LVAst[i]) >= 0) {
-                    const real m = AT(state_, s), h = AT(state_, s + 1);
-                    g = Ca_LVAst_conductance(M->gbar_Ca_LVAst[i], m, h);
-                    ica += g * (v - eca); dica += g;
-                }
-                AT(state_, M->off_ca_ion[i]) = ica;
-                AT(state_, M->off_ca_ion[i] + 1) = dica;
-                current += ica;
-                conductance += dica;
+        }
+        if constexpr ((MASK & HAS_CaDynamics_E2) != 0) {
+            // NEURON's ion_cur: eca from the cai of time t, then the Ca channels' ica
+            const real eca = nernst_ca(AT(state_, SLOT(CaDynamics_E2)), M->cao[i], M->ktf);
+            real ica = 0.0, dica = 0.0;
+            if constexpr ((MASK & HAS_Ca_HVA) != 0) {
+                const real g = Ca_HVA_conductance(M->gbar_Ca_HVA[i], AT(state_, SLOT(Ca_HVA)), AT(state_, SLOT(Ca_HVA) + 1));
+                ica += g * (v - eca); dica += g;
             }
-            if ((s = M->off_Ih[i]) >= 0) {
-                g = Ih_conductance(M->gbar_Ih[i], AT(state_, s));
-                current += g * (v - M->ehcn_Ih[i]); conductance += g;
+            if constexpr ((MASK & HAS_Ca_LVAst) != 0) {
+                const real g = Ca_LVAst_conductance(M->gbar_Ca_LVAst[i], AT(state_, SLOT(Ca_LVAst)), AT(state_, SLOT(Ca_LVAst) + 1));
+                ica += g * (v - eca); dica += g;
             }
-            const real ek = M->ek[i], ena = M->ena[i];
-            if ((s = M->off_Im[i]) >= 0) {
-                g = Im_conductance(M->gbar_Im[i], AT(state_, s));
-                current += g * (v - ek); conductance += g;
-            }
-            if ((s = M->off_K_Pst[i]) >= 0) {
-                const real m = AT(state_, s), h = AT(state_, s + 1);
-                g = K_Pst_conductance(M->gbar_K_Pst[i], m, h);
-                current += g * (v - ek); conductance += g;
-            }
-            if ((s = M->off_K_Tst[i]) >= 0) {
-                const real m = AT(state_, s), h = AT(state_, s + 1);
-                g = K_Tst_conductance(M->gbar_K_Tst[i], m, h);
-                current += g * (v - ek); conductance += g;
-            }
-            if ((s = M->off_NaTa_t[i]) >= 0) {
-                const real m = AT(state_, s), h = AT(state_, s + 1);
-                g = NaTa_t_conductance(M->gbar_NaTa_t[i], m, h);
-                current += g * (v - ena); conductance += g;
-            }
-            if ((s = M->off_NaTs2_t[i]) >= 0) {
-                const real m = AT(state_, s), h = AT(state_, s + 1);
-                g = NaTs2_t_conductance(M->gbar_NaTs2_t[i], m, h);
-                current += g * (v - ena); conductance += g;
-            }
-            if ((s = M->off_Nap_Et2[i]) >= 0) {
-                const real m = AT(state_, s), h = AT(state_, s + 1);
-                g = Nap_Et2_conductance(M->gbar_Nap_Et2[i], m, h);
-                current += g * (v - ena); conductance += g;
-            }
-            if ((s = M->off_SK_E2[i]) >= 0) {
-                g = SK_E2_conductance(M->gbar_SK_E2[i], AT(state_, s));
-                current += g * (v - ek); conductance += g;
-            }
-            if ((s = M->off_SKv3_1[i]) >= 0) {
-                g = SKv3_1_conductance(M->gbar_SKv3_1[i], AT(state_, s));
-                current += g * (v - ek); conductance += g;
-            }
+            AT(state_, s + CA_ION_OFFSET(MASK)) = ica;
+            AT(state_, s + CA_ION_OFFSET(MASK) + 1) = dica;
+            current += ica;
+            conductance += dica;
+        }
+        CHANNEL_CURRENT(Ih, Ih_conductance(M->gbar_Ih[i], AT(state_, SLOT(Ih))), M->ehcn_Ih[i])
+        CHANNEL_CURRENT(Im, Im_conductance(M->gbar_Im[i], AT(state_, SLOT(Im))), M->ek[i])
+        CHANNEL_CURRENT(K_Pst, K_Pst_conductance(M->gbar_K_Pst[i], AT(state_, SLOT(K_Pst)), AT(state_, SLOT(K_Pst) + 1)), M->ek[i])
+        CHANNEL_CURRENT(K_Tst, K_Tst_conductance(M->gbar_K_Tst[i], AT(state_, SLOT(K_Tst)), AT(state_, SLOT(K_Tst) + 1)), M->ek[i])
+        CHANNEL_CURRENT(NaTa_t, NaTa_t_conductance(M->gbar_NaTa_t[i], AT(state_, SLOT(NaTa_t)), AT(state_, SLOT(NaTa_t) + 1)), M->ena[i])
+        CHANNEL_CURRENT(NaTs2_t, NaTs2_t_conductance(M->gbar_NaTs2_t[i], AT(state_, SLOT(NaTs2_t)), AT(state_, SLOT(NaTs2_t) + 1)), M->ena[i])
+        CHANNEL_CURRENT(Nap_Et2, Nap_Et2_conductance(M->gbar_Nap_Et2[i], AT(state_, SLOT(Nap_Et2)), AT(state_, SLOT(Nap_Et2) + 1)), M->ena[i])
+        CHANNEL_CURRENT(SK_E2, SK_E2_conductance(M->gbar_SK_E2[i], AT(state_, SLOT(SK_E2))), M->ek[i])
+        CHANNEL_CURRENT(SKv3_1, SKv3_1_conductance(M->gbar_SKv3_1[i], AT(state_, SLOT(SKv3_1))), M->ek[i])
+        if constexpr ((MASK & HAS_EXCITATORY) != 0) {
+            const int e = M->node_excitatory[i];
+            const real a_ampa = AT(exc_, 4 * e), b_ampa = AT(exc_, 4 * e + 1);
+            const real a_nmda = AT(exc_, 4 * e + 2), b_nmda = AT(exc_, 4 * e + 3);
+            const real gmax = M->exc_gmax[e], reversal = M->exc_e[e], mg = M->exc_mg[e];
             const real to_density = 100.0 / M->area[i];  // nA on a node of area um2 -> mA/cm2
-            long long k;
-            if ((k = M->node_excitatory[i]) >= 0) {
-                const real a_ampa = AT(exc_, 4 * k), b_ampa = AT(exc_, 4 * k + 1);
-                const real a_nmda = AT(exc_, 4 * k + 2), b_nmda = AT(exc_, 4 * k + 3);
-                const real gmax = M->exc_gmax[k], e = M->exc_e[k], mg = M->exc_mg[k];
-                const real i0 = AmpaNmda_current(v, a_ampa, b_ampa, a_nmda, b_nmda, gmax, e, mg);
-                const real i1 = AmpaNmda_current(v + 0.001, a_ampa, b_ampa, a_nmda, b_nmda, gmax, e, mg);
-                current += i0 * to_density;
-                conductance += (i1 - i0) / 0.001 * to_density;
-            }
-            if ((k = M->node_inhibitory[i]) >= 0) {
-                const real a = AT(inh_, 2 * k), b = AT(inh_, 2 * k + 1);
-                const real gmax = M->inh_gmax[k];
-                current += GabaA_current(v, a, b, gmax, M->inh_e[k]) * to_density;
-                conductance += gmax * (b - a) * to_density;
-            }
+            const real i0 = AmpaNmda_current(v, a_ampa, b_ampa, a_nmda, b_nmda, gmax, reversal, mg);
+            const real i1 = AmpaNmda_current(v + 0.001, a_ampa, b_ampa, a_nmda, b_nmda, gmax, reversal, mg);
+            current += i0 * to_density;
+            conductance += (i1 - i0) / 0.001 * to_density;
+        }
+        if constexpr ((MASK & HAS_INHIBITORY) != 0) {
+            const int e = M->node_inhibitory[i];
+            const real a = AT(inh_, 2 * e), b = AT(inh_, 2 * e + 1);
+            const real gmax = M->inh_gmax[e];
+            const real to_density = 100.0 / M->area[i];
+            current += GabaA_current(v, a, b, gmax, M->inh_e[e]) * to_density;
+            conductance += gmax * (b - a) * to_density;
         }
         real rhs = -current;
         if (i > 0) rhs -= M->b[i] * (AT(v_, M->parent[i]) - v);
         for (int j = M->child_begin[i]; j < M->child_begin[i + 1]; ++j) {
-            const int c = M->children[j];
-            rhs += M->a[c] * (v - AT(v_, c));
+            const int child = M->children[j];
+            rhs += M->a[child] * (v - AT(v_, child));
         }
         AT(rhs_, i) = rhs;
         AT(d_, i) = M->cfac * M->cm[i] + conductance + M->d_axial[i];
@@ -213,114 +217,132 @@ HD void membrane_and_axial_currents(const Model* __restrict__ M, const Batch* __
 
 // 3-4. The Hines solve (NEURON's triang and bksub, src/nrnoc/solve.cpp) leaves dv in rhs; then
 //      the voltage update, and NEURON's second_order_cur for Crank-Nicolson.
-//      The engine numbers nodes depth first (engine.py), so that most nodes are their next
-//      node's parent: along such a chain the elimination passes its values in registers and
-//      only branch points go through memory. Each iteration loads the next node's values
-//      before it stores anything: its store goes to a parent below the next node (a chain
-//      parent is passed in registers instead), so the early load never reads a stale value.
-//      d ends holding 1/d, so that back-substitution multiplies.
+//      Nodes are numbered depth first (engine.py), which cuts the tree into chains: runs of
+//      nodes each the parent of the next. Elimination runs chain by chain from the last; when
+//      a chain's turn comes, every branch that joins it has been eliminated into it, so all of
+//      its values can be loaded at once (CHUNK at a time), the elimination runs in registers,
+//      and only the chain's first node writes into its parent, a branch point of an earlier
+//      chain. Back-substitution runs the chains in order. d ends holding 1/d.
+#define CHUNK 4
+
 HD void solve_and_update_voltage(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
-    const long long n_cells = B->n_cells, n = M->n_nodes;
+    const long long n_cells = B->n_cells;
     real* __restrict__ v_ = B->v;
     real* __restrict__ state_ = B->state;
     real* __restrict__ rhs_ = B->rhs;
     real* __restrict__ d_ = B->d;
-    real carry_d = 0.0, carry_rhs = 0.0;  // node i+1's elimination into node i, its chain parent
-    real next_d = AT(d_, n - 1), next_rhs = AT(rhs_, n - 1);
-    for (long long i = n - 1; i >= 1; --i) {
-        const real d = next_d + carry_d, rhs = next_rhs + carry_rhs;
-        next_d = AT(d_, i - 1);
-        next_rhs = AT(rhs_, i - 1);
-        const int p = M->parent[i];
-        const real inverse = 1.0 / d;
-        const real factor = M->a[i] * inverse;
-        AT(d_, i) = inverse;
-        AT(rhs_, i) = rhs;
-        if (p == i - 1) {
-            carry_d = -factor * M->b[i];
-            carry_rhs = -factor * rhs;
-        } else {
-            AT(d_, p) -= factor * M->b[i];
-            AT(rhs_, p) -= factor * rhs;
-            carry_d = 0.0;
-            carry_rhs = 0.0;
+    for (int c = (int)M->n_chains - 1; c >= 0; --c) {
+        const int first = M->chain_first[c];
+        real carry_d = 0.0, carry_rhs = 0.0;  // the elimination of the node below into this one
+        for (int top = M->chain_last[c]; top >= first; top -= CHUNK) {
+            real d[CHUNK], rhs[CHUNK], a[CHUNK], b[CHUNK];
+#pragma unroll
+            for (int u = 0; u < CHUNK; ++u) {
+                if (top - u >= first) {
+                    d[u] = AT(d_, top - u); rhs[u] = AT(rhs_, top - u);
+                    a[u] = M->a[top - u]; b[u] = M->b[top - u];
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < CHUNK; ++u) {
+                if (top - u >= first) {
+                    const real inverse = 1.0 / (d[u] + carry_d);
+                    const real r = rhs[u] + carry_rhs;
+                    AT(d_, top - u) = inverse;
+                    AT(rhs_, top - u) = r;
+                    const real factor = a[u] * inverse;  // a = 0 at the root
+                    carry_d = -factor * b[u];
+                    carry_rhs = -factor * r;
+                }
+            }
+        }
+        if (first > 0) {
+            const int p = M->parent[first];
+            AT(d_, p) += carry_d;
+            AT(rhs_, p) += carry_rhs;
         }
     }
     const real step = M->voltage_step_factor;
-    real dv_previous = (next_rhs + carry_rhs) / (next_d + carry_d);  // the root
-    AT(rhs_, 0) = dv_previous;
-    AT(v_, 0) += step * dv_previous;
-    real next_inverse = AT(d_, 1);
-    next_rhs = AT(rhs_, 1);
-    for (long long i = 1; i < n; ++i) {
-        const real inverse = next_inverse, rhs = next_rhs;
-        if (i + 1 < n) {
-            next_inverse = AT(d_, i + 1);
-            next_rhs = AT(rhs_, i + 1);
+    const bool second_order = M->second_order == 2;
+    for (int c = 0; c < (int)M->n_chains; ++c) {
+        const int first = M->chain_first[c], last = M->chain_last[c];
+        real dv_previous = first > 0 ? AT(rhs_, M->parent[first]) : 0.0;  // the parent's dv, solved already
+        for (int bottom = first; bottom <= last; bottom += CHUNK) {
+            real inverse[CHUNK], rhs[CHUNK], b[CHUNK];
+#pragma unroll
+            for (int u = 0; u < CHUNK; ++u) {
+                if (bottom + u <= last) {
+                    inverse[u] = AT(d_, bottom + u); rhs[u] = AT(rhs_, bottom + u); b[u] = M->b[bottom + u];
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < CHUNK; ++u) {
+                if (bottom + u <= last) {
+                    const int i = bottom + u;
+                    const real dv = (rhs[u] - b[u] * dv_previous) * inverse[u];  // b = 0 at the root
+                    AT(rhs_, i) = dv;
+                    AT(v_, i) += step * dv;
+                    if (second_order) {
+                        const int s = M->ca_ion_slot[i];
+                        if (s >= 0) AT(state_, s) += AT(state_, s + 1) * dv;  // ica += dica/dv * dv(half step)
+                    }
+                    dv_previous = dv;
+                }
+            }
         }
-        const int p = M->parent[i];
-        const real dv_parent = (p == i - 1) ? dv_previous : AT(rhs_, p);
-        const real dv = (rhs - M->b[i] * dv_parent) * inverse;
-        AT(rhs_, i) = dv;
-        AT(v_, i) += step * dv;
-        int s;
-        if (M->second_order == 2 && (s = M->off_ca_ion[i]) >= 0) {
-            AT(state_, s) += AT(state_, s + 1) * dv;  // ica += dica/dv * dv(half step)
-        }
-        dv_previous = dv;
     }
 }
 
+#define TWO_GATES_STEP(channel)                                                          \
+    if constexpr ((MASK & HAS_##channel) != 0) {                                          \
+        channel##_rates(v, &x_inf, &tau_x, &y_inf, &tau_y);                              \
+        AT(state_, SLOT(channel)) = cnexp(AT(state_, SLOT(channel)), x_inf, tau_x, dt);   \
+        AT(state_, SLOT(channel) + 1) = cnexp(AT(state_, SLOT(channel) + 1), y_inf, tau_y, dt); \
+    }
+#define ONE_GATE_STEP(channel, ...)                                                      \
+    if constexpr ((MASK & HAS_##channel) != 0) {                                          \
+        channel##_rates(__VA_ARGS__, &x_inf, &tau_x);                                    \
+        AT(state_, SLOT(channel)) = cnexp(AT(state_, SLOT(channel)), x_inf, tau_x, dt);   \
+    }
+
 // 5. Every state by its .mod file's method (cnexp) at v(t + dt), mechanisms in NEURON's
 //    type order: CaDynamics_E2 integrates cai with this step's ica before SK_E2 reads it.
-HD void update_states(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
+template <unsigned MASK>
+HD void class_states(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
     const long long n_cells = B->n_cells;
-    real* __restrict__ v_ = B->v;
+    const real* __restrict__ v_ = B->v;
     real* __restrict__ state_ = B->state;
-    real* __restrict__ exc_ = B->excitatory_state;
-    real* __restrict__ inh_ = B->inhibitory_state;
     const real dt = M->dt;
     real x_inf, tau_x, y_inf, tau_y;
-    for (long long i = NODE_GROUP; i < M->n_nodes; i += NODE_GROUPS) {
+    const int begin = M->class_begin[c], end = M->class_begin[c + 1];
+    for (long long k = begin + NODE_GROUP; k < end; k += NODE_GROUPS) {
+        const int i = M->class_nodes[k];
+        const long long s = M->class_state_base[c] + (k - begin) * NODE_STATES(MASK);
         const real v = AT(v_, i);
-        int s;
-        if ((s = M->off_CaDynamics_E2[i]) >= 0) {
-            const real ica = AT(state_, M->off_ca_ion[i]);
-            AT(state_, s) = CaDynamics_E2_step(AT(state_, s), ica, M->gamma_CaDynamics_E2[i], M->decay_CaDynamics_E2[i],
-                                                 M->depth_CaDynamics_E2[i], M->minCai_CaDynamics_E2[i], M->faraday, dt);
+        if constexpr ((MASK & HAS_CaDynamics_E2) != 0) {
+            AT(state_, SLOT(CaDynamics_E2)) = CaDynamics_E2_step(
+                AT(state_, SLOT(CaDynamics_E2)), AT(state_, s + CA_ION_OFFSET(MASK)), M->gamma_CaDynamics_E2[i],
+                M->decay_CaDynamics_E2[i], M->depth_CaDynamics_E2[i], M->minCai_CaDynamics_E2[i], M->faraday, dt);
         }
-#define UPDATE_TWO_GATES(channel)                                                        \
-        if ((s = M->off_##channel[i]) >= 0) {                                            \
-            channel##_rates(v, &x_inf, &tau_x, &y_inf, &tau_y);                          \
-            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);                  \
-            AT(state_, s + 1) = cnexp(AT(state_, s + 1), y_inf, tau_y, dt);          \
-        }
-        UPDATE_TWO_GATES(Ca_HVA)
-        UPDATE_TWO_GATES(Ca_LVAst)
-        if ((s = M->off_Ih[i]) >= 0) {
-            Ih_rates(v, M->vhalf_Ih, M->vshift_Ih[i], &x_inf, &tau_x);
-            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);
-        }
-        if ((s = M->off_Im[i]) >= 0) {
-            Im_rates(v, &x_inf, &tau_x);
-            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);
-        }
-        UPDATE_TWO_GATES(K_Pst)
-        UPDATE_TWO_GATES(K_Tst)
-        UPDATE_TWO_GATES(NaTa_t)
-        UPDATE_TWO_GATES(NaTs2_t)
-        UPDATE_TWO_GATES(Nap_Et2)
-#undef UPDATE_TWO_GATES
-        if ((s = M->off_SK_E2[i]) >= 0) {
-            SK_E2_rates(AT(state_, M->off_CaDynamics_E2[i]), &x_inf, &tau_x);
-            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);
-        }
-        if ((s = M->off_SKv3_1[i]) >= 0) {
-            SKv3_1_rates(v, &x_inf, &tau_x);
-            AT(state_, s) = cnexp(AT(state_, s), x_inf, tau_x, dt);
-        }
+        TWO_GATES_STEP(Ca_HVA)
+        TWO_GATES_STEP(Ca_LVAst)
+        ONE_GATE_STEP(Ih, v, M->vhalf_Ih, M->vshift_Ih[i])
+        ONE_GATE_STEP(Im, v)
+        TWO_GATES_STEP(K_Pst)
+        TWO_GATES_STEP(K_Tst)
+        TWO_GATES_STEP(NaTa_t)
+        TWO_GATES_STEP(NaTs2_t)
+        TWO_GATES_STEP(Nap_Et2)
+        ONE_GATE_STEP(SK_E2, AT(state_, SLOT(CaDynamics_E2)))
+        ONE_GATE_STEP(SKv3_1, v)
     }
-    // synapses: A' = -A / tau, exactly exp(-dt / tau) per step (Model's *_decay_* factors)
+}
+
+// 5 (synapses). A' = -A / tau: exactly exp(-dt / tau) per step (the Model's *_decay_* factors).
+HD void synapse_states(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
+    const long long n_cells = B->n_cells;
+    real* __restrict__ exc_ = B->excitatory_state;
+    real* __restrict__ inh_ = B->inhibitory_state;
     for (long long k = NODE_GROUP; k < M->n_excitatory; k += NODE_GROUPS) {
         AT(exc_, 4 * k + 0) *= M->exc_decay_rise_ampa[k];
         AT(exc_, 4 * k + 1) *= M->exc_decay_decay_ampa[k];
@@ -360,20 +382,21 @@ HD void advance_cell(const Model* __restrict__ M, const Batch* __restrict__ B, l
                      long long ms_begin, long long ms_end) {
     const long long n_cells = B->n_cells;
     for (long long ms = ms_begin; ms < ms_end; ++ms) {
+        const long long slot = ms - B->chunk_begin_ms;
         if (LEADER) {
-            const long long slot = ms - B->chunk_begin_ms;
             B->soma_out[slot * n_cells + cell] = (float)AT(B->v, M->soma_node);
             B->nexus_out[slot * n_cells + cell] = (float)AT(B->v, M->nexus_node);
             deliver_events(M, B, cell, ms);
         }
         if (B->segment_out) {
-            const long long slot = ms - B->chunk_begin_ms;
             for (long long k = NODE_GROUP; k < M->n_record; k += NODE_GROUPS)
                 B->segment_out[(slot * M->n_record + k) * n_cells + cell] = (float)AT(B->v, M->record_nodes[k]);
         }
         SYNC();
         for (long long k = 0; k < M->steps_per_ms; ++k) {
-            membrane_and_axial_currents(M, B, cell);
+#define CURRENTS(c, mask) class_currents<mask>(M, B, cell, c);
+            FOR_EACH_CLASS(CURRENTS)
+#undef CURRENTS
             SYNC();
             if (LEADER) {
                 const real v_before = AT(B->v, M->soma_node);
@@ -381,7 +404,10 @@ HD void advance_cell(const Model* __restrict__ M, const Batch* __restrict__ B, l
                 sample_soma(M, B, cell, ms * M->steps_per_ms + k + 1, v_before, AT(B->v, M->soma_node));
             }
             SYNC();
-            update_states(M, B, cell);
+#define STATES(c, mask) class_states<mask>(M, B, cell, c);
+            FOR_EACH_CLASS(STATES)
+#undef STATES
+            synapse_states(M, B, cell);
             SYNC();
         }
     }
