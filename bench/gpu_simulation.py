@@ -49,8 +49,15 @@ SETTINGS = {
     "gpu_be_0.025_float64": SolverConfig(method="gpu", dt_ms=0.025, scheme="backward-euler"),
     "gpu_cn_0.025_float64": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson"),
     "gpu_cn_0.025_float32": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson", gpu_precision="float32"),
-    "gpu_cn_0.05_float64": SolverConfig(method="gpu", dt_ms=0.05, scheme="crank-nicolson"),
-    "gpu_cn_0.05_float32": SolverConfig(method="gpu", dt_ms=0.05, scheme="crank-nicolson", gpu_precision="float32"),
+    "gpu_cn_0.0125_float64": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson"),
+    "gpu_cn_0.0125_float32": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson", gpu_precision="float32"),
+}
+# CPU settings timed beside the GPU run: one CVode core (NeuronIO's setting) and NEURON's fixed
+# step at the settings item 4 weighs for the CPU default; processes per setting
+CPU_SETTINGS = {
+    "cvode": (SolverConfig(method="cvode"), 1),
+    "fixed_cn_0.025": (SolverConfig(method="fixed", dt_ms=0.025, scheme="crank-nicolson"), 7),
+    "fixed_cn_0.0125": (SolverConfig(method="fixed", dt_ms=0.0125, scheme="crank-nicolson"), 6),
 }
 SWEEP_MS = 100
 INPUT_SEED = 777  # the throughput run's master seed (its inputs are NeuronIO draws, not the reference's)
@@ -70,10 +77,14 @@ def build_cell(morphology: str):
     return simulator, export_cell(simulator)
 
 
+NODE_GROUPS = {"value": 8}  # warps per block; the run's first measurement picks it
+
+
 def make_engine(cell, solver: SolverConfig, backend: str):
     from simulation.gpu.engine import GPUEngine
 
-    return GPUEngine(cell, solver, RecordingConfig(), backend=backend, cpu_threads=os.cpu_count() or 1)
+    return GPUEngine(cell, solver, RecordingConfig(), backend=backend, cpu_threads=os.cpu_count() or 1,
+                     node_groups=NODE_GROUPS["value"])
 
 
 # --------------------------------------------------------------------------- 1. fidelity
@@ -101,9 +112,9 @@ def load_reference(directory: Path, limit: int | None, duration_ms: int | None =
     return events, soma, spikes
 
 
-def fidelity(cell, reference, backend: str, log) -> dict:
+def fidelity(cell, reference, backend: str, log, names) -> dict:
     events, soma, spikes = reference
-    engines = {name: make_engine(cell, solver, backend) for name, solver in SETTINGS.items()}
+    engines = {name: make_engine(cell, SETTINGS[name], backend) for name in names}
 
     def run(name):
         started = time.perf_counter()
@@ -119,7 +130,7 @@ def fidelity(cell, reference, backend: str, log) -> dict:
             out = dict(pool.map(run, engines))
     else:
         out = dict(run(name) for name in engines)
-    log(f"fidelity: {len(SETTINGS)} settings x {len(events)} simulations in {time.perf_counter() - started:.1f} s")
+    log(f"fidelity: {len(engines)} settings x {len(events)} simulations in {time.perf_counter() - started:.1f} s")
     return out
 
 
@@ -156,7 +167,7 @@ def speed_sweep(cell, events, backend: str, log) -> dict:
 
 
 def choose(fidelity_figures: dict, speed: dict) -> tuple[str, str]:
-    passing = [n for n, f in fidelity_figures.items() if all(v is not False for v in f["meets_targets"].values())]
+    passing = [n for n, f in fidelity_figures.items() if all(v is not None and v for v in f["meets_targets"].values())]
     if passing:
         best = max(passing, key=lambda n: speed[n]["sim_seconds_per_wall_second"])
         return best, "fastest setting that meets every fidelity target"
@@ -206,37 +217,32 @@ def _cpu_job(args):
     return time.process_time() - started
 
 
-def cpu_baselines(morphology: str, duration_ms: int, workers: int):
-    """Start one CVode job and `workers` default-setting jobs in fresh processes; returns a function that waits for them."""
+def cpu_baselines(morphology: str, duration_ms: int):
+    """Start CPU_SETTINGS' jobs in fresh processes (all at once); returns a function that waits for them."""
     from simulation.mechanisms import compile_mechanisms
 
-    default = SolverConfig()
-    compile_mechanisms(coreneuron=default.method == "coreneuron")
     compile_mechanisms(coreneuron=False)
     context = get_context("spawn")
-    cvode_pool = context.Pool(1)
-    default_pool = context.Pool(workers)
+    pools, jobs = {}, {}
     started = time.perf_counter()
-    cvode = cvode_pool.map_async(_cpu_job, [(dataclasses.asdict(SolverConfig(method="cvode")), duration_ms, INPUT_SEED, 0, morphology)])
-    others = default_pool.map_async(_cpu_job, [(dataclasses.asdict(default), duration_ms, INPUT_SEED, i, morphology) for i in range(workers)])
+    for name, (solver, processes) in CPU_SETTINGS.items():
+        pools[name] = context.Pool(processes)
+        jobs[name] = pools[name].map_async(_cpu_job, [(dataclasses.asdict(solver), duration_ms, INPUT_SEED, i, morphology)
+                                                     for i in range(processes)])
 
     def wait() -> dict:
-        cvode_seconds = cvode.get()[0]
-        default_seconds = others.get()
-        wall = time.perf_counter() - started
-        cvode_pool.close()
-        default_pool.close()
-        per_core = duration_ms / 1000 / float(np.median(default_seconds))
-        return {
-            "duration_ms": duration_ms,
-            "cvode": {"processes": 1, "cpu_seconds": cvode_seconds, "sim_seconds_per_core_second": duration_ms / 1000 / cvode_seconds},
-            "cpu_default": {"setting": dataclasses.asdict(default), "processes": workers, "cpu_seconds": default_seconds,
-                            "sim_seconds_per_core_second": per_core,
-                            "sim_seconds_per_second_all_cores": per_core * (os.cpu_count() or 1)},
-            "wall_s": wall,
-            "note": "all jobs ran at once, beside the GPU run, so the per-core figures are under full-machine load; "
-                    "all-cores throughput = per-core throughput x the machine's cores",
-        }
+        out = {"duration_ms": duration_ms, "settings": {}}
+        for name, (solver, processes) in CPU_SETTINGS.items():
+            seconds = jobs[name].get()
+            pools[name].close()
+            per_core = duration_ms / 1000 / float(np.median(seconds))
+            out["settings"][name] = {"solver": dataclasses.asdict(solver), "processes": processes, "cpu_seconds": seconds,
+                                     "sim_seconds_per_core_second": per_core,
+                                     "sim_seconds_per_second_all_cores": per_core * (os.cpu_count() or 1)}
+        out["wall_s"] = time.perf_counter() - started
+        out["note"] = ("all jobs ran at once, beside the GPU run, so the per-core figures are under full-machine load; "
+                       "all-cores throughput = per-core throughput x the machine's cores")
+        return out
     return wait
 
 
@@ -273,10 +279,10 @@ def print_table(result: dict) -> None:
     print(f"throughput: {t['cells']} x {t['duration_ms']} ms in {t['gpu_wall_s']:.1f} s on the GPU "
           f"(+{t['input_drawing_s']:.1f} s drawing inputs): {result['sim_seconds_per_wall_second']:.1f} sim-s/s")
     if "cpu" in result:
-        print(f"CPU: CVode {result['cpu']['cvode']['sim_seconds_per_core_second']:.3f} sim-s per core-s, default "
-              f"{result['cpu']['cpu_default']['sim_seconds_per_core_second']:.3f}; GPU = "
-              f"{result['speedup_vs_cvode_core']:.1f}x one CVode core, {result['speedup_vs_all_cores']:.2f}x all "
-              f"{os.cpu_count()} cores at the CPU default")
+        for name, v in result["cpu"]["settings"].items():
+            print(f"CPU {name:<16} {v['sim_seconds_per_core_second']:.3f} sim-s per core-s ({v['processes']} processes at once)")
+        print(f"GPU = {result['speedup_vs_cvode_core']:.0f}x one CVode core, {result['speedup_vs_all_cores']:.2f}x all "
+              f"{os.cpu_count()} cores at the CPU default ({result['cpu']['cpu_default']})")
 
 
 def main(argv=None) -> int:
@@ -289,6 +295,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep-ms", type=int, default=SWEEP_MS)
     parser.add_argument("--cpu-duration-ms", type=int, default=6000, help="duration of each CPU baseline simulation")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU baselines")
+    parser.add_argument("--node-groups", type=int, nargs="+", default=[8, 16], help="warps per block to try")
+    parser.add_argument("--fidelity-budget-s", type=float, default=150.0, help="skip fidelity settings slower than this")
+    parser.add_argument("--throughput-budget-s", type=float, default=150.0, help="shorten the throughput run to fit this")
     parser.add_argument("--backend", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--morphology", default=None)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "gpu_simulation.json")
@@ -304,23 +313,47 @@ def main(argv=None) -> int:
 
     simulator, cell = build_cell(morphology)
     reference = load_reference(args.reference, args.reference_limit or None, args.reference_ms or None)
-    log(f"cell exported ({cell.n_nodes} nodes); reference: {len(reference[0])} simulations, "
+    reference_ms = reference[0][0].duration_ms
+    log(f"cell exported ({cell.n_nodes} nodes); reference: {len(reference[0])} simulations of {reference_ms} ms, "
         f"{sum(len(s) for s in reference[2])} spikes")
-    fidelity_figures = fidelity(cell, reference, args.backend, log)
 
+    # speed first: it decides the warps per block and what fits in the time budget
     sweep_events = draw_inputs(simulator, args.cells, args.sweep_ms, INPUT_SEED)
+    groups = {}
+    for value in args.node_groups:
+        NODE_GROUPS["value"] = value
+        engine = make_engine(cell, SETTINGS["gpu_cn_0.025_float64"], args.backend)
+        engine.run(sweep_events[:64])
+        started = time.perf_counter()
+        engine.run(sweep_events)
+        groups[value] = time.perf_counter() - started
+        log(f"node groups {value}: {args.cells} cells x {args.sweep_ms} ms in {groups[value]:.2f} s")
+    NODE_GROUPS["value"] = min(groups, key=groups.get)
     speed = speed_sweep(cell, sweep_events, args.backend, log)
-    setting, reason = choose(fidelity_figures, speed)
+
+    def seconds_for(name, duration_ms):  # a batch of up to args.cells cells runs in about the sweep's time per ms
+        return speed[name]["wall_s"] * duration_ms / args.sweep_ms
+
+    # fidelity: every setting whose run fits the budget (they run side by side)
+    fits = [n for n in SETTINGS if seconds_for(n, reference_ms) <= args.fidelity_budget_s]
+    log(f"fidelity settings within {args.fidelity_budget_s:.0f} s: {fits}")
+    fidelity_figures = fidelity(cell, reference, args.backend, log, fits) if fits else {}
+    setting, reason = choose(fidelity_figures, speed) if fidelity_figures else (
+        "gpu_cn_0.025_float64", "no setting's fidelity run fitted the time budget")
     log(f"chosen: {setting} ({reason})")
 
+    duration_ms = args.duration_ms
+    if seconds_for(setting, duration_ms) > args.throughput_budget_s:
+        duration_ms = max(args.sweep_ms, int(args.throughput_budget_s / seconds_for(setting, 1)) // 100 * 100)
+        log(f"throughput run shortened to {duration_ms} ms to fit {args.throughput_budget_s:.0f} s")
     started = time.perf_counter()
-    events = draw_inputs(simulator, args.cells, args.duration_ms, INPUT_SEED)
+    events = draw_inputs(simulator, args.cells, duration_ms, INPUT_SEED)
     drawing_s = time.perf_counter() - started
-    log(f"drew {args.cells} x {args.duration_ms} ms inputs in {drawing_s:.1f} s")
+    log(f"drew {args.cells} x {duration_ms} ms inputs in {drawing_s:.1f} s")
 
     engine = make_engine(cell, SETTINGS[setting], args.backend)
     engine.run(events[:64], chunk_ms=10)  # compile and warm up
-    wait_cpu = None if args.no_cpu else cpu_baselines(morphology, args.cpu_duration_ms, max(1, (os.cpu_count() or 2) - 2))
+    wait_cpu = None if args.no_cpu else cpu_baselines(morphology, args.cpu_duration_ms)
     peak = {"bytes": 0}
     if args.backend == "cuda":
         import cupy
@@ -339,21 +372,22 @@ def main(argv=None) -> int:
     if args.backend == "cuda":
         stop.set()
         peak["bytes"] = max(peak["bytes"], cupy.get_default_memory_pool().total_bytes())
-    simulated_s = args.cells * args.duration_ms / 1000
-    log(f"GPU: {args.cells} x {args.duration_ms} ms in {gpu_wall:.1f} s")
+    simulated_s = args.cells * duration_ms / 1000
+    log(f"GPU: {args.cells} x {duration_ms} ms in {gpu_wall:.1f} s")
 
     spikes = sum(len(r.output_spike_times) for r in results)
-    chosen = fidelity_figures[setting]
+    chosen = fidelity_figures.get(setting, {})
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device_info(args.backend),
         "setting": setting, "setting_reason": reason, "solver": dataclasses.asdict(SETTINGS[setting]),
         "sim_seconds_per_wall_second": simulated_s / gpu_wall,
-        "throughput": {"cells": args.cells, "duration_ms": args.duration_ms, "gpu_wall_s": gpu_wall,
+        "node_groups": {"chosen": NODE_GROUPS["value"], "sweep_wall_s": groups},
+        "throughput": {"cells": args.cells, "duration_ms": duration_ms, "gpu_wall_s": gpu_wall,
                        "input_drawing_s": drawing_s, "end_to_end_sim_seconds_per_wall_second": simulated_s / (gpu_wall + drawing_s),
                        "output_rate_hz": spikes / simulated_s, "peak_device_memory_bytes": peak["bytes"] or None,
                        "batch_device_bytes": engine.last_run_device_bytes,
-                       "floor": floor_estimate(engine, args.cells, args.duration_ms, gpu_wall)},
+                       "floor": floor_estimate(engine, args.cells, duration_ms, gpu_wall)},
         "accuracy": {k: v for k, v in chosen.items()},
         "fidelity_targets": TARGETS,
         "fidelity_reference": {"directory": str(args.reference), "simulations": len(reference[0]),
@@ -364,8 +398,13 @@ def main(argv=None) -> int:
     if wait_cpu is not None:
         cpu = wait_cpu()
         result["cpu"] = cpu
-        result["speedup_vs_cvode_core"] = result["sim_seconds_per_wall_second"] / cpu["cvode"]["sim_seconds_per_core_second"]
-        result["speedup_vs_all_cores"] = result["sim_seconds_per_wall_second"] / cpu["cpu_default"]["sim_seconds_per_second_all_cores"]
+        settings = cpu["settings"]
+        default = next((n for n, (solver, _) in CPU_SETTINGS.items() if solver == SolverConfig()), "cvode")
+        cpu["cpu_default"] = default
+        result["speedup_vs_cvode_core"] = result["sim_seconds_per_wall_second"] / settings["cvode"]["sim_seconds_per_core_second"]
+        result["speedup_vs_all_cores"] = result["sim_seconds_per_wall_second"] / settings[default]["sim_seconds_per_second_all_cores"]
+        result["speedup_vs_all_cores_each_setting"] = {n: result["sim_seconds_per_wall_second"] / v["sim_seconds_per_second_all_cores"]
+                                                       for n, v in settings.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print_table(result)
