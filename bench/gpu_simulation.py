@@ -77,7 +77,7 @@ def build_cell(morphology: str):
     return simulator, export_cell(simulator)
 
 
-NODE_GROUPS = {"value": 8}  # warps per block; the run's first measurement picks it
+NODE_GROUPS = {"value": 32}  # warps per block; the run's first measurement picks it
 
 
 def make_engine(cell, solver: SolverConfig, backend: str):
@@ -155,7 +155,7 @@ def speed_sweep(cell, events, backend: str, log) -> dict:
     out = {}
     for name, solver in SETTINGS.items():
         engine = make_engine(cell, solver, backend)
-        engine.run(events[:64])  # compile and warm up
+        engine.run(events[:64], chunk_ms=5)  # compile and warm up
         started = time.perf_counter()
         engine.run(events)
         seconds = time.perf_counter() - started
@@ -164,6 +164,18 @@ def speed_sweep(cell, events, backend: str, log) -> dict:
                      "sim_seconds_per_wall_second": len(events) * duration_s / seconds}
         log(f"speed {name}: {out[name]['sim_seconds_per_wall_second']:.1f} sim-s/s ({len(events)} cells x {events[0].duration_ms} ms)")
     return out
+
+
+def check_against_twin(cell, solver: SolverConfig, events, backend: str) -> dict:
+    """The kernel against its CPU twin on a few cells: the largest soma difference, and the spikes."""
+    from simulation.gpu.engine import GPUEngine
+
+    gpu = make_engine(cell, solver, backend).run(events)
+    twin = GPUEngine(cell, solver, RecordingConfig(), backend="cpu", cpu_threads=os.cpu_count() or 1).run(events)
+    difference = max(float(np.max(np.abs(a.soma_voltage - b.soma_voltage))) for a, b in zip(gpu, twin))
+    same_spikes = all(np.array_equal(a.output_spike_times, b.output_spike_times) for a, b in zip(gpu, twin))
+    return {"cells": len(events), "duration_ms": events[0].duration_ms, "soma_max_abs_difference_mV": difference,
+            "same_spike_times": bool(same_spikes), "spikes": int(sum(len(a.output_spike_times) for a in gpu))}
 
 
 def choose(fidelity_figures: dict, speed: dict) -> tuple[str, str]:
@@ -293,12 +305,15 @@ def main(argv=None) -> int:
     parser.add_argument("--cells", type=int, default=2048)
     parser.add_argument("--duration-ms", type=int, default=6000)
     parser.add_argument("--sweep-ms", type=int, default=SWEEP_MS)
+    parser.add_argument("--check-ms", type=int, default=300, help="duration of the kernel-vs-twin check (16 cells)")
     parser.add_argument("--cpu-duration-ms", type=int, default=6000, help="duration of each CPU baseline simulation")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU baselines")
-    parser.add_argument("--node-groups", type=int, nargs="+", default=[8, 16], help="warps per block to try")
+    parser.add_argument("--node-groups", type=int, nargs="+", default=[16, 32, 64], help="warps per block to try")
     parser.add_argument("--fidelity-budget-s", type=float, default=150.0, help="skip fidelity settings slower than this")
     parser.add_argument("--throughput-budget-s", type=float, default=150.0, help="shorten the throughput run to fit this")
     parser.add_argument("--backend", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--setting", choices=list(SETTINGS), default=None,
+                        help="measure throughput at this setting (default: chosen by the fidelity figures)")
     parser.add_argument("--morphology", default=None)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "gpu_simulation.json")
     args = parser.parse_args(argv)
@@ -323,7 +338,7 @@ def main(argv=None) -> int:
     for value in args.node_groups:
         NODE_GROUPS["value"] = value
         engine = make_engine(cell, SETTINGS["gpu_cn_0.025_float64"], args.backend)
-        engine.run(sweep_events[:64])
+        engine.run(sweep_events[:64], chunk_ms=5)
         started = time.perf_counter()
         engine.run(sweep_events)
         groups[value] = time.perf_counter() - started
@@ -338,9 +353,19 @@ def main(argv=None) -> int:
     fits = [n for n in SETTINGS if seconds_for(n, reference_ms) <= args.fidelity_budget_s]
     log(f"fidelity settings within {args.fidelity_budget_s:.0f} s: {fits}")
     fidelity_figures = fidelity(cell, reference, args.backend, log, fits) if fits else {}
-    setting, reason = choose(fidelity_figures, speed) if fidelity_figures else (
-        "gpu_cn_0.025_float64", "no setting's fidelity run fitted the time budget")
+    if args.setting:
+        setting, reason = args.setting, "given with --setting"
+    else:
+        setting, reason = choose(fidelity_figures, speed) if fidelity_figures else (
+            "gpu_cn_0.025_float64", "no setting's fidelity run fitted the time budget")
     log(f"chosen: {setting} ({reason})")
+
+    check_events = draw_inputs(simulator, 16, args.check_ms, INPUT_SEED + 1)
+    checks = {name: check_against_twin(cell, SETTINGS[name], check_events, args.backend)
+              for name in dict.fromkeys([setting, "gpu_cn_0.025_float64"])}
+    for name, check in checks.items():
+        log(f"kernel vs CPU twin, {name}: max |soma difference| {check['soma_max_abs_difference_mV']:.2e} mV, "
+            f"same spike times: {check['same_spike_times']} ({check['spikes']} spikes)")
 
     duration_ms = args.duration_ms
     if seconds_for(setting, duration_ms) > args.throughput_budget_s:
@@ -383,6 +408,7 @@ def main(argv=None) -> int:
         "setting": setting, "setting_reason": reason, "solver": dataclasses.asdict(SETTINGS[setting]),
         "sim_seconds_per_wall_second": simulated_s / gpu_wall,
         "node_groups": {"chosen": NODE_GROUPS["value"], "sweep_wall_s": groups},
+        "kernel_vs_cpu_twin": checks,
         "throughput": {"cells": args.cells, "duration_ms": duration_ms, "gpu_wall_s": gpu_wall,
                        "input_drawing_s": drawing_s, "end_to_end_sim_seconds_per_wall_second": simulated_s / (gpu_wall + drawing_s),
                        "output_rate_hz": spikes / simulated_s, "peak_device_memory_bytes": peak["bytes"] or None,

@@ -30,7 +30,7 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from simulation.config import InputConfig, SimulationConfig, SolverConfig  # noqa: E402
+from simulation.config import InputConfig, RecordingConfig, SimulationConfig, SolverConfig  # noqa: E402
 from simulation.fidelity import TARGETS, compare, meets_targets  # noqa: E402
 
 SETTINGS = {
@@ -42,7 +42,15 @@ SETTINGS = {
     "coreneuron_cn_0.05": SolverConfig(method="coreneuron", dt_ms=0.05, scheme="crank-nicolson"),
     # CVode at a 10x tighter tolerance: how far NeuronIO's own setting is from a more exact solution
     "cvode_atol_1e-4": SolverConfig(method="cvode", cvode_atol=1e-4),
+    # the GPU engine (on a machine without a GPU: its CPU twin, the same source compiled by g++,
+    # checked against the CUDA kernel by tests/test_gpu_engine_cuda.py)
+    "gpu_be_0.025_float64": SolverConfig(method="gpu", dt_ms=0.025),
+    "gpu_cn_0.025_float64": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson"),
+    "gpu_cn_0.025_float32": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson", gpu_precision="float32"),
+    "gpu_cn_0.0125_float64": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson"),
+    "gpu_cn_0.0125_float32": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson", gpu_precision="float32"),
 }
+CPU_DEFAULT_SETTINGS = [name for name in SETTINGS if not name.startswith(("gpu", "cvode"))]
 
 
 def _simulate(args):
@@ -55,6 +63,25 @@ def _simulate(args):
     started = time.process_time()
     result = simulator.run(raster)
     return time.process_time() - started, result.soma_voltage, result.output_spike_times
+
+
+def gpu_runs(solver: SolverConfig, morphology: str, packed, duration_ms: int, threads: int):
+    """The GPU engine on every raster: on CUDA if CuPy sees a GPU, else on its CPU twin."""
+    from simulation.gpu.engine import EventList, GPUEngine
+    from simulation.gpu.export import export_cell
+    from simulation.run import get_simulator
+
+    try:
+        import cupy
+        backend = "cuda" if cupy.is_available() else "cpu"
+    except ImportError:
+        backend = "cpu"
+    simulator = get_simulator(SimulationConfig(inputs=InputConfig(duration_ms=duration_ms)), morphology)
+    engine = GPUEngine(export_cell(simulator), solver, RecordingConfig(), backend=backend, cpu_threads=threads)
+    events = [EventList.from_raster(np.unpackbits(p, axis=-1, count=duration_ms).astype(bool)) for p in packed]
+    results = engine.run(events)
+    seconds = engine.last_run_seconds * (threads if backend == "cpu" else 1) / len(events)
+    return [(seconds, r.soma_voltage, r.output_spike_times) for r in results], f"gpu engine on {backend}"
 
 
 def load_reference(directory: Path, n: int):
@@ -79,7 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", type=Path, required=True)
     parser.add_argument("--simulations", type=int, default=32)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="*", default=CPU_DEFAULT_SETTINGS, choices=list(SETTINGS))
     parser.add_argument("--morphology", default=None)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "solver_fidelity.json")
     args = parser.parse_args(argv)
@@ -100,17 +127,23 @@ def main(argv=None) -> int:
         "settings": {},
     }
     context = get_context("spawn")  # a fresh NEURON per process: CoreNEURON needs its own mechanism build
+    if args.out.is_file():  # a re-run adds to what an earlier run measured
+        result["settings"] = json.loads(args.out.read_text()).get("settings", {})
     for name in args.settings:
         solver = SETTINGS[name]
         compile_mechanisms(coreneuron=solver.method == "coreneuron")
         started = time.perf_counter()
-        with context.Pool(args.workers) as pool:
-            runs = pool.map(_simulate, [(dataclasses.asdict(solver), morphology, p, duration_ms) for p in packed], chunksize=1)
+        if solver.method == "gpu":
+            runs, backend = gpu_runs(solver, morphology, packed, duration_ms, args.workers)
+        else:
+            with context.Pool(args.workers) as pool:
+                runs = pool.map(_simulate, [(dataclasses.asdict(solver), morphology, p, duration_ms) for p in packed], chunksize=1)
+            backend = "neuron"
         wall = time.perf_counter() - started
         cpu_seconds = [r[0] for r in runs]
         figures = compare(soma, spikes, [r[1] for r in runs], [r[2] for r in runs])
         figures |= {
-            "solver": dataclasses.asdict(solver),
+            "solver": dataclasses.asdict(solver), "engine": backend,
             "cpu_seconds_per_simulation_median": float(np.median(cpu_seconds)),
             "sim_seconds_per_core_second": duration_ms / 1000 / float(np.median(cpu_seconds)),
             "wall_s": wall,

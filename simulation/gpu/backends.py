@@ -18,12 +18,12 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..paths import PROJECT_ROOT
-from .layout import source
+from .layout import CELLS_PER_BLOCK, source
 
 BUILD_DIR = PROJECT_ROOT / "build" / "gpu_engine"
 CXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math")
-CELLS_PER_BLOCK = 32  # one cell per lane of a warp
-NODE_GROUPS = 8  # warps per block sharing the node loops of its 32 cells (timestep.h)
+WARPS_PER_BLOCK = 8  # each split into 32 / CELLS_PER_BLOCK node groups (timestep.h)
+NODE_GROUPS = WARPS_PER_BLOCK * 32 // CELLS_PER_BLOCK
 
 
 # --------------------------------------------------------------------------- CPU twin
@@ -137,7 +137,9 @@ class CUDABackend:
         except cupy.cuda.runtime.CUDARuntimeError as err:
             raise ConfigError(f"[solver] method = \"gpu\": no usable CUDA device ({err})") from None
         self.device_name = name
-        self.node_groups = node_groups
+        if node_groups % (32 // CELLS_PER_BLOCK):
+            raise ValueError(f"node_groups must be a multiple of {32 // CELLS_PER_BLOCK} (node groups per warp)")
+        self.warps = node_groups // (32 // CELLS_PER_BLOCK)
         # the engine's own stream: several engines (settings) can run side by side
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.module = cupy.RawModule(code=source(precision, class_masks), options=("-std=c++17",))
@@ -171,7 +173,7 @@ class CUDABackend:
     def _grid(self, n_cells):
         if n_cells % CELLS_PER_BLOCK:
             raise ValueError(f"a CUDA batch holds a multiple of {CELLS_PER_BLOCK} cells, got {n_cells}")
-        return (n_cells // CELLS_PER_BLOCK,), (CELLS_PER_BLOCK, self.node_groups)
+        return (n_cells // CELLS_PER_BLOCK,), (32, self.warps)
 
     def initialize(self, model, batch, n_cells):
         self._set_constant("c_model", model)

@@ -24,8 +24,8 @@ from ..errors import InputShapeError
 from ..run import SimulationResult, check_input_spikes, spike_raster
 from .backends import NODE_GROUPS, make_backend
 from .export import CHANNELS, CellExport
-from .layout import (BATCH_FIELDS, CHANNEL_BITS, HAS_EXCITATORY, HAS_INHIBITORY, MEMBRANE, MODEL_FIELDS, ca_ion_offset,
-                     node_states, pack, real_dtype)
+from .layout import (BATCH_FIELDS, CHANNEL_BITS, HAS_EXCITATORY, HAS_INHIBITORY, MEMBRANE, MODEL_FIELDS, node_states,
+                     pack, real_dtype)
 
 MAX_SPIKES_PER_MS = 4  # strict local maxima on an 8 samples/ms grid: at most one every other sample
 
@@ -105,9 +105,11 @@ class NodeLayout:
     class_begin: np.ndarray  # int32 (n_classes + 1,): class c's nodes are class_nodes[begin[c]:begin[c + 1]]
     class_nodes: np.ndarray  # int32, every node once
     class_state_base: np.ndarray  # int32 (n_classes,): the first state slot of class c
-    ca_ion_slot: np.ndarray  # int32 per node: the ica slot, -1 where no Ca pool
-    chain_first: np.ndarray  # int32 per chain
-    chain_last: np.ndarray
+    chain_first: np.ndarray  # int32 per chain: its first (most proximal) node
+    chain_last: np.ndarray  # its last node
+    chain_parent: np.ndarray  # the parent of its first node, a node of another chain (-1: the root chain)
+    level_begin: np.ndarray  # int32 (n_levels + 1,): the chains of level L are level_chains[begin[L]:begin[L + 1]]
+    level_chains: np.ndarray
     n_states: int
 
     @classmethod
@@ -123,17 +125,25 @@ class NodeLayout:
         class_nodes = [np.flatnonzero(masks == m) for m in class_masks]
         sizes = [len(nodes) * node_states(m) for m, nodes in zip(class_masks, class_nodes)]
         state_base = np.concatenate([[0], np.cumsum(sizes)])
-        ca_ion_slot = np.full(n, -1, dtype=np.int32)
-        for m, nodes, base in zip(class_masks, class_nodes, state_base):
-            if m & CHANNEL_BITS["CaDynamics_E2"]:
-                ca_ion_slot[nodes] = base + np.arange(len(nodes)) * node_states(m) + ca_ion_offset(m)
-        starts = np.flatnonzero(np.append(True, cell.parent[1:] != np.arange(1, n) - 1))
+        # chains: a new one starts wherever a node is not its predecessor's child
+        first = np.flatnonzero(np.append(True, cell.parent[1:] != np.arange(1, n) - 1))
+        last = np.append(first[1:] - 1, n - 1)
+        chain_of = np.repeat(np.arange(len(first)), last - first + 1)
+        chain_parent = np.where(first > 0, cell.parent[np.maximum(first, 1)], -1)
+        chain_parent[0] = -1
+        level = np.zeros(len(first), dtype=np.int64)
+        for c in range(len(first) - 1, 0, -1):  # a branch has a higher first node than the chain it joins
+            parent_chain = chain_of[chain_parent[c]]
+            level[parent_chain] = max(level[parent_chain], level[c] + 1)
+        level_chains = np.argsort(level, kind="stable")
         return cls(
             cell=cell, class_masks=class_masks,
             class_begin=np.concatenate([[0], np.cumsum([len(x) for x in class_nodes])]).astype(np.int32),
             class_nodes=np.concatenate(class_nodes).astype(np.int32),
-            class_state_base=state_base[:-1].astype(np.int32), ca_ion_slot=ca_ion_slot,
-            chain_first=starts.astype(np.int32), chain_last=np.append(starts[1:] - 1, n - 1).astype(np.int32),
+            class_state_base=state_base[:-1].astype(np.int32),
+            chain_first=first.astype(np.int32), chain_last=last.astype(np.int32), chain_parent=chain_parent.astype(np.int32),
+            level_begin=np.searchsorted(level[level_chains], np.arange(level.max() + 2)).astype(np.int32),
+            level_chains=level_chains.astype(np.int32),
             n_states=int(state_base[-1]),
         )
 
@@ -186,7 +196,8 @@ class GPUEngine:
         arrays = {
             "parent": cell.parent.astype(np.int32), "child_begin": child_begin, "children": order.astype(np.int32),
             "class_begin": layout.class_begin, "class_nodes": layout.class_nodes, "class_state_base": layout.class_state_base,
-            "chain_first": layout.chain_first, "chain_last": layout.chain_last, "ca_ion_slot": layout.ca_ion_slot,
+            "chain_first": layout.chain_first, "chain_last": layout.chain_last, "chain_parent": layout.chain_parent,
+            "level_begin": layout.level_begin, "level_chains": layout.level_chains,
             "node_excitatory": node_excitatory, "node_inhibitory": node_inhibitory,
             "record_nodes": cell.segment_nodes.astype(np.int32),
             "a": cell.a, "b": cell.b, "d_axial": d_axial, "cm": cell.cm, "area": cell.area_um2,
@@ -210,6 +221,7 @@ class GPUEngine:
             **device_arrays,
             "n_nodes": n, "n_excitatory": len(cell.excitatory_node), "n_inhibitory": len(cell.inhibitory_node),
             "n_states": layout.n_states, "n_record": len(cell.segment_nodes), "n_chains": len(layout.chain_first),
+            "n_levels": len(layout.level_begin) - 1,
             "steps_per_ms": solver.steps_per_ms, "samples_per_ms": self.recording.high_resolution_per_ms,
             "soma_node": cell.soma_node, "nexus_node": cell.nexus_node, "second_order": second_order,
             "dt": dt, "cfac": 1e-3 * cj, "voltage_step_factor": 2.0 if second_order else 1.0, "ktf": ktf,

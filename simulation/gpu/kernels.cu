@@ -14,16 +14,16 @@ __constant__ Batch c_batch;
 // registers within what such a block may hold.
 #define MAX_THREADS_PER_BLOCK 512
 
-// blockDim = (32, NODE_GROUPS): lane x is cell blockIdx.x * 32 + x, warp y a node group.
-// The batch is padded to whole blocks (padded cells get no input), so that every thread of
-// a block reaches every __syncthreads.
+// blockDim = (32, warps): lane x works for cell blockIdx.x * CELLS_PER_BLOCK + x % CELLS_PER_BLOCK
+// (timestep.h's NODE_GROUP says in which node group). The batch is padded to whole blocks
+// (padded cells get no input), so that every thread of a block reaches every __syncthreads.
 extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_initialize() {
-    const long long cell = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long cell = (long long)blockIdx.x * CELLS_PER_BLOCK + threadIdx.x % CELLS_PER_BLOCK;
     initialize_cell(&c_model, &c_batch, cell);
 }
 
 extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_advance(long long ms_begin, long long ms_end) {
-    const long long cell = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long cell = (long long)blockIdx.x * CELLS_PER_BLOCK + threadIdx.x % CELLS_PER_BLOCK;
     advance_cell(&c_model, &c_batch, cell, ms_begin, ms_end);
 }
 

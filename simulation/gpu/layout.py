@@ -30,10 +30,11 @@ MODEL_FIELDS: list[tuple[str, str]] = [
     ("dt", "double"), ("cfac", "double"), ("voltage_step_factor", "double"), ("ktf", "double"),
     ("faraday", "double"), ("v_init", "double"), ("cai0", "double"), ("spike_threshold", "double"),
     *[(f"{name}_{channel}", "double") for channel, names in CHANNEL_GLOBALS.items() for name in names],
-    ("n_chains", "int"),
+    ("n_chains", "int"), ("n_levels", "int"),
     ("parent", "int*"), ("child_begin", "int*"), ("children", "int*"),
     ("class_begin", "int*"), ("class_nodes", "int*"), ("class_state_base", "int*"),
-    ("chain_first", "int*"), ("chain_last", "int*"), ("ca_ion_slot", "int*"),
+    ("chain_first", "int*"), ("chain_last", "int*"), ("chain_parent", "int*"),
+    ("level_begin", "int*"), ("level_chains", "int*"),
     ("node_excitatory", "int*"), ("node_inhibitory", "int*"), ("record_nodes", "int*"),
     ("a", "real*"), ("b", "real*"), ("d_axial", "real*"), ("cm", "real*"), ("area", "real*"),
     ("pas_g", "real*"), ("pas_e", "real*"), ("ena", "real*"), ("ek", "real*"), ("cao", "real*"),
@@ -58,6 +59,9 @@ _C_TYPES = {"int": "long long", "double": "double", "int*": "int*", "real*": "re
             "float*": "float*", "i64*": "const long long*", "u16*": "const unsigned short*"}
 NUMPY_DTYPES = {"int*": np.int32, "float*": np.float32, "i64*": np.int64, "u16*": np.uint16}
 PRECISIONS = {"float64": np.float64, "float32": np.float32}
+# A GPU block serves this many cells; its 32-thread warps are split into 32 / CELLS_PER_BLOCK
+# node groups each (timestep.h). Fewer cells per block give a small batch more blocks.
+CELLS_PER_BLOCK = 8
 
 
 def real_dtype(precision: str):
@@ -127,6 +131,7 @@ def _prelude(precision: str) -> str:
         "#endif",
         f"typedef {'double' if double else 'float'} real;",
         f"#define REAL_IS_DOUBLE {1 if double else 0}",
+        f"#define CELLS_PER_BLOCK {CELLS_PER_BLOCK}",
         math,
         _c_struct("Model", MODEL_FIELDS, const=True),
         _c_struct("Batch", BATCH_FIELDS, const=False),

@@ -26,14 +26,16 @@
 
 #define AT(array, k) (array)[(long long)(k) * n_cells + cell]
 
-// On a GPU a block holds 32 cells (one per lane) times NODE_GROUPS warps: the node loops,
-// whose iterations are independent, are shared among the warps (warp y takes nodes y,
-// y + NODE_GROUPS, ...); the tree solve and the per-cell bookkeeping run on warp 0 (LEADER).
+// On a GPU a block holds CELLS_PER_BLOCK cells and 32 / CELLS_PER_BLOCK x blockDim.y node
+// groups: thread (x, y) works for cell x % CELLS_PER_BLOCK in node group
+// y (32 / CELLS_PER_BLOCK) + x / CELLS_PER_BLOCK. The node loops, whose iterations are
+// independent, are shared among the node groups (group g takes nodes g, g + NODE_GROUPS, ...),
+// so does the tree solve, chain by chain; the per-cell bookkeeping runs in group 0 (LEADER).
 // SYNC() separates the phases. On the CPU one thread does everything in the same order.
 #ifdef __CUDACC__
-#define NODE_GROUP ((long long)threadIdx.y)
-#define NODE_GROUPS ((long long)blockDim.y)
-#define LEADER (threadIdx.y == 0)
+#define NODE_GROUP ((long long)(threadIdx.y * (32 / CELLS_PER_BLOCK) + threadIdx.x / CELLS_PER_BLOCK))
+#define NODE_GROUPS ((long long)(blockDim.y * (32 / CELLS_PER_BLOCK)))
+#define LEADER (NODE_GROUP == 0)
 #define SYNC() __syncthreads()
 #else
 #define NODE_GROUP 0LL
@@ -215,81 +217,98 @@ HD void class_currents(const Model* __restrict__ M, const Batch* __restrict__ B,
     }
 }
 
-// 3-4. The Hines solve (NEURON's triang and bksub, src/nrnoc/solve.cpp) leaves dv in rhs; then
-//      the voltage update, and NEURON's second_order_cur for Crank-Nicolson.
-//      Nodes are numbered depth first (engine.py), which cuts the tree into chains: runs of
-//      nodes each the parent of the next. Elimination runs chain by chain from the last; when
-//      a chain's turn comes, every branch that joins it has been eliminated into it, so all of
-//      its values can be loaded at once (CHUNK at a time), the elimination runs in registers,
-//      and only the chain's first node writes into its parent, a branch point of an earlier
-//      chain. Back-substitution runs the chains in order. d ends holding 1/d.
+// 3. The Hines solve (NEURON's triang and bksub, src/nrnoc/solve.cpp) leaves dv in rhs.
+//    Nodes are numbered depth first (engine.py), which cuts the tree into chains: runs of
+//    nodes each the parent of the next. A chain's level is 0 if no chain branches off it,
+//    else one more than the highest level of those that do. Elimination runs level by level
+//    from 0: the chains of a level are independent, and shared among the node groups (the
+//    group of a chain is its parent node modulo the number of groups, so the chains that
+//    join one node are eliminated into it by one group, in one order, whatever the number of
+//    groups). When a chain's turn comes, every branch that joins it has been eliminated into
+//    it, so all of its values can be loaded at once (CHUNK at a time) and the elimination
+//    runs in registers; only its first node writes into its parent, a branch point of a
+//    chain of a higher level. Back-substitution runs the levels in reverse. d ends holding 1/d.
 #define CHUNK 4
 
-HD void solve_and_update_voltage(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
+HD int chain_owner(const Model* __restrict__ M, int c) {
+    const int p = M->chain_parent[c];
+    return p < 0 ? 0 : (int)(p % NODE_GROUPS);
+}
+
+HD void eliminate_chain(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
     const long long n_cells = B->n_cells;
-    real* __restrict__ v_ = B->v;
-    real* __restrict__ state_ = B->state;
     real* __restrict__ rhs_ = B->rhs;
     real* __restrict__ d_ = B->d;
-    for (int c = (int)M->n_chains - 1; c >= 0; --c) {
-        const int first = M->chain_first[c];
-        real carry_d = 0.0, carry_rhs = 0.0;  // the elimination of the node below into this one
-        for (int top = M->chain_last[c]; top >= first; top -= CHUNK) {
-            real d[CHUNK], rhs[CHUNK], a[CHUNK], b[CHUNK];
+    const int first = M->chain_first[c];
+    real carry_d = 0.0, carry_rhs = 0.0;  // the elimination of the node below into this one
+    for (int top = M->chain_last[c]; top >= first; top -= CHUNK) {
+        real d[CHUNK], rhs[CHUNK], a[CHUNK], b[CHUNK];
 #pragma unroll
-            for (int u = 0; u < CHUNK; ++u) {
-                if (top - u >= first) {
-                    d[u] = AT(d_, top - u); rhs[u] = AT(rhs_, top - u);
-                    a[u] = M->a[top - u]; b[u] = M->b[top - u];
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < CHUNK; ++u) {
-                if (top - u >= first) {
-                    const real inverse = 1.0 / (d[u] + carry_d);
-                    const real r = rhs[u] + carry_rhs;
-                    AT(d_, top - u) = inverse;
-                    AT(rhs_, top - u) = r;
-                    const real factor = a[u] * inverse;  // a = 0 at the root
-                    carry_d = -factor * b[u];
-                    carry_rhs = -factor * r;
-                }
+        for (int u = 0; u < CHUNK; ++u) {
+            if (top - u >= first) {
+                d[u] = AT(d_, top - u); rhs[u] = AT(rhs_, top - u);
+                a[u] = M->a[top - u]; b[u] = M->b[top - u];
             }
         }
-        if (first > 0) {
-            const int p = M->parent[first];
-            AT(d_, p) += carry_d;
-            AT(rhs_, p) += carry_rhs;
+#pragma unroll
+        for (int u = 0; u < CHUNK; ++u) {
+            if (top - u >= first) {
+                const real inverse = 1.0 / (d[u] + carry_d);
+                const real r = rhs[u] + carry_rhs;
+                AT(d_, top - u) = inverse;
+                AT(rhs_, top - u) = r;
+                const real factor = a[u] * inverse;  // a = 0 at the root
+                carry_d = -factor * b[u];
+                carry_rhs = -factor * r;
+            }
         }
     }
-    const real step = M->voltage_step_factor;
-    const bool second_order = M->second_order == 2;
-    for (int c = 0; c < (int)M->n_chains; ++c) {
-        const int first = M->chain_first[c], last = M->chain_last[c];
-        real dv_previous = first > 0 ? AT(rhs_, M->parent[first]) : 0.0;  // the parent's dv, solved already
-        for (int bottom = first; bottom <= last; bottom += CHUNK) {
-            real inverse[CHUNK], rhs[CHUNK], b[CHUNK];
+    if (first > 0) {
+        const int p = M->parent[first];
+        AT(d_, p) += carry_d;
+        AT(rhs_, p) += carry_rhs;
+    }
+}
+
+HD void substitute_chain(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
+    const long long n_cells = B->n_cells;
+    real* __restrict__ rhs_ = B->rhs;
+    const real* __restrict__ d_ = B->d;
+    const int first = M->chain_first[c], last = M->chain_last[c];
+    real dv_previous = first > 0 ? AT(rhs_, M->parent[first]) : 0.0;  // the parent's dv, solved already
+    for (int bottom = first; bottom <= last; bottom += CHUNK) {
+        real inverse[CHUNK], rhs[CHUNK], b[CHUNK];
 #pragma unroll
-            for (int u = 0; u < CHUNK; ++u) {
-                if (bottom + u <= last) {
-                    inverse[u] = AT(d_, bottom + u); rhs[u] = AT(rhs_, bottom + u); b[u] = M->b[bottom + u];
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < CHUNK; ++u) {
-                if (bottom + u <= last) {
-                    const int i = bottom + u;
-                    const real dv = (rhs[u] - b[u] * dv_previous) * inverse[u];  // b = 0 at the root
-                    AT(rhs_, i) = dv;
-                    AT(v_, i) += step * dv;
-                    if (second_order) {
-                        const int s = M->ca_ion_slot[i];
-                        if (s >= 0) AT(state_, s) += AT(state_, s + 1) * dv;  // ica += dica/dv * dv(half step)
-                    }
-                    dv_previous = dv;
-                }
+        for (int u = 0; u < CHUNK; ++u) {
+            if (bottom + u <= last) {
+                inverse[u] = AT(d_, bottom + u); rhs[u] = AT(rhs_, bottom + u); b[u] = M->b[bottom + u];
             }
         }
+#pragma unroll
+        for (int u = 0; u < CHUNK; ++u) {
+            if (bottom + u <= last) {
+                const real dv = (rhs[u] - b[u] * dv_previous) * inverse[u];  // b = 0 at the root
+                AT(rhs_, bottom + u) = dv;
+                dv_previous = dv;
+            }
+        }
+    }
+}
+
+HD void solve(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
+    for (int level = 0; level < (int)M->n_levels; ++level) {
+        for (int j = M->level_begin[level]; j < M->level_begin[level + 1]; ++j) {
+            const int c = M->level_chains[j];
+            if (chain_owner(M, c) == NODE_GROUP) eliminate_chain(M, B, cell, c);
+        }
+        SYNC();
+    }
+    for (int level = (int)M->n_levels - 1; level >= 0; --level) {
+        for (int j = M->level_begin[level]; j < M->level_begin[level + 1]; ++j) {
+            const int c = M->level_chains[j];
+            if (chain_owner(M, c) == NODE_GROUP) substitute_chain(M, B, cell, c);
+        }
+        SYNC();
     }
 }
 
@@ -305,12 +324,16 @@ HD void solve_and_update_voltage(const Model* __restrict__ M, const Batch* __res
         AT(state_, SLOT(channel)) = cnexp(AT(state_, SLOT(channel)), x_inf, tau_x, dt);   \
     }
 
-// 5. Every state by its .mod file's method (cnexp) at v(t + dt), mechanisms in NEURON's
-//    type order: CaDynamics_E2 integrates cai with this step's ica before SK_E2 reads it.
+// 4-5. v(t + dt) = v(t) + dv (backward Euler) or v(t) + 2 dv (Crank-Nicolson: NEURON's
+//    secondorder = 2, which also moves the Ca current to the half step, second_order_cur,
+//    before CaDynamics_E2 reads it). Then every state by its .mod file's method (cnexp) at
+//    v(t + dt), mechanisms in NEURON's type order: CaDynamics_E2 integrates cai with this
+//    step's ica before SK_E2 reads it.
 template <unsigned MASK>
 HD void class_states(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
     const long long n_cells = B->n_cells;
-    const real* __restrict__ v_ = B->v;
+    real* __restrict__ v_ = B->v;
+    const real* __restrict__ rhs_ = B->rhs;
     real* __restrict__ state_ = B->state;
     const real dt = M->dt;
     real x_inf, tau_x, y_inf, tau_y;
@@ -318,7 +341,12 @@ HD void class_states(const Model* __restrict__ M, const Batch* __restrict__ B, l
     for (long long k = begin + NODE_GROUP; k < end; k += NODE_GROUPS) {
         const int i = M->class_nodes[k];
         const long long s = M->class_state_base[c] + (k - begin) * NODE_STATES(MASK);
-        const real v = AT(v_, i);
+        const real dv = AT(rhs_, i);
+        const real v = AT(v_, i) + M->voltage_step_factor * dv;
+        AT(v_, i) = v;
+        if constexpr ((MASK & HAS_CaDynamics_E2) != 0) {
+            if (M->second_order == 2) AT(state_, s + CA_ION_OFFSET(MASK)) += AT(state_, s + CA_ION_OFFSET(MASK) + 1) * dv;
+        }
         if constexpr ((MASK & HAS_CaDynamics_E2) != 0) {
             AT(state_, SLOT(CaDynamics_E2)) = CaDynamics_E2_step(
                 AT(state_, SLOT(CaDynamics_E2)), AT(state_, s + CA_ION_OFFSET(MASK)), M->gamma_CaDynamics_E2[i],
@@ -394,21 +422,18 @@ HD void advance_cell(const Model* __restrict__ M, const Batch* __restrict__ B, l
         }
         SYNC();
         for (long long k = 0; k < M->steps_per_ms; ++k) {
+            const real v_before = AT(B->v, M->soma_node);
 #define CURRENTS(c, mask) class_currents<mask>(M, B, cell, c);
             FOR_EACH_CLASS(CURRENTS)
 #undef CURRENTS
             SYNC();
-            if (LEADER) {
-                const real v_before = AT(B->v, M->soma_node);
-                solve_and_update_voltage(M, B, cell);
-                sample_soma(M, B, cell, ms * M->steps_per_ms + k + 1, v_before, AT(B->v, M->soma_node));
-            }
-            SYNC();
+            solve(M, B, cell);  // ends with SYNC()
 #define STATES(c, mask) class_states<mask>(M, B, cell, c);
             FOR_EACH_CLASS(STATES)
 #undef STATES
             synapse_states(M, B, cell);
             SYNC();
+            if (LEADER) sample_soma(M, B, cell, ms * M->steps_per_ms + k + 1, v_before, AT(B->v, M->soma_node));
         }
     }
 }
