@@ -10,29 +10,59 @@ import argparse
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """--scheduler / --workers, for every verb that simulates (simulate, resimulate, validate)."""
+    """--scheduler / --workers / --gpus, for every verb that simulates (simulate, resimulate, validate)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--scheduler", metavar="ADDRESS", default=None,
                        help="use a running dask scheduler, e.g. tcp://10.0.0.5:8786 (docs/cluster.md)")
     group.add_argument("--workers", type=int, metavar="N", default=None,
-                       help="local worker processes (default: [parallel] workers, 0 = one per core)")
+                       help="local worker processes (default: [parallel] workers, 0 = one per core; "
+                            "[solver] method = \"gpu\": one per GPU)")
+    parser.add_argument("--gpus", type=int, metavar="N", default=None,
+                        help="[solver] method = \"gpu\": use N of the visible GPUs, one worker each "
+                             "(default: [parallel] gpus, 0 = all)")
+
+
+def _local_gpu_devices(args, config) -> list[str]:
+    """One entry per GPU worker of a local cluster: the devices to pin, or "" for the engine's CPU twin."""
+    from simulation.cluster import visible_gpus
+    from simulation.errors import UserInputError
+
+    if config.solver.gpu_backend == "cpu":  # the CPU twin: workers as asked, no device
+        return [""] * (args.workers or config.parallel.workers or 1)
+    devices = visible_gpus()
+    if not devices:
+        raise UserInputError("[solver] method = \"gpu\" needs an NVIDIA GPU and none is visible (nvidia-smi, "
+                             "CUDA_VISIBLE_DEVICES); [solver] gpu_backend = \"cpu\" runs the engine's CPU twin instead")
+    wanted = args.gpus or config.parallel.gpus or len(devices)
+    if wanted > len(devices):
+        raise UserInputError(f"{wanted} GPUs asked for, {len(devices)} visible ({', '.join(devices)})")
+    return devices[:wanted]
 
 
 def start_cluster(args, config):
-    """The dask client for --scheduler / --workers / [parallel] workers, with a one-line description."""
+    """The dask client for --scheduler / --workers / --gpus / [parallel], with a one-line description."""
     from simulation.cluster import available_cores, make_client
     from simulation.errors import UserInputError
 
-    if args.workers is not None and args.workers < 1:
-        raise UserInputError(f"--workers must be at least 1, got {args.workers}")
+    for name in ("workers", "gpus"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UserInputError(f"--{name} must be at least 1, got {value}")
+    gpu_devices = None
+    if config.solver.method == "gpu" and not args.scheduler:
+        gpu_devices = _local_gpu_devices(args, config)
     n_workers = args.workers or config.parallel.workers or available_cores()
-    client = make_client(args.scheduler, n_workers, retries=config.parallel.retries)
+    client = make_client(args.scheduler, n_workers, retries=config.parallel.retries, gpu_devices=gpu_devices)
     if args.scheduler:
         if not client.scheduler_info(n_workers=-1)["workers"]:
             print(f"waiting for workers to join {args.scheduler} ...", flush=True)
             client.wait_for_workers(1)
         n_threads = sum(client.nthreads().values())
         where = f"scheduler {args.scheduler}: {len(client.nthreads())} workers, {n_threads} threads"
+    elif gpu_devices is not None:
+        pinned = [d for d in gpu_devices if d]
+        where = (f"local cluster: {len(gpu_devices)} GPU worker(s), GPU {', '.join(pinned)}" if pinned else
+                 f"local cluster: {len(gpu_devices)} worker(s) running the GPU engine's CPU twin")
     else:
         where = f"local cluster: {n_workers} worker processes x 1 thread"
     try:
@@ -76,4 +106,7 @@ def solver_name(config) -> str:
     solver = config.solver
     if solver.method == "cvode":
         return f"cvode (atol {solver.cvode_atol:g})"
-    return f"{solver.method} dt {solver.dt_ms:g} ms"
+    name = f"{solver.method} {solver.scheme} dt {solver.dt_ms:g} ms"
+    if solver.method == "gpu":
+        name += f", {solver.gpu_precision}" + (" on the CPU twin" if solver.gpu_backend == "cpu" else "")
+    return name

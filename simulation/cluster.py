@@ -11,6 +11,7 @@ need the project installed (pip install -e .), see docs/cluster.md.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +27,40 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def make_client(scheduler_address: str | None = None, n_workers: int = 0, retries: int = 2):
-    """A dask Client: connected to `scheduler_address`, else to a new LocalCluster.
+# The dask resource a GPU worker offers and a GPU task asks for (one GPU each).
+GPU_RESOURCE = "GPU"
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this machine lets a local cluster use: $CUDA_VISIBLE_DEVICES, else what nvidia-smi lists."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        answer = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in answer.stdout.splitlines() if line.strip()] if answer.returncode == 0 else []
+
+
+def make_client(scheduler_address: str | None = None, n_workers: int = 0, retries: int = 2,
+                gpu_devices: list[str] | None = None):
+    """A dask Client: connected to `scheduler_address`, else to a new local cluster.
 
     The local cluster runs `n_workers` (0: one per core) single-threaded worker processes:
-    NEURON is not thread-safe and a process holds one cell. A simulation whose worker dies
-    under it (out of memory, killed) is restarted on another worker up to `retries` times
-    (dask's allowed-failures; exceptions are retried by the driver's task retries).
-    `client.cluster` is the local cluster (None for an existing scheduler), closed by close_client.
+    NEURON is not thread-safe and a process holds one cell. With `gpu_devices` it runs one
+    single-threaded worker per entry instead, offering the resource GPU=1 and pinned to that
+    device with CUDA_VISIBLE_DEVICES (an empty entry: not pinned, for the engine's CPU twin).
+    A simulation whose worker dies under it (out of memory, killed, a lost GPU) is restarted on
+    another worker up to `retries` times (dask's allowed-failures; exceptions are retried by the
+    driver's task retries). `client.cluster` is the local cluster (None for an existing
+    scheduler), closed by close_client.
     """
     import logging
 
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
     if scheduler_address:
         try:
@@ -53,10 +75,21 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
         "distributed.scheduler.allowed-failures": int(retries),
     }
     with dask.config.set(settings):
-        cluster = LocalCluster(
-            n_workers=n_workers or available_cores(), threads_per_worker=1, processes=True,
-            dashboard_address=":0", silence_logs=logging.ERROR,  # a free port: never clash with another cluster
-        )
+        if gpu_devices is None:
+            cluster = LocalCluster(
+                n_workers=n_workers or available_cores(), threads_per_worker=1, processes=True,
+                dashboard_address=":0", silence_logs=logging.ERROR,  # a free port: never clash with another cluster
+            )
+        else:
+            if not gpu_devices:
+                raise UserInputError("no GPU to start a GPU worker on")
+            workers = {}
+            for k, device in enumerate(gpu_devices):
+                env = {"CUDA_VISIBLE_DEVICES": device} if device else {}
+                workers[f"gpu-{device or k}"] = {"cls": Nanny, "options": {
+                    "nthreads": 1, "resources": {GPU_RESOURCE: 1}, "env": env, "silence_logs": logging.ERROR}}
+            cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+                                  silence_logs=logging.ERROR)
     return Client(cluster)
 
 
@@ -92,6 +125,11 @@ def prepare_workers(client, config: SimulationConfig, morphology: Path) -> dict[
     if problems:
         address, message = next(iter(problems.items()))
         raise UserInputError(f"dask worker {address}: {message}")
+    if config.solver.method == "gpu":
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        if not any(w.get("resources", {}).get(GPU_RESOURCE) for w in workers):
+            raise UserInputError(f"[solver] method = \"gpu\" needs dask workers that offer the resource "
+                                 f"{GPU_RESOURCE}=1, and none does (start one per GPU, docs/cluster.md)")
     future = client.submit(describe_cell, config, str(morphology), key=f"describe_cell-{unique_token()}", pure=False)
     wait([future])
     if future.status == "error":

@@ -38,11 +38,12 @@ from common.errors import OutputError
 from common.files import check_writable
 from common.locks import DirectoryLock
 
-from .cluster import prepare_workers, unique_token
+from .cluster import GPU_RESOURCE, prepare_workers, unique_token
 from .config import SimulationConfig
 from .errors import InputShapeError
 from .morphology import check_morphology
 from .plan import OutputState, ShardPlan, dataset_attrs, inspect_output_dir, plan_shards
+from .gpu.worker import simulate_given_batch, simulate_seeded_batch
 from .tasks import Task, run_task, simulate_given, simulate_seeded
 
 # Re-exported: a caller of generate_dataset also starts and stops a client (bench/, docs/cluster.md).
@@ -93,8 +94,11 @@ def run_shards(
     progress: Progress | None = None,
     done: int = 0,
     total: int | None = None,
+    resources: dict | None = None,
 ) -> list[Path]:
     """Run `tasks` on the cluster; `write(shard, results)` each shard once all of its simulations are done.
+
+    `resources` (e.g. {"GPU": 1}) restricts the tasks to the workers that offer them.
 
     Every simulation index of `shards` must be computed by exactly one task; a task may hold
     simulations of several shards. `results` are the shard's result dicts in the order of its
@@ -109,7 +113,8 @@ def run_shards(
     total = done + len(shard_of) if total is None else total
     token = unique_token()
     # one map call for all tasks, in the given order: dask queues them in this order
-    futures = client.map(run_task, list(tasks), key=[task.key(token) for task in tasks], retries=retries, pure=False)
+    futures = client.map(run_task, list(tasks), key=[task.key(token) for task in tasks], retries=retries, pure=False,
+                         resources=resources)
     task_of = {future.key: task for future, task in zip(futures, tasks)}
     waiting = {shard.index: len(shard.simulation_indices) for shard in shards}  # simulations not finished yet
     # a task's results are released from its worker once every shard that needs them is written
@@ -200,10 +205,27 @@ def _stack_shard(results: list[dict], duration_ms: int, input_spikes: np.ndarray
 
 # --------------------------------------------------------------------------- the drivers
 
+def batches(indices: Sequence[int], size: int) -> list[tuple[int, ...]]:
+    return [tuple(indices[k:k + size]) for k in range(0, len(indices), size)]
+
+
+def task_resources(config: SimulationConfig) -> dict | None:
+    """What a task of this config needs from a worker: a GPU for the GPU engine."""
+    return {GPU_RESOURCE: 1} if config.solver.method == "gpu" else None
+
+
 def seeded_tasks(config: SimulationConfig, morphology: Path, shards: Sequence[ShardPlan]) -> list[Task]:
-    """How the simulations of `shards` are grouped into tasks: one simulation per task, in shard order."""
-    return [Task((i,), simulate_seeded, (config, str(morphology), (i,)))
-            for shard in shards for i in shard.simulation_indices]
+    """How the simulations of `shards` are grouped into tasks, in shard order.
+
+    On the CPU engines one simulation per task; on the GPU engine [parallel] gpu_batch_size
+    simulations per task, integrated at once on the worker's GPU (a batch may span shards;
+    a simulation's result does not depend on its batch).
+    """
+    indices = [i for shard in shards for i in shard.simulation_indices]
+    if config.solver.method == "gpu":
+        return [Task(batch, simulate_seeded_batch, (config, str(morphology), batch))
+                for batch in batches(indices, config.parallel.gpu_batch_size)]
+    return [Task((i,), simulate_seeded, (config, str(morphology), (i,))) for i in indices]
 
 
 def generate_dataset(
@@ -265,7 +287,7 @@ def _simulate_missing_shards(config: SimulationConfig, out_dir: Path, morphology
 
     run_shards(client, seeded_tasks(config, morphology, state.todo), state.todo, write,
                retries=config.parallel.retries, master_seed=config.dataset.seed,
-               progress=progress, done=state.simulations_done, total=total)
+               progress=progress, done=state.simulations_done, total=total, resources=task_resources(config))
 
 
 def resimulate(
@@ -312,8 +334,10 @@ def resimulate(
             raise OutputError(f"cannot write {out_path}: {err.strerror or err}") from None
 
     # the rows are the simulation indices of the loop; the shard stores `simulation_index`
-    tasks = [Task((row,), simulate_given, (config, str(morphology), (row,), [np.packbits(input_spikes[row], axis=-1)], int(duration)))
-             for row in range(n)]
+    function, size = (simulate_given_batch, config.parallel.gpu_batch_size) if config.solver.method == "gpu" else (simulate_given, 1)
+    tasks = [Task(rows, function, (config, str(morphology), rows, [np.packbits(input_spikes[row], axis=-1) for row in rows], int(duration)))
+             for rows in batches(list(range(n)), size)]
     [path] = run_shards(client, tasks, [ShardPlan(0, tuple(range(n)))], write,
-                        retries=config.parallel.retries, master_seed=None, progress=progress, total=n)
+                        retries=config.parallel.retries, master_seed=None, progress=progress, total=n,
+                        resources=task_resources(config))
     return path

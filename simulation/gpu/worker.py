@@ -27,10 +27,8 @@ _cached: tuple[tuple, object] | None = None
 
 
 def input_threads() -> int:
-    """CPU threads for drawing inputs: this worker's share of the machine's cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = int(os.environ.get("L5PC_WORKERS_PER_MACHINE", "1"))
-    return max(1, cores // max(1, share))
+    """CPU threads for drawing inputs (and for the CPU twin): the cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def get_engine(config: SimulationConfig, morphology: str | Path):

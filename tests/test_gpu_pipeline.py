@@ -1,0 +1,165 @@
+"""`[solver] method = "gpu"` in the pipeline: simulate, resimulate and resume on real dask clusters.
+
+On a machine without a GPU the engine runs on its CPU twin (`gpu_backend = "cpu"`), which is
+the same program as the CUDA kernel (tests/test_gpu_engine_cuda.py checks that on a GPU): the
+orchestration tested here, batches of simulations per task on workers that offer the resource
+GPU=1, shards written as their simulations complete, is the one a GPU machine runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pipelines.__main__ as dispatcher
+from simulation.cluster import close_client, make_client
+from simulation.config import load_simulation_config
+from simulation.dataset import read_shard
+from simulation.errors import UserInputError
+from simulation.gpu.engine import GPUEngine
+from simulation.gpu.export import export_cell
+from simulation.inputs import generate_input_spikes, simulation_rng
+from simulation.parallel import generate_dataset, resimulate
+from simulation.run import get_simulator
+
+SEED = 11
+
+
+def write_config(directory: Path, n_shards: int = 2, batch: int = 4, backend: str = "cpu", workers: int = 2) -> Path:
+    """3 simulations per shard, GPU batches of 4: a batch spans two shards."""
+    path = Path(directory) / "gpu.toml"
+    path.write_text(f"""
+[solver]
+method = "gpu"
+dt_ms = 0.025
+scheme = "crank-nicolson"
+gpu_backend = "{backend}"
+
+[inputs]
+duration_ms = 300
+excitation_per_100ms = [600.0, 800.0]
+inhibition_minus_excitation_per_100ms = [-600.0, -300.0]
+
+[dataset]
+n_shards = {n_shards}
+simulations_per_shard = 3
+seed = {SEED}
+
+[parallel]
+workers = {workers}
+gpu_batch_size = {batch}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, morphology_path):
+    """The dataset made once through the CLI, with 2 twin workers."""
+    directory = tmp_path_factory.mktemp("gpu_pipeline")
+    config_path = write_config(directory)
+    out = directory / "data"
+    assert dispatcher.main(["simulate", "--config", str(config_path), "--out", str(out),
+                            "--morphology", str(morphology_path)]) == 0
+    return config_path, sorted(out.glob("shard_*.h5"))
+
+
+def test_dataset_is_the_engine_on_the_seeded_inputs(reference, morphology_path):
+    """Simulation i of the shards is the engine run on SeedSequence([seed, i])'s inputs, in the right row."""
+    config_path, paths = reference
+    config = load_simulation_config(config_path)
+    simulator = get_simulator(config, morphology_path)
+    segments = simulator.segments
+    rasters = np.stack([generate_input_spikes(config.inputs, segments.length_um, segments.is_basal, simulation_rng(SEED, i))
+                        for i in range(6)])
+    direct = GPUEngine(export_cell(simulator), config.solver, config.recording, backend="cpu").run(rasters)
+    shards = [read_shard(p) for p in paths]
+    assert [list(s.simulation_index) for s in shards] == [[0, 1, 2], [3, 4, 5]]
+    soma = np.concatenate([s.soma_voltage for s in shards])
+    assert np.array_equal(np.concatenate([s.input_spikes for s in shards]), rasters)
+    assert np.array_equal(soma, np.stack([r.soma_voltage for r in direct]))
+    assert sum(len(t) for s in shards for t in s.output_spike_times) >= 1, "the inputs should make the cell fire"
+    assert shards[0].attrs["config"]["solver"]["method"] == "gpu"
+
+
+def test_same_data_whatever_the_workers_and_batches(reference, tmp_path, morphology_path):
+    """One worker and batches of 1 give the same bytes as two workers and batches of 4."""
+    _, paths = reference
+    config = load_simulation_config(write_config(tmp_path, batch=1, workers=1))
+    client = make_client(gpu_devices=[""])
+    try:
+        again = generate_dataset(config, tmp_path / "data", morphology_path, client)
+    finally:
+        close_client(client)
+    for a, b in zip(paths, again):
+        shard_a, shard_b = read_shard(a), read_shard(b)
+        for name in ("input_spikes", "soma_voltage", "nexus_voltage", "output_spikes"):
+            np.testing.assert_array_equal(getattr(shard_a, name), getattr(shard_b, name))
+
+
+def test_resume_keeps_finished_shards(reference, tmp_path, morphology_path):
+    _, paths = reference
+    out = tmp_path / "data"
+    first = write_config(tmp_path, n_shards=1)
+    assert dispatcher.main(["simulate", "--config", str(first), "--out", str(out), "--morphology", str(morphology_path)]) == 0
+    shard_0 = (out / "shard_00000.h5").read_bytes()
+    second = write_config(tmp_path, n_shards=2)
+    assert dispatcher.main(["simulate", "--config", str(second), "--out", str(out), "--morphology", str(morphology_path)]) == 0
+    assert (out / "shard_00000.h5").read_bytes() == shard_0
+    np.testing.assert_array_equal(read_shard(out / "shard_00001.h5").soma_voltage, read_shard(paths[1]).soma_voltage)
+
+
+def test_resimulate_on_the_gpu_engine_reproduces_the_shard(reference, tmp_path, morphology_path):
+    config_path, paths = reference
+    out = tmp_path / "again.h5"
+    assert dispatcher.main(["resimulate", str(paths[1]), str(out), "--config", str(config_path),
+                            "--morphology", str(morphology_path)]) == 0
+    original, again = read_shard(paths[1]), read_shard(out)
+    np.testing.assert_array_equal(again.soma_voltage, original.soma_voltage)
+    np.testing.assert_array_equal(again.simulation_index, original.simulation_index)
+
+
+def test_gpu_tasks_need_gpu_workers(tmp_path, morphology_path):
+    """A cluster whose workers offer no GPU is refused with a clear error, never left waiting."""
+    config = load_simulation_config(write_config(tmp_path))
+    client = make_client(n_workers=1)
+    try:
+        with pytest.raises(UserInputError, match="resource GPU"):
+            generate_dataset(config, tmp_path / "data", morphology_path, client)
+    finally:
+        close_client(client)
+
+
+def test_no_visible_gpu_is_a_one_line_error(tmp_path, morphology_path, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    config_path = write_config(tmp_path, backend="cuda")
+    code = dispatcher.main(["simulate", "--config", str(config_path), "--out", str(tmp_path / "data"),
+                            "--morphology", str(morphology_path)])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "needs an NVIDIA GPU" in error[0]
+
+
+def test_bad_gpu_settings_are_config_errors(tmp_path, morphology_path, capsys):
+    config_path = write_config(tmp_path)
+    config_path.write_text(config_path.read_text().replace('gpu_backend = "cpu"', 'gpu_backend = "cpu"\ngpu_precision = "float16"'))
+    code = dispatcher.main(["simulate", "--config", str(config_path), "--out", str(tmp_path / "data"),
+                            "--morphology", str(morphology_path)])
+    assert code == 2
+    assert "gpu_precision" in capsys.readouterr().err
+
+
+def test_gpu_pipeline_matches_neuron_fixed_step(reference, tmp_path, morphology_path):
+    """The same inputs through NEURON's fixed step (Crank-Nicolson, dt 0.025): within 1e-3 mV."""
+    config_path, paths = reference
+    shard = read_shard(paths[0])
+    config = load_simulation_config(config_path)
+    neuron = dataclasses.replace(config, solver=dataclasses.replace(config.solver, method="fixed"))
+    client = make_client(n_workers=2)
+    try:
+        out = resimulate(neuron, shard.input_spikes, tmp_path / "neuron.h5", morphology_path, client)
+    finally:
+        close_client(client)
+    assert np.max(np.abs(read_shard(out).soma_voltage - shard.soma_voltage)) < 1e-3
