@@ -23,7 +23,7 @@ from ..config import RecordingConfig, SolverConfig
 from ..errors import InputShapeError
 from ..run import SimulationResult, check_input_spikes, spike_raster
 from .backends import NODE_GROUPS, make_backend
-from .export import CHANNELS, CellExport
+from .export import CellExport
 from .layout import (BATCH_FIELDS, CHANNEL_BITS, HAS_EXCITATORY, HAS_INHIBITORY, MEMBRANE, MODEL_FIELDS, node_states,
                      pack, real_dtype)
 

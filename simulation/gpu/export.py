@@ -113,7 +113,7 @@ def export_cell(simulator) -> CellExport:
         raise ConfigError(f"the GPU engine simulates one connected cell; this one has {len(roots)} root sections")
 
     # nodes: the root, every segment centre, every section's x = 1 end
-    index_of, parent_of, area, ri, cm, names, segment_of = {}, {}, {}, {}, {}, {}, {}
+    parent_of, area, ri, cm, names, segment_of = {}, {}, {}, {}, {}, {}
     root = roots[0]
     root_index = root(0).node_index()
     parent_of[root_index], area[root_index], ri[root_index], cm[root_index] = -1, ZERO_AREA_UM2, np.inf, 0.0

@@ -5,8 +5,8 @@
 is 8 bytes (a long long, a double or a pointer), so a numpy structured array with the same
 fields in the same order has the C struct's memory layout, with no padding to agree on.
 
-`source(precision)` is the whole program: a prelude (precision, math functions, the structs)
-followed by mechanisms.h, timestep.h and kernels.cu.
+`source(precision, class_masks)` is the whole program: a prelude (precision, math functions,
+the structs, the cell's node classes) followed by mechanisms.h, timestep.h and kernels.cu.
 """
 
 from __future__ import annotations
