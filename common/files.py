@@ -4,6 +4,7 @@
     with atomic_hdf5(path) as f: ...     an HDF5 file built in memory, then written atomically
     write_text_atomic(path, text)        the same for text; write_bytes_atomic for bytes
     check_writable(directory)            OutputError unless a file can be created there
+    with as_output_error(path): ...      an OSError while writing `path` becomes the one-line OutputError
     temporaries(directory, pattern)      what writers killed mid-write left behind
     sha256_hex(data), file_sha256(path)  hex digests
 
@@ -106,6 +107,23 @@ def atomic_hdf5(path: str | os.PathLike):
     with h5py.File(buffer, "w") as f:
         yield f
     write_bytes_atomic(path, buffer.getbuffer())
+
+
+KEPT = "earlier outputs are intact: make room (or fix the permissions) and run the same command again"
+
+
+@contextlib.contextmanager
+def as_output_error(path: str | os.PathLike, kept: str = KEPT) -> Iterator[None]:
+    """Inside the block, an OSError (a full disk, a revoked permission) becomes OutputError, one line:
+    "cannot write PATH: <reason>; <kept>". The entry point prints it and exits with code 2.
+
+    Wrap only the writing of `path` (an atomic writer above: then the file is whole or absent),
+    so that a failing read elsewhere is never reported as a failing write.
+    """
+    try:
+        yield
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}; {kept}") from None
 
 
 def check_writable(directory: str | os.PathLike) -> None:

@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         summary = fit(args.model, train, config.model, args.data, args.out, data_config=data, progress=progress)
     finally:
-        for bar in bars.values():
+        for bar in reversed(bars.values()):  # the inner bar first: an error then starts on a line of its own
             bar.close()
 
     if summary.get("already_finished"):

@@ -5,8 +5,9 @@
 --checkpoint takes a checkpoint file, a run directory (its best checkpoint) or a published
 elmneuron folder. --inputs is any HDF5 file with `input_spikes` (n, 1278, T) or (1278, T)
 bool, e.g. a shard. The output holds `spike_probability` and `soma_voltage` (mV, decoded
-with the checkpoint's own soma transform), each (n, T) float32, written atomically. An
-existing --out is never replaced (it may be a dataset's shard) unless --overwrite is given.
+with the checkpoint's own soma transform), each (n, T) float32, written atomically: a full
+disk is a one-line error (exit code 2) and leaves no partial file. An existing --out is never
+replaced (it may be a dataset's shard) unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -34,10 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
 
-    import h5py
     from tqdm import tqdm
 
-    from common.files import atomic_path
+    from common.files import as_output_error, atomic_hdf5, check_writable
     from simulation.dataset import read_input_spikes
     from simulation.errors import UserInputError
     from surrogate.checkpoints import load_model
@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except UserInputError as err:
         raise UserInputError(f"--device: {err}") from None
+    check_writable(out.parent)  # before the computing, not after it
 
     model, info = load_model(args.checkpoint, device=device)
     input_spikes = read_input_spikes(args.inputs)
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
                 model, input_spikes, transform, batch_size=args.batch_size, device=device, progress=bar.update,
             )
 
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with as_output_error(out), atomic_hdf5(out) as f:
         f.create_dataset("spike_probability", data=spike_probability, compression="gzip", shuffle=True)
         f.create_dataset("soma_voltage", data=soma_voltage, compression="gzip", shuffle=True)
         f["soma_voltage"].attrs["units"] = "mV"

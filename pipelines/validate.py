@@ -11,6 +11,7 @@ of its own) are simulated into --out (resumable, as `simulate`), then every publ
 folder is scored with windowed inference and aligned soma voltage, as published, and a
 table of ours beside theirs is printed and written to OUT/validation.json. With only a
 few simulations AUC and TP @ FP are noisy: the table says how many spikes they rest on.
+One run at a time writes into --out (a lock file, OUT/.lock, names its owner, as `simulate`).
 """
 
 from __future__ import annotations
@@ -39,58 +40,40 @@ def _fmt(value, digits: int) -> str:
     return "–" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def main(args: argparse.Namespace) -> int:
-    import dataclasses
+def _simulate_missing_shards(args, config, morphology) -> bool:
+    """The fresh simulations (resumable: finished shards are kept). False if some failed."""
     import time
 
+    from simulation.cluster import close_client
+    from simulation.parallel import SimulationsFailed, generate_dataset
+    from simulation.plan import inspect_output_dir
+
+    state = inspect_output_dir(config, args.out, morphology)
+    if not state.todo:
+        print(f"all {config.dataset.n_shards} shard(s) already simulated in {args.out}")
+        return True
+    client, where = start_cluster(args, config)
+    print(where, flush=True)
+    started = time.perf_counter()
+    try:
+        with ProgressBar("simulate") as progress:
+            generate_dataset(config, args.out, morphology, client, progress=progress)
+    except SimulationsFailed as err:
+        print(str(err))
+        print("re-run the same command to retry the failed simulations")
+        return False
+    finally:
+        close_client(client)
+    print(f"simulated in {time.perf_counter() - started:,.1f} s wall time")
+    return True
+
+
+def _score(folders, shards, data_config, evaluate_config, n_simulations: int) -> list[dict]:
+    """Every published model, scored as published; prints the table of ours beside theirs."""
     from tqdm import tqdm
 
-    from common.jsonio import write_json
-    from simulation.cluster import close_client
-    from simulation.config import load_simulation_config
-    from simulation.dataset import list_shards
-    from simulation.errors import ConfigError
-    from simulation.parallel import SimulationsFailed, generate_dataset
-    from simulation.paths import resolve_morphology
-    from simulation.plan import inspect_output_dir
-    from surrogate.evaluation import (find_published_checkpoints, load_evaluation_config, published_checkpoint_dir,
-                                      score_published_checkpoints)
+    from surrogate.evaluation import score_published_checkpoints
 
-    config = load_simulation_config(args.config)
-    data_config, evaluate_config = load_evaluation_config(args.config)
-    if args.device is not None:
-        try:
-            evaluate_config = dataclasses.replace(evaluate_config, device=args.device)
-        except ValueError as err:
-            raise ConfigError(f"--device: {err}") from None
-    morphology = resolve_morphology(args.morphology)
-    folders = find_published_checkpoints(published_checkpoint_dir(args.checkpoints))  # fail before simulating
-    d = config.dataset
-    print(f"{args.config}: {d.n_shards} shard(s) x {d.simulations_per_shard} simulations x "
-          f"{config.inputs.duration_ms} ms, seed {d.seed}, solver {solver_name(config)} -> {args.out}")
-
-    # ---- the fresh simulations (resumable: finished shards are kept)
-    state = inspect_output_dir(config, args.out, morphology)
-    if state.todo:
-        client, where = start_cluster(args, config)
-        print(where, flush=True)
-        started = time.perf_counter()
-        try:
-            with ProgressBar("simulate") as progress:
-                generate_dataset(config, args.out, morphology, client, progress=progress)
-        except SimulationsFailed as err:
-            print(str(err))
-            print("re-run the same command to retry the failed simulations")
-            return 1
-        finally:
-            close_client(client)
-        print(f"simulated in {time.perf_counter() - started:,.1f} s wall time")
-    else:
-        print(f"all {d.n_shards} shard(s) already simulated in {args.out}")
-    shards = list_shards(args.out)
-
-    # ---- every published model, scored as published
-    n_simulations = d.n_shards * d.simulations_per_shard
     with tqdm(total=n_simulations * len(folders), unit="sim", desc="score published models") as bar:
         rows = score_published_checkpoints(folders, shards, data_config, evaluate_config, progress=bar.update)
 
@@ -112,18 +95,58 @@ def main(args: argparse.Namespace) -> int:
               f"{_fmt(ours['soma']['aligned']['rmse_mV'], 3):>9} {_fmt(pub['soma_rmse_mV'], 3):>8} | "
               f"{_fmt(ours['soma']['raw']['rmse_mV'], 3):>8}")
     print("(RMSE in mV on the soma voltage clipped at -55 mV; 'ours' aligned as published, 'raw' without alignment)")
+    return rows
 
-    out = args.out / "validation.json"
-    write_json(out, {
-        "config": str(args.config),
-        "simulation": {"shards": [p.name for p in shards], "simulations": first["simulations"],
-                       "duration_ms": config.inputs.duration_ms, "seed": d.seed, "solver": solver_name(config),
-                       "morphology": str(morphology)},
-        "evaluation": {"protocol": "windowed", "window_ms": data_config.window_ms, "burn_in_ms": data_config.burn_in_ms,
-                       "ignore_first_ms": data_config.ignore_first_ms, "max_spike_bins": evaluate_config.max_spike_bins,
-                       "simulations_kept": first["simulations_kept"], "spike_bins_evaluated": first["spike_bins_evaluated"],
-                       "soma": "aligned as published (spec 7.3); raw also given"},
-        "models": rows,
-    })
+
+def main(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from common.files import as_output_error, check_writable
+    from common.jsonio import write_json
+    from common.locks import DirectoryLock, describe_owner
+    from simulation.config import load_simulation_config
+    from simulation.dataset import list_shards
+    from simulation.errors import ConfigError
+    from simulation.paths import resolve_morphology
+    from surrogate.evaluation import find_published_checkpoints, load_evaluation_config, published_checkpoint_dir
+
+    config = load_simulation_config(args.config)
+    data_config, evaluate_config = load_evaluation_config(args.config)
+    if args.device is not None:
+        try:
+            evaluate_config = dataclasses.replace(evaluate_config, device=args.device)
+        except ValueError as err:
+            raise ConfigError(f"--device: {err}") from None
+    morphology = resolve_morphology(args.morphology)
+    folders = find_published_checkpoints(published_checkpoint_dir(args.checkpoints))  # fail before simulating
+    d = config.dataset
+    print(f"{args.config}: {d.n_shards} shard(s) x {d.simulations_per_shard} simulations x "
+          f"{config.inputs.duration_ms} ms, seed {d.seed}, solver {solver_name(config)} -> {args.out}")
+
+    # one run per output directory (its shards and validation.json); refused before any worker starts
+    with DirectoryLock(args.out, "validate") as lock:
+        if lock.stale:
+            print(f"taking over the lock of a run that ended without releasing it: {describe_owner(lock.stale)}")
+        check_writable(args.out)  # before the computing, not after it
+        if not _simulate_missing_shards(args, config, morphology):
+            return 1
+        shards = list_shards(args.out)
+        rows = _score(folders, shards, data_config, evaluate_config, d.n_shards * d.simulations_per_shard)
+        out = args.out / "validation.json"
+        first = rows[0]["ours"]
+        with as_output_error(out):
+            write_json(out, {
+                "config": str(args.config),
+                "simulation": {"shards": [p.name for p in shards], "simulations": first["simulations"],
+                               "duration_ms": config.inputs.duration_ms, "seed": d.seed,
+                               "solver": solver_name(config), "morphology": str(morphology)},
+                "evaluation": {"protocol": "windowed", "window_ms": data_config.window_ms,
+                               "burn_in_ms": data_config.burn_in_ms, "ignore_first_ms": data_config.ignore_first_ms,
+                               "max_spike_bins": evaluate_config.max_spike_bins,
+                               "simulations_kept": first["simulations_kept"],
+                               "spike_bins_evaluated": first["spike_bins_evaluated"],
+                               "soma": "aligned as published (spec 7.3); raw also given"},
+                "models": rows,
+            })
     print(f"wrote {out}")
     return 0

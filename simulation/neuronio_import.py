@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common.files import as_output_error, check_writable
 from common.jsonio import plain
 from common.spikes import spike_raster
 
@@ -349,6 +350,7 @@ def import_neuronio(
     """
     files = find_neuronio_pickles(source)
     out_dir = Path(out_dir)
+    check_writable(out_dir)  # before converting, not after it
     done = []
     for k, pickle_path in enumerate(files):
         target = shard_path(out_dir, k)
@@ -367,7 +369,8 @@ def import_neuronio(
             except (MemoryError, RecursionError) as err:  # a small file whose shared references unfold hugely
                 raise DatasetError(f"refusing to convert {pickle_path}: {_bomb(err)}") from None
             del data
-            write_shard(target, compression_level=compression_level, **arrays)
+            with as_output_error(target):  # a full disk: one line, the shards written before it are kept
+                write_shard(target, compression_level=compression_level, **arrays)
             status = "written"
         done.append((target, status))
         if progress is not None:

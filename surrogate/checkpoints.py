@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.files import atomic_path
+from common.files import write_bytes_atomic
 from simulation.errors import ConfigError, UserInputError
 from surrogate.elm import ELM, ELMConfig, num_parameters
 from surrogate.registry import MODEL_KINDS, build_model, model_config_of, model_kind_of
@@ -75,7 +75,7 @@ def save_checkpoint(
     best_metric: float | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (common.files.atomic_path: temporary file, then rename).
+    """Write a checkpoint atomically (common.files: temporary file, then rename); a full disk is an OSError.
 
     soma_transform: the transform the model's soma channel was trained with (its [data]).
     """
@@ -99,10 +99,11 @@ def save_checkpoint(
         },
         "checkpoint",
     )
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    # serialised in memory, then written atomically: torch.save into a file meets a full disk as a
+    # RuntimeError from its zip writer, plain file I/O as an OSError (the caller's to report)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_bytes_atomic(path, buffer.getbuffer())
 
 
 def _torch_load(path: Path) -> Any:

@@ -4,7 +4,8 @@ Two ways of running a model over a 6-s simulation are scored side by side:
 - "windowed": 500-ms windows with 150-ms burn-in, as the published evaluation (spec 7.3);
 - "whole": one pass over the whole simulation (a recurrent model's natural use).
 
-Outputs, in the run directory (atomic writes):
+Outputs, in the run directory (atomic writes; a full disk is a one-line OutputError that
+leaves the files of an earlier evaluation as they were):
 - evaluation.json: model, parameters, training time and data size (from summary.json), the
   test shards, and for each mode the metrics of surrogate.metrics.evaluate_predictions;
 - predictions.h5: the ROC points of each mode and the predicted traces of a few example test
@@ -24,7 +25,7 @@ import h5py
 import numpy as np
 import torch
 
-from common.files import atomic_path
+from common.files import as_output_error, atomic_hdf5, check_writable
 from common.jsonio import write_json
 from simulation.errors import DatasetError, UserInputError
 from surrogate import metrics
@@ -186,7 +187,7 @@ def write_predictions_file(path: Path, predictions: TestPredictions, rocs: dict,
                            attrs: dict[str, Any]) -> None:
     """predictions.h5: /roc/<mode>/{fpr,tpr}; /examples/{shard,simulation_index,soma_voltage_mV,output_spikes};
     /examples/<mode>/{soma_voltage_mV,spike_probability}. Written atomically (common.files)."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_hdf5(path) as f:
         for key, value in attrs.items():
             f.attrs[key] = value
         for mode, (fpr, tpr) in rocs.items():
@@ -249,6 +250,7 @@ def evaluate_model(checkpoint: str | Path, out_dir: str | Path, test_shards: Seq
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     summary = read_summary(run_dir)
     check_not_trained_on(summary, test_shards)
+    check_writable(out_dir)  # before the computing, not after it
     device = resolve_device(evaluate_config.device)
     model, info = load_model(checkpoint, device=device)
     predictions = predict_shards(model, info["soma_transform"], test_shards, data_config, evaluate_config, device,
@@ -282,13 +284,14 @@ def evaluate_model(checkpoint: str | Path, out_dir: str | Path, test_shards: Seq
         },
         **results,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     examples = choose_examples(predictions.output_spikes, evaluate_config.example_simulations,
                                evaluate_config.max_spike_bins)
-    write_predictions_file(out_dir / PREDICTIONS_FILE, predictions, rocs, examples,
-                           {"name": evaluation["name"], "model_kind": info["model_kind"],
-                            "num_parameters": int(info["num_parameters"])})
-    write_json(out_dir / EVALUATION_FILE, evaluation)
+    with as_output_error(out_dir / PREDICTIONS_FILE):
+        write_predictions_file(out_dir / PREDICTIONS_FILE, predictions, rocs, examples,
+                               {"name": evaluation["name"], "model_kind": info["model_kind"],
+                                "num_parameters": int(info["num_parameters"])})
+    with as_output_error(out_dir / EVALUATION_FILE):
+        write_json(out_dir / EVALUATION_FILE, evaluation)
     return evaluation
 
 

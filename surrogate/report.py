@@ -3,7 +3,8 @@
 Reads only what earlier stages wrote: RUNS/<name>/evaluation.json and predictions.h5
 (evaluate), metrics.csv (fit), the test shard for one example's input raster (simulate),
 and, when present, the published elmneuron eval_results.csv. Writes OUT/report.md and
-OUT/{roc,traces,params,training}.png (matplotlib, Agg backend).
+OUT/{roc,traces,params,training}.png (matplotlib, Agg backend), each atomically: a full disk is
+a one-line OutputError, and the files of an earlier report stay whole.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.files import write_text_atomic
+from common.files import as_output_error, atomic_path, check_writable, write_text_atomic
 from simulation.errors import UserInputError
 from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE
 from surrogate.registry import MODEL_KINDS
@@ -247,6 +248,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` to `path` as a PNG, atomically (OutputError naming `path` on a full disk), and close it."""
+    try:
+        with as_output_error(path), atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=130)  # the temporary name does not end in .png
+    finally:
+        _pyplot().close(fig)
+
+
 def plot_roc(runs: list[RunResult], path: Path) -> bool:
     """ROC curves on a linear and a log FPR axis; solid: windowed (as published), dotted: whole simulation."""
     drawable = [r for r in runs if any(not np.isnan(fpr).any() for fpr, _ in r.rocs.values())]
@@ -277,8 +287,7 @@ def plot_roc(runs: list[RunResult], path: Path) -> bool:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -362,8 +371,7 @@ def plot_traces(runs: list[RunResult], data_dir: Path | None, path: Path, window
     ax_p.legend(**legend)
     ax_p.set_xlim(a, b)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     return True, note
 
 
@@ -396,8 +404,7 @@ def plot_params(runs: list[RunResult], published_rows: list[dict], path: Path) -
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.13, 1, 1))
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -444,8 +451,7 @@ def plot_training(runs: list[RunResult], path: Path) -> bool:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -456,7 +462,7 @@ def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published
     runs = collect_runs(runs_dir)
     published_rows = read_published_results(published_dir)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     notes, figures = [], []
 
     if plot_roc(runs, out_dir / "roc.png"):
@@ -528,5 +534,6 @@ def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     report = out_dir / "report.md"
-    write_text_atomic(report, "\n".join(lines))
+    with as_output_error(report):
+        write_text_atomic(report, "\n".join(lines))
     return {"report": report, "figures": [out_dir / name for name, _ in figures], "notes": notes}

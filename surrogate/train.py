@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.files import write_text_atomic
+from common.files import as_output_error, check_writable, write_text_atomic
 from common.jsonio import write_json
 from simulation.errors import UserInputError
 
@@ -151,9 +151,16 @@ def _metrics_csv(history: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _write_json(path: Path, value) -> None:
+    """write_json, with a full disk as the one-line OutputError (the run resumes from its checkpoints)."""
+    with as_output_error(path):
+        write_json(path, value)
+
+
 def _write_metrics(out_dir: Path, history: list[dict]) -> None:
-    write_text_atomic(out_dir / METRICS_CSV, _metrics_csv(history))
-    write_json(out_dir / METRICS_JSON, history)
+    with as_output_error(out_dir / METRICS_CSV):
+        write_text_atomic(out_dir / METRICS_CSV, _metrics_csv(history))
+    _write_json(out_dir / METRICS_JSON, history)
 
 
 # --------------------------------------------------------------------------- one run, step by step
@@ -226,7 +233,7 @@ def fit(kind: str, train_config: TrainConfig, model_config, shard_dir: str | os.
         run = start_run(kind, model_config, train, data, device, Path(shard_dir), Path(out_dir))
         if run.state.epoch >= train.epochs:
             result = summarise_run(run)
-            write_json(run.out_dir / SUMMARY_JSON, result)  # in case a kill came between the last checkpoint and it
+            _write_json(run.out_dir / SUMMARY_JSON, result)  # in case a kill came between the last checkpoint and it
             result["already_finished"] = True
             report("finished", result)
             return result
@@ -297,7 +304,7 @@ def train_run(run: Run, report: Progress) -> dict:
     train, state = run.train, run.state
     if run.resumed:
         state.resumed_at_epochs.append(state.epoch)
-    run.out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run.out_dir)  # before the first epoch, not after it
     valid_arrays = load_split_arrays(run.split["valid"], train.valid_simulations)
     windows = TrainingWindows(run.split["train"], run.data, train.batch_size, train.batches_per_epoch, train.seed,
                               first_epoch=state.epoch, last_epoch=train.epochs)
@@ -323,7 +330,7 @@ def train_run(run: Run, report: Progress) -> dict:
         if windows.cache is not None:
             windows.cache.close()
     result = summarise_run(run)
-    write_json(run.out_dir / SUMMARY_JSON, result)
+    _write_json(run.out_dir / SUMMARY_JSON, result)
     report("finished", result)
     return result
 
@@ -428,9 +435,9 @@ def save_run(run: Run, improved: bool) -> None:
             "device": str(run.device),
         },
     )
-    if improved:
-        save_checkpoint(run.out_dir / BEST_CHECKPOINT, **fields)
-    save_checkpoint(run.out_dir / LAST_CHECKPOINT, **fields)
+    for name in ((BEST_CHECKPOINT, LAST_CHECKPOINT) if improved else (LAST_CHECKPOINT,)):
+        with as_output_error(run.out_dir / name):
+            save_checkpoint(run.out_dir / name, **fields)
     _write_metrics(run.out_dir, state.history)
 
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from simulation.paths import resolve_morphology
@@ -22,3 +29,32 @@ def h():
 
     h.load_file("stdrun.hoc")
     return h
+
+
+@pytest.fixture(scope="session")
+def cli_on_a_full_disk():
+    """error = run(*args, max_file_bytes=N): `python -m pipelines ARGS` in a subprocess on a "full disk".
+
+    No file the command writes may grow past N bytes (RLIMIT_FSIZE, no privileges needed):
+    a write past it fails with EFBIG ("File too large") where a full disk fails with ENOSPC,
+    an ordinary OSError for the code under test. Checks that the command failed as a user
+    error should (exit code 2, no traceback, one `error:` line) and returns that line.
+    """
+    def small_disk(limit: int):
+        def apply() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return apply
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+
+    def run(*args: str, max_file_bytes: int) -> str:
+        result = subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=root, env=env, capture_output=True,
+                                text=True, timeout=300, preexec_fn=small_disk(max_file_bytes))
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr[-3000:]
+        return errors[0]
+    return run

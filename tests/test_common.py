@@ -16,8 +16,8 @@ import pytest
 
 from common.config import from_table, known_tables, read_toml, require
 from common.errors import ConfigError, OutputError
-from common.files import (atomic_path, check_writable, file_sha256, sha256_hex, temporaries, temporary_path,
-                          write_text_atomic)
+from common.files import (as_output_error, atomic_path, check_writable, file_sha256, sha256_hex, temporaries,
+                          temporary_path, write_text_atomic)
 from common.locks import DirectoryLock, DirectoryLocked
 from common.jsonio import dumps_json, plain, write_json
 from common.spikes import spike_raster
@@ -203,3 +203,17 @@ def test_an_unwritable_place_is_an_output_error(tmp_path):
         check_writable(blocker / "data")  # a directory cannot be made inside a file
     with pytest.raises(OutputError, match="cannot write to"):
         DirectoryLock(blocker / "data", "simulate").acquire()
+
+
+def test_a_failed_write_becomes_one_line_naming_the_file_and_other_errors_pass(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    target = blocker / "result.json"  # its directory cannot be made inside a file: a real OSError
+    with pytest.raises(OutputError) as raised:
+        with as_output_error(target):
+            write_text_atomic(target, "{}")
+    message = str(raised.value)
+    assert message.startswith(f"cannot write {target}: ") and "intact" in message and "\n" not in message
+    with pytest.raises(ValueError, match="not a write error"):  # only OSError is a failed write
+        with as_output_error(target):
+            raise ValueError("not a write error")

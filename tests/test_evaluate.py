@@ -271,6 +271,20 @@ def test_non_ascii_paths(evaluated, tmp_path):
     assert result["windowed"]["spike"]["auc"] == original["windowed"]["spike"]["auc"]
 
 
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_evaluation(evaluated, tmp_path, cli_on_a_full_disk):
+    """Issue 9, item 4: a full disk while writing predictions.h5 (about 90 kB here) is exit 2 and one line
+    naming it; the earlier evaluation's files stay as they were and no partial file is left."""
+    runs = tmp_path / "runs"
+    shutil.copytree(evaluated["runs"] / "elm", runs / "elm")  # evaluated before: evaluation.json, predictions.h5
+    before = {p.name: p.read_bytes() for p in (runs / "elm").iterdir()}
+    assert {"evaluation.json", "predictions.h5"} <= set(before)
+    error = cli_on_a_full_disk("evaluate", "--config", str(evaluated["config"]), "--data", str(evaluated["data"]),
+                               "--runs", str(runs), max_file_bytes=20_000)
+    assert error.startswith(f"error: cannot write {runs / 'elm' / 'predictions.h5'}: File too large; "), error
+    assert "intact" in error
+    assert {p.name: p.read_bytes() for p in (runs / "elm").iterdir()} == before  # nothing half-written, nothing left
+
+
 def test_choose_examples_prefers_kept_simulations_with_most_spikes():
     spikes = np.zeros((5, 50), bool)
     spikes[0, :3] = True
@@ -353,6 +367,36 @@ def test_score_published_checkpoints_on_a_tiny_shard(pretrained_dir, tmp_path):
         assert row["ours"]["spike"]["auc"] == pytest.approx(expected["spike"]["auc"], abs=1e-6)
         assert row["ours"]["soma"]["aligned"]["rmse_mV"] == pytest.approx(expected["soma"]["aligned"]["rmse_mV"], rel=1e-5)
     assert [r["num_memory"] for r in rows] == [2, 100]
+
+
+def test_validate_refuses_a_directory_another_run_writes_into(morphology_path, tmp_path, capsys):
+    """`validate` writes shards and validation.json into --out: one run at a time, as `simulate`,
+    refused before any dask worker starts."""
+    import socket
+
+    from surrogate.checkpoints import PUBLISHED_CONFIG, PUBLISHED_STATE
+
+    published = tmp_path / "published" / "num_memory_1"  # only found, never loaded: the refusal comes first
+    published.mkdir(parents=True)
+    (published / PUBLISHED_CONFIG).write_text('{"num_memory": 1}')
+    (published / PUBLISHED_STATE).write_bytes(b"")
+    out = tmp_path / "validate"
+    code = ("import time; from common.locks import DirectoryLock; "
+            f"DirectoryLock({str(out)!r}, 'simulate').acquire(); print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another run, mid-way
+        assert cli(["validate", "--config", str(REPO / "configs" / "validate.toml"), "--out", str(out),
+                    "--morphology", str(morphology_path), "--checkpoints", str(published.parent),
+                    "--workers", "1"]) == 2
+        captured = capsys.readouterr()
+        assert "local cluster" not in captured.out  # refused before any worker started
+        assert captured.err.count("\n") == 1
+        assert f"is in use by simulate (pid {holder.pid} on {socket.gethostname()}" in captured.err, captured.err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.slow

@@ -324,6 +324,21 @@ def test_cli_converts_and_inspects(neuronio_dir, tmp_path, cli, capsys):
     assert '"simulations": 6' in capsys.readouterr().out
 
 
+def test_a_full_disk_is_one_line_and_keeps_the_shards_already_converted(neuronio_dir, tmp_path, cli_on_a_full_disk):
+    """A full disk while writing the second shard: exit 2 and one line naming it; the first shard is kept
+    as it was and no partial file is left (RLIMIT_FSIZE below the shard's size, see conftest)."""
+    source, _ = neuronio_dir
+    out = tmp_path / "shards"
+    import_neuronio(sorted(source.iterdir())[0], out, compression_level=1)  # the first file, converted earlier
+    before = (out / "shard_00000.h5").read_bytes()
+    assert len(before) > 20_000  # a shard does not fit under the limit below
+    error = cli_on_a_full_disk("import-neuronio", str(source), str(out), "--compression-level", "1",
+                               max_file_bytes=20_000)
+    assert error.startswith(f"error: cannot write {out / 'shard_00001.h5'}: File too large; ") and "intact" in error
+    assert [p.name for p in out.iterdir()] == ["shard_00000.h5"]
+    assert (out / "shard_00000.h5").read_bytes() == before
+
+
 def test_cli_refuses_a_malicious_pickle_with_exit_code_2(tmp_path, cli, capsys):
     sentinel = tmp_path / "payload_ran"
     write_pickle(tmp_path / "evil.p", _payloads(sentinel)["system"], python2=False)

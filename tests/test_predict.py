@@ -254,3 +254,26 @@ def test_published_folder_with_an_empty_model_config_is_exit_2(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "model_config.json" in result.stderr and "num_memory" in result.stderr
+
+
+def test_predict_on_a_full_disk_is_one_line_and_keeps_the_earlier_file(tmp_path, tiny_checkpoint, cli_on_a_full_disk):
+    """Issue 9, item 4: a full disk while writing --out is exit 2 and one line; no partial file, nothing replaced."""
+    checkpoint, _ = tiny_checkpoint
+    inputs = tmp_path / "inputs.h5"
+    with h5py.File(inputs, "w") as f:
+        f.create_dataset("input_spikes", data=random_input_spikes(3, 700, rate=0.02, seed=4))
+    out = tmp_path / "predictions" / "pred.h5"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier prediction")
+    args = ["predict", "--checkpoint", str(checkpoint), "--inputs", str(inputs), "--out", str(out), "--device", "cpu",
+            "--overwrite"]
+    limit = 4096
+    error = cli_on_a_full_disk(*args, max_file_bytes=limit)
+    assert error.startswith(f"error: cannot write {out}: File too large; ") and "intact" in error, error
+    assert out.read_bytes() == b"an earlier prediction"
+    assert [p.name for p in out.parent.iterdir()] == ["pred.h5"]  # no temporary file left
+
+    # the same command with room to write succeeds: the output is what did not fit
+    result = run_cli(*args[1:])
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > limit

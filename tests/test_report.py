@@ -89,6 +89,18 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert "runs directory not found" in capsys.readouterr().err
 
 
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_report(reported, tmp_path, cli_on_a_full_disk):
+    """Issue 9, item 4: a full disk while writing the first figure (roc.png, about 90 kB) is exit 2 and one
+    line naming it; the earlier report's files stay as they were and no partial file is left."""
+    out = tmp_path / "reports"
+    shutil.copytree(reported["out"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    error = cli_on_a_full_disk("report", "--runs", str(reported["runs"]), "--data", str(reported["data"]),
+                               "--out", str(out), "--published", str(reported["published"]), max_file_bytes=20_000)
+    assert error.startswith(f"error: cannot write {out / 'roc.png'}: File too large; ") and "intact" in error, error
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_readers(reported, tmp_path):
     curves = read_metrics_csv(reported["runs"] / "elm" / "metrics.csv")
     assert list(curves["epoch"]) == [1, 2] and list(curves["valid_auc"]) == [0.7, 0.8]

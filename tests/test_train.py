@@ -276,3 +276,25 @@ def test_fit_with_non_ascii_paths(dataset_dir, tmp_path):
     result = _cli("--model", "elm", "--config", str(config), "--data", str(data), "--out", str(run))
     assert result.returncode == 0, result.stderr
     assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["data_dir"] == str(data)
+
+
+def test_a_full_disk_stops_fit_in_one_line_and_the_run_resumes(dataset_dir, tmp_path, cli_on_a_full_disk):
+    """Issue 9, item 4: a full disk at an epoch's checkpoint (about 150 kB here) is exit 2 and one line naming
+    the file; the previous epoch's files stay whole, and the same command resumes once there is room."""
+    config = tmp_path / "fit.toml"
+    run = tmp_path / "run"
+    args = ["--model", "elm", "--config", str(config), "--data", str(dataset_dir), "--out", str(run)]
+    config.write_text(CONFIG_TOML.format(epochs=1))
+    assert _cli(*args).returncode == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    config.write_text(CONFIG_TOML.format(epochs=2))  # one epoch more, on a disk that is full
+    error = cli_on_a_full_disk("fit", *args, max_file_bytes=20_000)
+    assert error.startswith(f"error: cannot write {run}{os.sep}checkpoint_"), error
+    assert "File too large" in error and "intact" in error
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # epoch 1 whole, nothing half-written
+
+    result = _cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert [row["epoch"] for row in _history(run)] == [1, 2]
+    assert json.loads((run / "summary.json").read_text())["resumed_at_epochs"] == [1]
