@@ -13,7 +13,6 @@ Prints a table and writes bench/results/data_loading.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common.jsonio import write_json  # noqa: E402
 from simulation.dataset import shard_path, write_shard  # noqa: E402
 from surrogate.config import DataConfig  # noqa: E402
 from surrogate.data import (SimulationCache, TrainingWindows, catalog_simulations, find_shards,  # noqa: E402
@@ -176,8 +176,7 @@ def main() -> int:
         "cpu_count": __import__("os").cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
         "decompress_one_simulation_ms": 1000 * decompress_s, "loader": loader, "model_steps": steps,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -43,6 +42,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from common.jsonio import write_json  # noqa: E402
 from surrogate.elm import SCALED_TANH_GAIN, memory_recurrence  # noqa: E402
 
 STEPS = 500
@@ -499,13 +499,6 @@ def print_table(result: dict) -> None:
     if target:
         print("\nspeedup_fused_vs_torchscript (fwd+bwd, batch 32, T 500, d_m 100): "
               + ", ".join(f"{k}: {v:.1f}x" for k, v in target.items()) + f"  (target >= {SPEEDUP_TARGET:.0f}x)")
-
-
-def write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main() -> int:

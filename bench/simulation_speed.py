@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import sys
@@ -40,10 +39,9 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from common.jsonio import write_json  # noqa: E402
 from simulation.config import DatasetConfig, InputConfig, ParallelConfig, SimulationConfig, SolverConfig  # noqa: E402
-
-SOMA_CLIP_MV = -55.0  # spec 7.2: the soma target is clipped from above here
-SPIKE_PAIRING_WINDOW_MS = 5.0
+from simulation.fidelity import SOMA_CLIP_MV, pair_spikes  # noqa: E402
 TARGETS = {"parallel_efficiency": 0.90, "speedup_vs_cvode": 3.0, "soma_rmse_clipped_mV": 0.1, "spike_time_ms": 1.0}
 SEED = 2021
 
@@ -83,24 +81,6 @@ def simulate_once(solver: SolverConfig, duration_ms: int, simulation_index: int,
 
 
 # --------------------------------------------------------------------------- accuracy
-
-def pair_spikes(reference: np.ndarray, other: np.ndarray, window_ms: float = SPIKE_PAIRING_WINDOW_MS):
-    """Pair each reference spike with the nearest unpaired spike of `other` within the window, in time order.
-
-    Returns (time differences of the pairs, unpaired reference spikes, unpaired other spikes).
-    """
-    reference, other = np.sort(reference), np.sort(other)
-    used = np.zeros(len(other), dtype=bool)
-    differences = []
-    for t in reference:
-        candidates = np.flatnonzero(~used & (np.abs(other - t) <= window_ms))
-        if candidates.size:
-            best = candidates[np.argmin(np.abs(other[candidates] - t))]
-            used[best] = True
-            differences.append(other[best] - t)
-    differences = np.asarray(differences)
-    return differences, len(reference) - len(differences), int((~used).sum())
-
 
 def accuracy(reference_runs: list[dict], runs: list[dict]) -> dict:
     squared_clipped, squared, count = 0.0, 0.0, 0
@@ -356,10 +336,7 @@ def main(argv=None) -> int:
     result["bench_wall_seconds"] = time.perf_counter() - started
 
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

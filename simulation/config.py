@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import from_table, read_toml, require  # noqa: F401  (read_toml: imported from here by callers)
+from common.jsonio import plain
 
 
 # --------------------------------------------------------------------------- simulation tables
@@ -183,12 +184,6 @@ class SimulationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples), suitable for JSON/TOML round trips and HDF5 attributes."""
-        def plain(obj):
-            if isinstance(obj, tuple):
-                return [plain(v) for v in obj]
-            if isinstance(obj, dict):
-                return {k: plain(v) for k, v in obj.items()}
-            return obj
         return plain(dataclasses.asdict(self))
 
     @classmethod

@@ -71,12 +71,8 @@ def model_kind(name: str) -> ModelKind:
 
 def config_as_dict(model_config) -> dict[str, Any]:
     """A model config dataclass as a plain JSON-able dict (tuples become lists): what checkpoints store."""
-    def plain(value):
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
+    from common.jsonio import plain  # here, not at the top: the command line lists the kinds without numpy
+
     return plain(dataclasses.asdict(model_config))
 
 
