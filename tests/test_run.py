@@ -177,19 +177,46 @@ def _compare_coreneuron(morphology: Path) -> dict:
     }
 
 
-if __name__ == "__main__":
-    assert sys.argv[1] == "coreneuron"
-    print(json.dumps(_compare_coreneuron(Path(sys.argv[2]))))
-
-
-def test_neuron_does_not_abort_a_simulation_starved_for_20_seconds(simulator):
-    """NEURON aborts a psolve whose simulated time has not advanced for pc.timeout() s of wall time,
-    20 s by default: the workers of a long CVode run on an overloaded machine died with "nrn_timeout
-    t=1990". The simulator raises the limit so that only a truly stuck step ends a run. (A stall of
-    exactly that kind cannot be produced on demand; SIGSTOP does not, since the timer's signal
-    waits until the process runs again.)"""
+def test_a_step_stalled_longer_than_neurons_limit_does_not_abort_the_run(morphology_path):
+    """NEURON aborts a psolve whose simulated time has not advanced for pc.timeout() s of wall time
+    (20 s by default): the workers of a long CVode run on an overloaded machine died with "nrn_timeout
+    t=1990". The simulator raises the limit to STALLED_STEP_TIMEOUT_S. Cheaply, in a fresh process:
+    NEURON's limit is cut to 1 s before the simulator is built, and a step is stalled for 2.5 s (an
+    event at t = 5 ms whose Python callback sleeps). The run under the simulator's setting finishes;
+    the same stall with the limit set back to 1 s kills the process, so the stall is one NEURON
+    aborts on and the simulator's setting is what saves the run."""
     from simulation.run import STALLED_STEP_TIMEOUT_S
 
     assert STALLED_STEP_TIMEOUT_S >= 300
-    previous = simulator._parallel_context.timeout(STALLED_STEP_TIMEOUT_S)  # returns the setting it replaces
-    assert previous == STALLED_STEP_TIMEOUT_S
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), NEURON_MODULE_OPTIONS="-nogui")
+    completed = subprocess.run([sys.executable, __file__, "stall", str(morphology_path)], env=env,
+                               capture_output=True, text=True, timeout=300)
+    printed = completed.stdout + completed.stderr
+    assert "with the simulator's limit: finished" in completed.stdout, printed[-3000:]
+    assert "nrn_timeout t=5" in printed and "with a 1 s limit: finished" not in printed, printed[-3000:]
+    assert completed.returncode != 0
+
+
+def _stall_twice(morphology: Path) -> None:
+    """Two runs with a 2.5-s stall at t = 5 ms: the simulator's limit, then NEURON's limit cut to 1 s."""
+    import time
+
+    from neuron import h
+
+    pc = h.ParallelContext()
+    pc.timeout(1)  # as if NEURON's default were 1 s: the simulator must raise it
+    simulator = get_simulator(FIXED, morphology)
+    stall = h.FInitializeHandler(1, lambda: h.CVode().event(5.0, lambda: time.sleep(2.5)))  # noqa: F841
+    silent = np.zeros((N_INPUTS, 20), dtype=bool)
+    simulator.run(silent)
+    print("run with the simulator's limit: finished", flush=True)
+    pc.timeout(1)
+    simulator.run(silent)  # NEURON kills the process here
+    print("run with a 1 s limit: finished", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "coreneuron":
+        print(json.dumps(_compare_coreneuron(Path(sys.argv[2]))))
+    elif sys.argv[1] == "stall":
+        _stall_twice(Path(sys.argv[2]))
