@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import sys
@@ -42,6 +41,7 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from common.jsonio import write_json  # noqa: E402
 from simulation.config import InputConfig, RecordingConfig, SimulationConfig, SolverConfig  # noqa: E402
 from simulation.fidelity import TARGETS, compare, meets_targets  # noqa: E402
 
@@ -431,8 +431,7 @@ def main(argv=None) -> int:
         result["speedup_vs_all_cores"] = result["sim_seconds_per_wall_second"] / settings[default]["sim_seconds_per_second_all_cores"]
         result["speedup_vs_all_cores_each_setting"] = {n: result["sim_seconds_per_wall_second"] / v["sim_seconds_per_second_all_cores"]
                                                        for n, v in settings.items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print_table(result)
     log(f"wrote {args.out}")
     return 0

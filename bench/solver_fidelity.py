@@ -30,6 +30,7 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from common.jsonio import write_json  # noqa: E402
 from simulation.config import InputConfig, RecordingConfig, SimulationConfig, SolverConfig  # noqa: E402
 from simulation.fidelity import TARGETS, compare, meets_targets  # noqa: E402
 
@@ -157,8 +158,7 @@ def main(argv=None) -> int:
               f"lag {figures['spike_shift_mean_signed_ms']:+.3f}  max {figures['spike_shift_max_abs_ms']:.2f} ms  "
               f"missed {figures['missed_spikes']} extra {figures['extra_spikes']}  targets {'met' if ok else 'missed'}",
               flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))  # after every setting: a long run keeps what it measured
+        write_json(args.out, result)  # after every setting: a long run keeps what it measured
     print(f"wrote {args.out}")
     return 0
 

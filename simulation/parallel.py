@@ -34,8 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from common.errors import OutputError
-from common.files import check_writable
+from common.files import as_output_error, check_writable
 from common.locks import DirectoryLock
 
 from .cluster import GPU_RESOURCE, prepare_workers, unique_token
@@ -274,16 +273,14 @@ def _simulate_missing_shards(config: SimulationConfig, out_dir: Path, morphology
 
     def write(shard: ShardPlan, results: list[dict]) -> Path:
         path = out_dir / shard.file_name
-        try:
+        # a full disk, a revoked permission: the shards already written are intact
+        with as_output_error(path, "the shards already written are intact: make room and run the same command again to resume"):
             return write_shard(
                 path, **_stack_shard(results, config.inputs.duration_ms),
                 simulation_index=np.asarray(shard.simulation_indices, dtype=np.int64),
                 segments=segments, attrs=attrs | {"shard_index": shard.index},
                 compression_level=config.dataset.compression_level,
             )
-        except OSError as err:  # a full disk, a revoked permission: the finished shards are intact
-            raise OutputError(f"cannot write {path}: {err.strerror or err}; the shards already written are "
-                              f"intact: make room and run the same command again to resume") from None
 
     run_shards(client, seeded_tasks(config, morphology, state.todo), state.todo, write,
                retries=config.parallel.retries, master_seed=config.dataset.seed,
@@ -324,14 +321,12 @@ def resimulate(
     attrs |= extra_attrs or {}
 
     def write(shard: ShardPlan, results: list[dict]) -> Path:
-        try:
+        with as_output_error(out_path):
             return write_shard(
                 out_path, **_stack_shard(results, duration, input_spikes=input_spikes.astype(bool)),
                 simulation_index=np.arange(n, dtype=np.int64) if simulation_index is None else np.asarray(simulation_index, dtype=np.int64),
                 segments=segments, attrs=attrs, compression_level=config.dataset.compression_level,
             )
-        except OSError as err:
-            raise OutputError(f"cannot write {out_path}: {err.strerror or err}") from None
 
     # the rows are the simulation indices of the loop; the shard stores `simulation_index`
     function, size = (simulate_given_batch, config.parallel.gpu_batch_size) if config.solver.method == "gpu" else (simulate_given, 1)
