@@ -148,11 +148,11 @@ ALL_MECHANISMS = VOLTAGE_GATED + ["SK_E2", "CaDynamics_E2"]
 def neuron_globals(h):
     """Restore the NEURON globals a test changes, for the other tests in this process."""
     cvode = h.CVode()
-    saved = (h.celsius, h.dt, cvode.active(), cvode.atol(), h.cai0_ca_ion, h.cao0_ca_ion)
-    h.celsius, h.cai0_ca_ion, h.cao0_ca_ion = 6.3, 5e-5, 2.0
+    saved = (h.celsius, h.dt, cvode.active(), cvode.atol(), h.cai0_ca_ion, h.cao0_ca_ion, h.secondorder)
+    h.celsius, h.cai0_ca_ion, h.cao0_ca_ion, h.secondorder = 6.3, 5e-5, 2.0, 0
     cvode.active(0)
     yield h
-    h.celsius, h.dt, active, atol, h.cai0_ca_ion, h.cao0_ca_ion = saved
+    h.celsius, h.dt, active, atol, h.cai0_ca_ion, h.cao0_ca_ion, h.secondorder = saved
     cvode.active(active)
     cvode.atol(atol)
 

@@ -31,7 +31,10 @@ def mg_block(v, mg=1.0):
 def clamped(h):
     """A function making (section, clamp) held at `voltage` mV; restores solver settings after."""
     cvode = h.CVode()
-    saved = (h.dt, cvode.active(), cvode.atol())
+    # an earlier in-process simulation may have left Crank-Nicolson on (h.secondorder = 2),
+    # which rings against a clamp with a 1e-4 MOhm series resistance: use backward Euler
+    saved = (h.dt, cvode.active(), cvode.atol(), h.secondorder)
+    h.secondorder = 0
     made = []
 
     def make(voltage):
@@ -44,7 +47,7 @@ def clamped(h):
 
     yield make
     made.clear()  # drop the sections: later tests see none of them
-    h.dt, active, atol = saved
+    h.dt, active, atol, h.secondorder = saved
     cvode.active(active)
     cvode.atol(atol)
 
