@@ -1,0 +1,75 @@
+"""torch Datasets over the split files of the generated tasks (ListOps, Pathfinder).
+
+Each item is {"inputs": LongTensor[T], "length": int, "label": int}. The file is checked
+when the Dataset is made (a missing, truncated or foreign file is one DatasetError naming it
+and the command to run) and opened again in each process that reads it, so the Dataset can
+go to DataLoader worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from common.errors import DatasetError
+
+from .storage import FORMAT_VERSION, check_rows, open_h5, read_settings_attr
+
+
+class GeneratedSplit(Dataset):
+    """One split of a generated task, rows read lazily (one compressed HDF5 chunk per row)."""
+
+    def __init__(self, path: str | os.PathLike, task: str, split: str, hint: str):
+        self.path, self.task, self.split, self.hint = Path(path), task, split, hint
+        with open_h5(self.path, f"{task} {split} split", hint) as f:
+            n = check_rows(f, self.path, hint)
+            stored_task = f.attrs.get("task")
+            if isinstance(stored_task, bytes):
+                stored_task = stored_task.decode()
+            if stored_task != task:
+                raise DatasetError(f"{self.path}: holds task {stored_task!r}, expected {task!r}; {hint}")
+            version = int(f.attrs.get("version", -1))
+            if version != FORMAT_VERSION:
+                raise DatasetError(f"{self.path}: format version {version}, this code reads {FORMAT_VERSION}; {hint}")
+            if int(f.attrs.get("size", -1)) != n:
+                raise DatasetError(f"{self.path}: holds {n} samples but was written for {int(f.attrs.get('size', -1))}; {hint}")
+            self.settings = read_settings_attr(f)
+            self.seq_len = int(f["inputs"].shape[1])
+            self.labels = f["labels"][...].astype(np.int64)
+            self.lengths = f["lengths"][...].astype(np.int64)
+        self._n = n
+        self._file: h5py.File | None = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _inputs(self):
+        if self._file is None or self._pid != os.getpid():  # a DataLoader worker opens its own handle
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as err:
+                raise DatasetError(f"{self.path}: cannot open the split file: {err}; {self.hint}") from None
+            self._pid = os.getpid()
+        return self._file["inputs"]
+
+    def __getitem__(self, index: int) -> dict:
+        if not -self._n <= index < self._n:
+            raise IndexError(f"index {index} out of range for {self._n} samples")
+        index %= self._n
+        try:
+            row = self._inputs()[index]
+        except OSError as err:
+            raise DatasetError(f"{self.path}: cannot read sample {index} (corrupt?): {err}; {self.hint}") from None
+        return {"inputs": torch.from_numpy(row.astype(np.int64)), "length": int(self.lengths[index]),
+                "label": int(self.labels[index])}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"], state["_pid"] = None, None
+        return state

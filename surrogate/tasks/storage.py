@@ -1,0 +1,198 @@
+"""Split files of the generated tasks: written in resumable chunks, read back as torch Datasets.
+
+A generated split is one HDF5 file, `<data_dir>/<task>/<split>.h5`:
+
+    inputs   (N, T) uint8    one sequence per row, padded with 0
+    lengths  (N,)   int32    the unpadded length of each row
+    labels   (N,)   int16    the class of each row
+    attrs    task, split, version, seed, size, settings (JSON: every setting that decides the data)
+
+Generation is resumable: sample i of a split depends only on (seed, split, i), and samples
+are made `chunk_size` at a time into part files (`.<split>.part-<start>-<stop>.h5`, each
+written atomically), so a killed run keeps every finished part and a re-run makes the rest.
+When all parts are there they are joined into `<split>.h5` (atomically) and removed. The
+result does not depend on the chunk size: the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import h5py
+import numpy as np
+
+from common.errors import DatasetError
+from common.files import as_output_error, atomic_hdf5, atomic_path
+from common.jsonio import dumps_json
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}  # part of every sample's seed
+ROW_DATASETS = ("inputs", "lengths", "labels")
+
+# make(start, stop) -> (inputs (n, T) uint8, lengths (n,), labels (n,))
+ChunkMaker = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def split_path(task_dir: str | os.PathLike, split: str) -> Path:
+    return Path(task_dir) / f"{split}.h5"
+
+
+def _part_path(task_dir: Path, split: str, start: int, stop: int) -> Path:
+    return task_dir / f".{split}.part-{start:09d}-{stop:09d}.h5"
+
+
+def _short(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+@contextlib.contextmanager
+def open_h5(path: Path, what: str, hint: str) -> Iterator[h5py.File]:
+    """An HDF5 file for reading; a missing, truncated or unreadable file is a one-line DatasetError."""
+    if not path.is_file():
+        raise DatasetError(f"{what} not found: {path} ({hint})")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DatasetError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {_short(err)}; {hint}") from None
+    try:
+        yield f
+    except OSError as err:  # a damaged chunk shows only when it is read
+        raise DatasetError(f"{path}: cannot read {what} (corrupt?): {_short(err)}; {hint}") from None
+    finally:
+        f.close()
+
+
+def expected_attrs(task: str, split: str, size: int, settings_fp: dict[str, Any]) -> dict[str, Any]:
+    return {"task": task, "split": split, "version": FORMAT_VERSION, "seed": settings_fp.get("seed", 0),
+            "size": size, "settings": dumps_json(settings_fp, indent=None, sort_keys=True)}
+
+
+def check_rows(f: h5py.File, path: Path, hint: str, size: int | None = None, width: int | None = None) -> int:
+    """The schema of a split or part file (the three row datasets, consistent shapes); returns N."""
+    for name in ROW_DATASETS:
+        if name not in f:
+            raise DatasetError(f"{path}: missing dataset '{name}' (not a task split file?); {hint}")
+    inputs = f["inputs"]
+    if inputs.ndim != 2:
+        raise DatasetError(f"{path}: inputs has shape {inputs.shape}, expected (N, T); {hint}")
+    n = inputs.shape[0]
+    for name in ("lengths", "labels"):
+        if f[name].shape != (n,):
+            raise DatasetError(f"{path}: {name} has shape {f[name].shape}, expected ({n},); {hint}")
+    if size is not None and n != size:
+        raise DatasetError(f"{path}: holds {n} samples, expected {size} (truncated?); {hint}")
+    if width is not None and inputs.shape[1] != width:
+        raise DatasetError(f"{path}: inputs has T = {inputs.shape[1]}, expected {width}; {hint}")
+    return n
+
+
+def _matches(f: h5py.File, attrs: dict[str, Any]) -> bool:
+    for key, value in attrs.items():
+        stored = f.attrs.get(key)
+        if isinstance(stored, bytes):
+            stored = stored.decode()
+        if isinstance(stored, np.generic):
+            stored = stored.item()
+        if stored != value:
+            return False
+    return True
+
+
+def split_status(path: Path, attrs: dict[str, Any], width: int, hint: str) -> bool:
+    """True when `path` is a finished split of exactly these settings; False when absent.
+
+    A file of other settings is a DatasetError (it would be overwritten silently otherwise).
+    """
+    if not path.exists():
+        return False
+    with open_h5(path, "task split", hint) as f:
+        check_rows(f, path, hint, size=attrs["size"], width=width)
+        if not _matches(f, attrs):
+            stored = f.attrs.get("settings", "?")
+            raise DatasetError(f"{path} was generated with other settings ({stored}); "
+                               "remove it, or generate into another --data-dir")
+    return True
+
+
+def _read_part(path: Path, attrs: dict[str, Any], n: int, width: int):
+    """The rows of a finished part file, or None when it is damaged or of other settings."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not _matches(f, attrs) or check_rows(f, path, "", size=n, width=width) != n:
+                return None
+            return tuple(f[name][...] for name in ROW_DATASETS)
+    except (OSError, DatasetError):
+        return None
+
+
+def _write_part(path: Path, attrs: dict[str, Any], rows) -> None:
+    with as_output_error(path), atomic_hdf5(path) as f:
+        for name, array in zip(ROW_DATASETS, rows):
+            f.create_dataset(name, data=array)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
+def build_split(task_dir: Path, split: str, size: int, chunk_size: int, width: int, attrs: dict[str, Any],
+                make: ChunkMaker, on_rows: Callable[[int, tuple], None] | None = None,
+                progress: Callable[[int], None] | None = None) -> Path:
+    """Make `split` of `size` rows in parts of `chunk_size`, resuming from finished parts, then join them.
+
+    `make(start, stop)` returns rows start..stop-1; `on_rows(start, rows)` sees every part in
+    order (also those read back from an earlier run: ListOps keeps its duplicate check with it);
+    `progress(n)` is told of every part finished or found.
+    """
+    path = split_path(task_dir, split)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    part_attrs = dict(attrs, part_of=path.name)
+    parts = []
+    for start in range(0, size, chunk_size):
+        stop = min(size, start + chunk_size)
+        part = _part_path(task_dir, split, start, stop)
+        rows = _read_part(part, part_attrs, stop - start, width) if part.exists() else None
+        if rows is None:
+            rows = make(start, stop)
+            rows = (np.ascontiguousarray(rows[0], dtype=np.uint8), np.asarray(rows[1], dtype=np.int32),
+                    np.asarray(rows[2], dtype=np.int16))
+            if rows[0].shape != (stop - start, width):
+                raise AssertionError(f"generator returned inputs of shape {rows[0].shape}, expected {(stop - start, width)}")
+            _write_part(part, part_attrs, rows)
+        if on_rows is not None:
+            on_rows(start, rows)
+        parts.append(part)
+        if progress is not None:
+            progress(stop - start)
+    _join(path, parts, size, width, attrs)
+    for part in task_dir.glob(f".{split}.part-*.h5"):
+        part.unlink(missing_ok=True)
+    return path
+
+
+def _join(path: Path, parts: list[Path], size: int, width: int, attrs: dict[str, Any]) -> None:
+    """The parts, in order, as one split file: one compressed HDF5 chunk per row (fast random access)."""
+    with as_output_error(path), atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as out:
+            inputs = out.create_dataset("inputs", shape=(size, width), dtype=np.uint8, chunks=(1, width),
+                                        compression="gzip", compression_opts=4)
+            lengths = out.create_dataset("lengths", shape=(size,), dtype=np.int32)
+            labels = out.create_dataset("labels", shape=(size,), dtype=np.int16)
+            row = 0
+            for part in parts:
+                with h5py.File(part, "r") as f:
+                    n = f["inputs"].shape[0]
+                    inputs[row:row + n] = f["inputs"][...]
+                    lengths[row:row + n] = f["lengths"][...]
+                    labels[row:row + n] = f["labels"][...]
+                row += n
+            for key, value in attrs.items():
+                out.attrs[key] = value
+
+
+def read_settings_attr(f: h5py.File) -> dict[str, Any]:
+    raw = f.attrs.get("settings", "{}")
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
