@@ -1,0 +1,617 @@
+"""Training a sequence classifier (surrogate.sequence) on a long-horizon task, with checkpoints and resume.
+
+The recipe: cross-entropy, Adam with per-step cosine decay (surrogate.train's schedule),
+gradient clipping. Every epoch draws `batches_per_epoch` batches from the training split in
+an order that depends only on (seed, epoch); dropout is reseeded per epoch. After every
+epoch the model is scored on the validation split, and the run directory gets, each written
+atomically (common.files),
+  checkpoint_best.pt   when the validation accuracy improved (ties: lower validation loss),
+  checkpoint_last.pt   always: model, optimiser, epoch, step, history, configs,
+  metrics.csv / metrics.json   the per-epoch history,
+so a run killed at any moment resumes from its last finished epoch, and on the CPU a resumed
+run reproduces an uninterrupted one exactly. After the last epoch the best checkpoint is
+scored on the test split and summary.json gets the result (task, model, parameters, best
+epoch, validation and test accuracy, training time, device).
+
+Readouts (surrogate.sequence): "last" and "mean" give one prediction per sequence;
+"per-step" trains on the label at every valid step (the loss averaged over them) and
+predicts from the last valid step.
+
+Config files (configs/tasks/*.toml; several files may be layered, later keys win) hold the
+tables [task] (name: the task the file is for), [train] (SequenceTrainConfig, with
+[train.elm] / [train.branch_elm] / [train.lstm] overrides per model), [model]
+(surrogate.sequence.SequenceModelConfig), [elm] / [branch_elm] (surrogate.elm.ELMConfig
+without num_input and num_output, which the task sets) and [lstm] (LSTMConfig).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.config import from_table
+from common.config import require as _require
+from common.errors import ConfigError, DatasetError, UserInputError
+from common.files import as_output_error, check_writable, write_bytes_atomic, write_text_atomic
+from common.jsonio import write_json
+from common.locks import DirectoryLock
+
+from .devices import resolve_device
+from .elm import ELMConfig, num_parameters
+from .sequence import (SEQUENCE_MODELS, InputEncoding, LSTMConfig, SequenceClassifier, SequenceModelConfig,
+                       build_sequence_model, sequence_model_from_dict)
+
+SPLITS = ("train", "valid", "test")
+MODEL_TABLES = {"elm": "elm", "branch-elm": "branch_elm", "lstm": "lstm"}
+TASK_CONFIG_TABLES = ("task", "train", "model", *MODEL_TABLES.values())
+DATA_TABLE = "tasks"  # [tasks.<name>]: surrogate.tasks' data settings (prepare-task), passed over here
+LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+METRICS_CSV, METRICS_JSON, SUMMARY_JSON = "metrics.csv", "metrics.json", "summary.json"
+CHECKPOINT_FORMAT = "l5pc-sequence-checkpoint"
+# [train] keys that may change between a run and its resumption (they change neither the data order nor the model)
+RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size"}
+
+Progress = Callable[[str, dict], None]
+
+
+class RunMismatchError(UserInputError):
+    """The output directory holds a run of another task, model or recipe."""
+
+
+class TrainingDivergedError(UserInputError):
+    """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class SequenceTrainConfig:
+    """[train] of a task config: optimiser, schedule, batches, device."""
+
+    batch_size: int = 32
+    epochs: int = 10
+    batches_per_epoch: int = 0  # 0: one pass over the training split per epoch
+    learning_rate: float = 1e-3
+    lr_min: float = 0.0  # cosine decay per step from learning_rate to lr_min over all epochs
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 1.0  # 0 turns clipping off
+    eval_batch_size: int = 0  # 0: batch_size
+    max_train_examples: int = 0  # 0: the whole training split (smaller: smoke runs)
+    max_eval_examples: int = 0  # 0: the whole validation and test splits (smaller: their first N)
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+    recurrence: str = "auto"  # the ELM recurrence: "auto" (fused kernel on CUDA), "reference", "fused"
+    seed: int = 0
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    loader_workers: int = 0  # DataLoader worker processes
+
+    def __post_init__(self):
+        for name in ("batch_size", "epochs"):
+            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batches_per_epoch", "eval_batch_size", "max_train_examples", "max_eval_examples",
+                     "seed", "num_threads", "loader_workers"):
+            _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _require(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        _require(0 <= self.lr_min <= self.learning_rate, f"lr_min must be in [0, learning_rate], got {self.lr_min}")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.grad_clip_norm >= 0, f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _require(self.recurrence in ("auto", "reference", "fused"),
+                 f"recurrence must be 'auto', 'reference' or 'fused', got {self.recurrence!r}")
+
+
+@dataclass(frozen=True)
+class TaskSpecLike:
+    """What the model needs to know about a task (surrogate.tasks.TaskSpec has these fields)."""
+
+    name: str
+    input_kind: str
+    input_size: int
+    num_classes: int
+    seq_len: int = 0
+
+
+@dataclass(frozen=True)
+class TaskRunConfig:
+    """Everything one fit-task run needs besides the data: the model kind, its config, the recipe."""
+
+    task: str
+    kind: str
+    train: SequenceTrainConfig
+    model: SequenceModelConfig
+    core: ELMConfig | LSTMConfig
+    budget_core: ELMConfig | None = None  # the LSTM's parameter budget comes from this ELM (LSTMConfig.match)
+
+
+def read_task_tables(paths: list[str | os.PathLike]) -> dict[str, dict]:
+    """The tables of one or more task config files, later files overriding earlier ones key by key."""
+    merged: dict[str, dict] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; TOML files must be UTF-8") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
+        for name, table in raw.items():
+            if name == DATA_TABLE:
+                continue
+            if name not in TASK_CONFIG_TABLES:
+                known = ", ".join((*TASK_CONFIG_TABLES, DATA_TABLE))
+                raise ConfigError(f"{path}: unknown table [{name}] (known: {known})")
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: [{name}] must be a table, got {table!r}")
+            target = merged.setdefault(name, {})
+            for key, value in table.items():
+                if isinstance(value, dict) and isinstance(target.get(key), dict):
+                    target[key] = {**target[key], **value}  # [train.elm] overrides layer too
+                else:
+                    target[key] = value
+    return merged
+
+
+def _train_config(table: Mapping[str, Any], kind: str, where: str) -> SequenceTrainConfig:
+    """[train] with the [train.<model>] overrides of `kind`; every model's overrides are checked."""
+    shared = {k: v for k, v in table.items() if k not in MODEL_TABLES.values()}
+    from_table(SequenceTrainConfig, shared, f"{where} [train]")  # a mistake in the shared keys is named as such
+    for name, sub in table.items():
+        if name in MODEL_TABLES.values():
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{where} [train].{name}: expected a table of overrides, got {sub!r}")
+            from_table(SequenceTrainConfig, {**shared, **sub}, f"{where} [train.{name}]")
+    return from_table(SequenceTrainConfig, {**shared, **table.get(MODEL_TABLES[kind], {})}, f"{where} [train]")
+
+
+def _elm_config(table: Mapping[str, Any] | None, kind: str, width: int, num_classes: int, where: str) -> ELMConfig:
+    table = dict(table or {})
+    for fixed in ("num_input", "num_output"):
+        if fixed in table:
+            raise ConfigError(f"{where}.{fixed}: set by the task (the encoding width and the number of classes); remove it")
+    config = from_table(ELMConfig, {**table, "num_input": width, "num_output": num_classes}, where)
+    if (kind == "branch-elm") != (config.num_branch > 0):
+        raise ConfigError(f"{where}.num_branch: {'the Branch-ELM needs num_branch > 0' if kind == 'branch-elm' else 'the plain ELM has num_branch = 0'}")
+    return config
+
+
+def load_task_config(paths: list[str | os.PathLike], spec, kind: str) -> TaskRunConfig:
+    """The run config of model `kind` on task `spec` from task config files; every table is checked strictly."""
+    if kind not in SEQUENCE_MODELS:
+        raise ConfigError(f"unknown model {kind!r} (expected one of: {', '.join(SEQUENCE_MODELS)})")
+    tables = read_task_tables(paths)
+    where = " + ".join(str(p) for p in paths)
+    task_table = dict(tables.get("task", {}))
+    unknown = sorted(set(task_table) - {"name"})
+    if unknown:
+        raise ConfigError(f"{where} [task]: unknown key '{unknown[0]}' (known: name)")
+    if task_table.get("name", spec.name) != spec.name:
+        raise ConfigError(f"{where} is a config for task {task_table['name']!r}, not {spec.name!r}")
+    train = _train_config(tables.get("train", {}), kind, where)
+    model = from_table(SequenceModelConfig, tables.get("model"), f"{where} [model]")
+    try:
+        width = InputEncoding(spec.input_kind, spec.input_size, model.embedding_dim).width
+    except ValueError as err:
+        raise ConfigError(f"task {spec.name}: {err}") from None
+    elms = {name: _elm_config(tables.get(MODEL_TABLES[name]), name, width, spec.num_classes,
+                              f"{where} [{MODEL_TABLES[name]}]")
+            for name in ("elm", "branch-elm") if name == kind or MODEL_TABLES[name] in tables}
+    lstm = from_table(LSTMConfig, tables.get("lstm"), f"{where} [lstm]")
+    if kind == "lstm":
+        budget_core = None
+        if lstm.hidden_size == 0 and lstm.parameter_budget == 0:
+            budget_core = elms.get(lstm.match) or _elm_config(None, lstm.match, width, spec.num_classes,
+                                                              f"{where} [{MODEL_TABLES[lstm.match]}]")
+        return TaskRunConfig(spec.name, kind, train, model, lstm, budget_core)
+    return TaskRunConfig(spec.name, kind, train, model, elms[kind])
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class TaskData:
+    """A task's spec and its three splits (torch Datasets of {"inputs", "length", "label"})."""
+
+    spec: Any
+    splits: dict[str, torch.utils.data.Dataset]
+
+
+def task_spec(task: str):
+    """surrogate.tasks.TASKS[task]; an unknown name is a ConfigError listing the known ones."""
+    from surrogate.tasks import TASKS
+
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r} (expected one of: {', '.join(TASKS)})")
+    return TASKS[task]
+
+
+def open_task_data(task: str, data_dir: str | os.PathLike) -> TaskData:
+    """surrogate.tasks' prepared splits of `task` in `data_dir`; missing or unreadable data -> DatasetError."""
+    from surrogate.tasks import open_split
+
+    spec = task_spec(task)
+    splits = {}
+    for split in SPLITS:
+        try:
+            splits[split] = open_split(task, data_dir, split)
+        except UserInputError:
+            raise
+        except (OSError, KeyError, ValueError) as err:
+            raise DatasetError(f"cannot open the {split} split of {task} in {data_dir}: {err}; "
+                               f"make it with `python -m pipelines prepare-task --task {task} --data-dir {data_dir}`") from None
+    return TaskData(spec, splits)
+
+
+def collate_examples(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack examples, zero-padding inputs along time to the longest in the batch."""
+    inputs = [torch.as_tensor(item["inputs"]) for item in items]
+    steps = max(x.shape[0] for x in inputs)
+    batch = inputs[0].new_zeros((len(inputs), steps, *inputs[0].shape[1:]))
+    for i, x in enumerate(inputs):
+        batch[i, :x.shape[0]] = x
+    lengths = torch.tensor([int(item.get("length", x.shape[0])) for item, x in zip(items, inputs)], dtype=torch.long)
+    labels = torch.tensor([int(item["label"]) for item in items], dtype=torch.long)
+    return {"inputs": batch, "length": lengths, "label": labels}
+
+
+def _seed_for(*words: int) -> int:
+    return int(np.random.SeedSequence(list(words)).generate_state(1)[0])
+
+
+def epoch_batches(num_examples: int, batch_size: int, batches: int, seed: int, epoch: int) -> list[list[int]]:
+    """The training batches of an epoch (indices), from (seed, epoch) only; batches 0: one pass."""
+    if batches == 0:
+        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(_seed_for(seed, epoch, 0)))
+        return [order[i:i + batch_size].tolist() for i in range(0, num_examples, batch_size)]
+    needed, parts, k = batches * batch_size, [], 0
+    while sum(len(p) for p in parts) < needed:
+        parts.append(torch.randperm(num_examples, generator=torch.Generator().manual_seed(_seed_for(seed, epoch, k))))
+        k += 1
+    order = torch.cat(parts)[:needed]
+    return [order[i:i + batch_size].tolist() for i in range(0, needed, batch_size)]
+
+
+# --------------------------------------------------------------------------- loss and scoring
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor,
+                        readout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy, predicted classes). Per-step logits (B, T, C): the label at every valid step."""
+    if readout != "per-step":
+        return F.cross_entropy(logits.float(), labels), logits.argmax(-1)
+    batch, steps, classes = logits.shape
+    lengths = lengths.clamp(1, steps)
+    valid = torch.arange(steps, device=logits.device)[None, :] < lengths[:, None]
+    per_step = F.cross_entropy(logits.float().reshape(-1, classes), labels.repeat_interleave(steps), reduction="none")
+    loss = ((per_step.view(batch, steps) * valid).sum(1) / lengths).mean()
+    return loss, logits[torch.arange(batch, device=logits.device), lengths - 1].argmax(-1)
+
+
+def _limited(dataset, limit: int):
+    return dataset if limit == 0 or limit >= len(dataset) else torch.utils.data.Subset(dataset, range(limit))
+
+
+@torch.no_grad()
+def evaluate(model: SequenceClassifier, dataset, batch_size: int, device: torch.device, recurrence: str = "auto",
+             loader_workers: int = 0) -> dict[str, float]:
+    """Mean loss and accuracy of `model` on every example of `dataset`, in order."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_examples,
+                                         num_workers=loader_workers, pin_memory=device.type == "cuda")
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for batch in loader:
+        inputs, lengths, labels = (batch[k].to(device, non_blocking=True) for k in ("inputs", "length", "label"))
+        logits = model(inputs, lengths, recurrence=recurrence)
+        loss, predicted = classification_loss(logits, labels, lengths, model.model_config.readout)
+        loss_sum += loss * labels.shape[0]
+        correct += (predicted == labels).sum()
+        count += labels.shape[0]
+    return {"loss": loss_sum.item() / max(count, 1), "accuracy": correct.item() / max(count, 1), "examples": count}
+
+
+# --------------------------------------------------------------------------- the run
+
+@dataclass
+class SequenceRunState:
+    """How far a run has come: stored in checkpoint_last.pt, restored when the run resumes."""
+
+    epoch: int = 0
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_key: list[float] | None = None  # [valid accuracy, -valid loss] of the best epoch
+    training_time_s: float = 0.0
+    resumed_at_epochs: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SequenceRun:
+    config: TaskRunConfig
+    data: TaskData
+    model: SequenceClassifier
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    out_dir: Path
+    train_set: Any
+    valid_set: Any
+    test_set: Any
+    state: SequenceRunState = field(default_factory=SequenceRunState)
+    resumed: bool = False
+
+    @property
+    def batches_per_epoch(self) -> int:
+        train = self.config.train
+        return train.batches_per_epoch or math.ceil(len(self.train_set) / train.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.epochs * self.batches_per_epoch
+
+    def learning_rate(self, step: int) -> float:
+        train = self.config.train
+        progress = min(step / max(self.total_steps, 1), 1.0)
+        return train.lr_min + 0.5 * (train.learning_rate - train.lr_min) * (1.0 + math.cos(math.pi * progress))
+
+    def identity(self) -> dict:
+        """What a resumed run must share with the run in its directory."""
+        train = {k: v for k, v in dataclasses.asdict(self.config.train).items() if k not in RESUMABLE_KEYS}
+        return {"task": self.config.task, "model": self.model.describe(), "train": train,
+                "split_sizes": {name: len(self.data.splits[name]) for name in SPLITS}}
+
+
+def fit_sequence(data: TaskData, config: TaskRunConfig, out_dir: str | os.PathLike,
+                 progress: Progress | None = None) -> dict:
+    """Train `config.kind` on `data`, writing the run to `out_dir`; returns the summary (summary.json).
+
+    Re-running the same call resumes from out_dir/checkpoint_last.pt; a finished run returns its
+    summary at once (with "already_finished": True). progress(event, info) receives "start",
+    "steps", "validate", "epoch", "test" and "finished".
+    """
+    report = progress or (lambda event, info: None)
+    out_dir = Path(out_dir)
+    train = config.train
+    device = resolve_device(train.device)
+    threads_before = torch.get_num_threads()
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    try:
+        check_writable(out_dir)
+        with DirectoryLock(out_dir, "fit-task"):
+            run = start_sequence_run(data, config, device, out_dir)
+            summary_path = out_dir / SUMMARY_JSON
+            if run.state.epoch >= train.epochs and summary_path.is_file():
+                import json
+
+                summary = json.loads(summary_path.read_text())
+                if summary.get("epochs_completed") == run.state.epoch and summary.get("test_accuracy") is not None:
+                    summary["already_finished"] = True
+                    report("finished", summary)
+                    return summary
+            return train_sequence_run(run, report)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def start_sequence_run(data: TaskData, config: TaskRunConfig, device: torch.device, out_dir: Path) -> SequenceRun:
+    """Build the model and optimiser once (seeded), and resume if out_dir holds a run."""
+    for split in SPLITS:
+        if len(data.splits[split]) == 0:
+            raise DatasetError(f"the {split} split of {config.task} is empty")
+    train = config.train
+    torch.manual_seed(train.seed)
+    spec = data.spec
+    model = build_sequence_model(config.kind, spec.input_kind, spec.input_size, spec.num_classes,
+                                 config.model, config.core, config.budget_core).to(device)
+    run = SequenceRun(
+        config=config, data=data, model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay),
+        device=device, out_dir=out_dir,
+        train_set=_limited(data.splits["train"], train.max_train_examples),
+        valid_set=_limited(data.splits["valid"], train.max_eval_examples),
+        test_set=_limited(data.splits["test"], train.max_eval_examples),
+    )
+    if (out_dir / LAST).is_file():
+        checkpoint = load_sequence_checkpoint(out_dir / LAST)
+        _check_resumable(run, checkpoint)
+        run.model.load_state_dict(checkpoint["model_state"])
+        run.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        run.state = SequenceRunState(**checkpoint["state"])
+        run.resumed = True
+    return run
+
+
+def _check_resumable(run: SequenceRun, checkpoint: dict) -> None:
+    hint = f"use another --out, or delete {run.out_dir} to start over"
+    before, now = checkpoint.get("identity", {}), run.identity()
+    for key, what in (("task", "task"), ("model", "model config"), ("train", "[train] settings"),
+                      ("split_sizes", "dataset (split sizes differ)")):
+        if before.get(key) != now[key]:
+            changed = ""
+            if isinstance(now[key], dict) and isinstance(before.get(key), dict):
+                flat_now, flat_before = _flatten(now[key]), _flatten(before[key])
+                names = sorted(k for k in set(flat_now) | set(flat_before) if flat_now.get(k) != flat_before.get(k))
+                changed = f" (changed: {', '.join(names)})" if names else ""
+            raise RunMismatchError(f"{run.out_dir} holds a run with another {what}{changed}; {hint}")
+
+
+def _flatten(value: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def train_sequence_run(run: SequenceRun, report: Progress) -> dict:
+    """The remaining epochs (validate and save after each), then the test score of the best epoch."""
+    train, state = run.config.train, run.state
+    if run.resumed and state.epoch < train.epochs:
+        state.resumed_at_epochs.append(state.epoch)
+    report("start", {"task": run.config.task, "model_kind": run.config.kind, "epochs": train.epochs,
+                     "first_epoch": state.epoch + 1, "batches_per_epoch": run.batches_per_epoch,
+                     "device": str(run.device), "num_parameters": num_parameters(run.model), "resumed": run.resumed,
+                     "train_examples": len(run.train_set), "valid_examples": len(run.valid_set)})
+    eval_batch = train.eval_batch_size or train.batch_size
+    while state.epoch < train.epochs:
+        epoch = state.epoch + 1
+        started = time.perf_counter()
+        train_loss, train_accuracy = train_sequence_epoch(run, epoch, report)
+        train_seconds = time.perf_counter() - started
+        report("validate", {"epoch": epoch})
+        valid = evaluate(run.model, run.valid_set, eval_batch, run.device, train.recurrence, train.loader_workers)
+        seconds = time.perf_counter() - started
+        state.training_time_s += seconds
+        row = {"epoch": epoch, "step": state.global_step, "train_loss": train_loss, "train_accuracy": train_accuracy,
+               "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
+               "lr": run.learning_rate(state.global_step), "epoch_time_s": seconds, "elapsed_s": state.training_time_s,
+               "examples_per_s": run.batches_per_epoch * train.batch_size / max(train_seconds, 1e-9)}
+        state.history.append(row)
+        state.epoch = epoch
+        key = [valid["accuracy"], -valid["loss"] if math.isfinite(valid["loss"]) else -math.inf]
+        improved = state.best_key is None or key > state.best_key
+        if improved:
+            state.best_key, state.best_epoch = key, epoch
+        save_sequence_run(run, improved)
+        report("epoch", {**row, "improved": improved, "epochs": train.epochs})
+
+    best = load_sequence_checkpoint(run.out_dir / BEST)
+    run.model.load_state_dict(best["model_state"])
+    report("test", {"epoch": state.best_epoch, "examples": len(run.test_set)})
+    test = evaluate(run.model, run.test_set, eval_batch, run.device, train.recurrence, train.loader_workers)
+    summary = summarise_sequence_run(run, test)
+    with as_output_error(run.out_dir / SUMMARY_JSON):
+        write_json(run.out_dir / SUMMARY_JSON, summary)
+    report("finished", summary)
+    return summary
+
+
+def train_sequence_epoch(run: SequenceRun, epoch: int, report: Progress) -> tuple[float, float]:
+    """One epoch of Adam steps on the cosine schedule; returns (mean training loss, training accuracy)."""
+    model, optimizer, train, device, state = run.model, run.optimizer, run.config.train, run.device, run.state
+    torch.manual_seed(_seed_for(train.seed, epoch, 1))  # dropout: the same whether resumed or not
+    model.train()
+    batches = epoch_batches(len(run.train_set), train.batch_size, train.batches_per_epoch, train.seed, epoch)
+    loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, collate_fn=collate_examples,
+                                         num_workers=train.loader_workers, pin_memory=device.type == "cuda")
+    sync_every = 1 if device.type == "cpu" else 25
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, reported = 0, 0
+    for step, batch in enumerate(loader):
+        inputs, lengths, labels = (batch[k].to(device, non_blocking=True) for k in ("inputs", "length", "label"))
+        lr = run.learning_rate(state.global_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits = model(inputs, lengths, recurrence=train.recurrence)
+        loss, predicted = classification_loss(logits, labels, lengths, model.model_config.readout)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if train.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip_norm)
+        optimizer.step()
+        state.global_step += 1
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (predicted == labels).sum()
+        seen += labels.shape[0]
+        if (step + 1) % sync_every == 0 or step + 1 == len(batches):
+            running = loss_sum.item() / seen
+            if not math.isfinite(running):
+                raise TrainingDivergedError(f"training loss became {running} at epoch {epoch}, step {step + 1}: "
+                                            "the model diverged; lower [train] learning_rate or set grad_clip_norm")
+            report("steps", {"epoch": epoch, "steps": step + 1 - reported, "step_in_epoch": step + 1,
+                             "global_step": state.global_step, "loss": running, "lr": lr})
+            reported = step + 1
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+
+# --------------------------------------------------------------------------- files
+
+def save_sequence_checkpoint(path: Path, **fields) -> None:
+    """A weights-only torch file (tensors and plain containers), written atomically."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, **fields}, buffer)
+    with as_output_error(path):
+        write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_sequence_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        checkpoint = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise UserInputError(f"{path}: not a readable fit-task checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserInputError(f"{path}: not a fit-task checkpoint")
+    return checkpoint
+
+
+def load_sequence_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SequenceClassifier, dict]:
+    """A trained classifier from a checkpoint file or a run directory (its best checkpoint)."""
+    path = Path(path)
+    checkpoint = load_sequence_checkpoint(path / BEST if path.is_dir() else path)
+    model = sequence_model_from_dict(checkpoint["identity"]["model"])
+    model.load_state_dict(checkpoint["model_state"])
+    return model.to(device).eval(), checkpoint
+
+
+def save_sequence_run(run: SequenceRun, improved: bool) -> None:
+    """checkpoint_best.pt (if improved), checkpoint_last.pt, metrics.csv / metrics.json."""
+    fields = dict(identity=run.identity(), model_state=run.model.state_dict(),
+                  optimizer_state=run.optimizer.state_dict(), state=dataclasses.asdict(run.state),
+                  train_config=dataclasses.asdict(run.config.train), device=str(run.device))
+    for name in ((BEST, LAST) if improved else (LAST,)):
+        save_sequence_checkpoint(run.out_dir / name, **fields)
+    history = run.state.history
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    with as_output_error(run.out_dir / METRICS_CSV):
+        write_text_atomic(run.out_dir / METRICS_CSV, buffer.getvalue())
+    with as_output_error(run.out_dir / METRICS_JSON):
+        write_json(run.out_dir / METRICS_JSON, history)
+
+
+def summarise_sequence_run(run: SequenceRun, test: dict) -> dict:
+    state, config = run.state, run.config
+    best = next((row for row in state.history if row["epoch"] == state.best_epoch), None)
+    return {
+        "task": config.task,
+        "model_kind": config.kind,
+        "num_parameters": num_parameters(run.model),
+        "model": run.model.describe(),
+        "finished": state.epoch >= config.train.epochs,
+        "epochs_completed": state.epoch,
+        "global_step": state.global_step,
+        "best_epoch": state.best_epoch,
+        "best_valid_accuracy": best["valid_accuracy"] if best else None,
+        "best_valid_loss": best["valid_loss"] if best else None,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_examples": test["examples"],
+        "valid_examples": len(run.valid_set),
+        "train_examples": len(run.train_set),
+        "training_time_s": state.training_time_s,
+        "device": str(run.device),
+        "device_name": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
+        "train_config": dataclasses.asdict(config.train),
+        "resumed_at_epochs": state.resumed_at_epochs,
+        "checkpoints": {"last": str(run.out_dir / LAST), "best": str(run.out_dir / BEST)},
+    }
