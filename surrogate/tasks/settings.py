@@ -149,7 +149,6 @@ class ShdAddingSettings:
     train_pairs: int = 128_000
     valid_pairs: int = 25_600
     test_pairs: int = 64_000
-    chunk_size: int = 100_000
 
     def __post_init__(self):
         require(self.bin_ms > 0, f"bin_ms must be > 0, got {self.bin_ms}")
@@ -159,7 +158,6 @@ class ShdAddingSettings:
         require(0 < self.valid_fraction < 1, f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
         for name in ("train_pairs", "valid_pairs", "test_pairs"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        require(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
 
     @property
     def bins_per_digit(self) -> int:
