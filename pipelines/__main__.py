@@ -24,6 +24,7 @@ VERBS = {
     "predict": ("pipelines.predict", "run a checkpoint on input_spikes, write predictions"),
     "validate": ("pipelines.validate", "score the published ELM checkpoints on fresh simulations"),
     "report": ("pipelines.report", "write reports/report.md and figures"),
+    "prepare-task": ("pipelines.prepare_task", "make a long-horizon task's data (listops, pathfinder32/128, shd-adding)"),
 }
 
 

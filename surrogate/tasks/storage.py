@@ -173,24 +173,43 @@ def build_split(task_dir: Path, split: str, size: int, chunk_size: int, width: i
     return path
 
 
+# splits up to this many bytes of rows are built in memory and then written (common.files.atomic_hdf5)
+IN_MEMORY_BYTES = 1 << 30
+
+
 def _join(path: Path, parts: list[Path], size: int, width: int, attrs: dict[str, Any]) -> None:
-    """The parts, in order, as one split file: one compressed HDF5 chunk per row (fast random access)."""
-    with as_output_error(path), atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as out:
-            inputs = out.create_dataset("inputs", shape=(size, width), dtype=np.uint8, chunks=(1, width),
-                                        compression="gzip", compression_opts=4)
-            lengths = out.create_dataset("lengths", shape=(size,), dtype=np.int32)
-            labels = out.create_dataset("labels", shape=(size,), dtype=np.int16)
-            row = 0
-            for part in parts:
-                with h5py.File(part, "r") as f:
-                    n = f["inputs"].shape[0]
-                    inputs[row:row + n] = f["inputs"][...]
-                    lengths[row:row + n] = f["lengths"][...]
-                    labels[row:row + n] = f["labels"][...]
-                row += n
-            for key, value in attrs.items():
-                out.attrs[key] = value
+    """The parts, in order, as one split file: one compressed HDF5 chunk per row (fast random access).
+
+    Built in memory and written whole where it fits (a full disk is then a plain OSError);
+    a larger split (Pathfinder-X) is written by HDF5 into a temporary file that is renamed.
+    """
+    def fill(out: h5py.File) -> None:
+        inputs = out.create_dataset("inputs", shape=(size, width), dtype=np.uint8, chunks=(1, width),
+                                    compression="gzip", compression_opts=4)
+        lengths = out.create_dataset("lengths", shape=(size,), dtype=np.int32)
+        labels = out.create_dataset("labels", shape=(size,), dtype=np.int16)
+        row = 0
+        for part in parts:
+            with h5py.File(part, "r") as f:
+                n = f["inputs"].shape[0]
+                inputs[row:row + n] = f["inputs"][...]
+                lengths[row:row + n] = f["lengths"][...]
+                labels[row:row + n] = f["labels"][...]
+            row += n
+        for key, value in attrs.items():
+            out.attrs[key] = value
+
+    with as_output_error(path):
+        if size * width <= IN_MEMORY_BYTES:
+            with atomic_hdf5(path) as out:
+                fill(out)
+            return
+        with atomic_path(path) as tmp:
+            try:
+                with h5py.File(tmp, "w") as out:
+                    fill(out)
+            except RuntimeError as err:  # HDF5 reports a failed flush (a full disk) this way
+                raise OSError(str(err).splitlines()[0] if str(err) else "HDF5 write failed") from None
 
 
 def read_settings_attr(f: h5py.File) -> dict[str, Any]:
