@@ -1,0 +1,251 @@
+"""Training on a long-horizon task (surrogate/sequence_train.py, `python -m pipelines fit-task`): selection, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.errors import ConfigError, UserInputError
+from surrogate.sequence import LSTMConfig
+from surrogate.sequence_train import (SequenceTrainConfig, TaskData, TaskRunConfig, TaskSpecLike, collate_examples,
+                                      epoch_batches, fit_sequence, load_sequence_checkpoint, load_sequence_model,
+                                      load_task_config)
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = TaskSpecLike("sign-of-sum", "tokens", 4, 2, 24)
+SMALL = """
+[task]
+name = "sign-of-sum"
+
+[train]
+batch_size = 8
+epochs = 3
+batches_per_epoch = 6
+learning_rate = 0.01
+device = "cpu"
+recurrence = "reference"
+num_threads = 1
+
+[train.lstm]
+learning_rate = 0.02
+
+[model]
+readout = "mean"
+embedding_dim = 6
+
+[elm]
+num_memory = 6
+memory_tau_max = 50.0
+
+[branch_elm]
+num_memory = 6
+num_branch = 3
+num_synapse_per_branch = 2
+
+[lstm]
+match = "elm"
+"""
+
+
+class SignOfSum(torch.utils.data.Dataset):
+    """Tokens 1 (= -1) and 2 (= +1), padded with 0 after a random length; label: is their sum positive."""
+
+    def __init__(self, n: int, seed: int, steps: int = 24):
+        g = torch.Generator().manual_seed(seed)
+        self.lengths = torch.randint(steps // 2, steps + 1, (n,), generator=g)
+        self.inputs = torch.randint(1, 3, (n, steps), generator=g)
+        for i, length in enumerate(self.lengths.tolist()):
+            self.inputs[i, length:] = 0
+            if (self.inputs[i, :length] == 2).sum() * 2 == length:  # no ties
+                self.inputs[i, 0] = 3 - self.inputs[i, 0]
+        values = (self.inputs == 2).long() - (self.inputs == 1).long()
+        self.labels = (values.sum(1) > 0).long()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"inputs": self.inputs[i], "length": int(self.lengths[i]), "label": int(self.labels[i])}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return TaskData(SPEC, {"train": SignOfSum(96, 0), "valid": SignOfSum(48, 1), "test": SignOfSum(48, 2)})
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "task.toml"
+    path.write_text(SMALL)
+    return path
+
+
+def run_config(config_file, kind="elm", **train) -> TaskRunConfig:
+    config = load_task_config([config_file], SPEC, kind)
+    if train:
+        import dataclasses
+
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+    return config
+
+
+class Interrupt(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- the loop
+
+def test_fit_selects_on_validation_accuracy_and_scores_the_test_split(data, config_file, tmp_path):
+    events = []
+    summary = fit_sequence(data, run_config(config_file, epochs=4), tmp_path / "run",
+                           progress=lambda event, info: events.append(event))
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    best = max(history, key=lambda row: (row["valid_accuracy"], -row["valid_loss"]))
+    assert summary["best_epoch"] == best["epoch"]
+    assert summary["best_valid_accuracy"] == best["valid_accuracy"]
+    assert summary["test_accuracy"] > 0.8 and summary["test_examples"] == 48  # it learnt the task (chance 0.5)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
+    assert events[0] == "start" and events[-2:] == ["test", "finished"]
+    # the best checkpoint is the model the test score came from
+    model, checkpoint = load_sequence_model(tmp_path / "run")
+    assert checkpoint["state"]["epoch"] == summary["best_epoch"]
+    again = fit_sequence(data, run_config(config_file, epochs=4), tmp_path / "run")
+    assert again["already_finished"] and again["test_accuracy"] == summary["test_accuracy"]
+
+
+@pytest.mark.parametrize("kind", ["elm", "lstm"])
+def test_an_interrupted_run_resumes_to_the_same_result(data, config_file, tmp_path, kind):
+    config = run_config(config_file, kind)
+    straight = fit_sequence(data, config, tmp_path / "straight")
+
+    def stop_in_epoch_2(event, info):
+        if event == "steps" and info["epoch"] == 2 and info["step_in_epoch"] == 3:
+            raise Interrupt  # a kill in the middle of epoch 2: epoch 1's checkpoint is the last
+    with pytest.raises(Interrupt):
+        fit_sequence(data, config, tmp_path / "resumed", progress=stop_in_epoch_2)
+    assert load_sequence_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")["state"]["epoch"] == 1
+    resumed = fit_sequence(data, config, tmp_path / "resumed")
+    assert resumed["resumed_at_epochs"] == [1]
+    for key in ("test_accuracy", "test_loss", "best_epoch", "best_valid_accuracy", "global_step"):
+        assert resumed[key] == straight[key], key
+    a = load_sequence_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")["model_state"]
+    b = load_sequence_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")["model_state"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    ha = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    hb = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert [r["valid_loss"] for r in ha] == [r["valid_loss"] for r in hb]
+
+
+def test_a_run_of_another_model_or_recipe_is_refused(data, config_file, tmp_path):
+    fit_sequence(data, run_config(config_file, epochs=1), tmp_path / "run")
+    with pytest.raises(UserInputError, match="another model config.*num_memory"):
+        import dataclasses
+
+        config = run_config(config_file, epochs=2)
+        config = dataclasses.replace(config, core=dataclasses.replace(config.core, num_memory=7))
+        fit_sequence(data, config, tmp_path / "run")
+    with pytest.raises(UserInputError, match=r"another \[train\] settings.*learning_rate"):
+        fit_sequence(data, run_config(config_file, epochs=2, learning_rate=0.5), tmp_path / "run")
+    more = fit_sequence(data, run_config(config_file, epochs=2), tmp_path / "run")  # more epochs: allowed
+    assert more["epochs_completed"] == 2 and more["resumed_at_epochs"] == [1]
+
+
+def test_batches_depend_on_seed_and_epoch_only():
+    a = epoch_batches(10, 4, 5, seed=3, epoch=2)
+    assert a == epoch_batches(10, 4, 5, seed=3, epoch=2) and a != epoch_batches(10, 4, 5, seed=3, epoch=3)
+    assert [len(b) for b in a] == [4] * 5 and sorted(sum(a, [])[:10]) == list(range(10))
+    one_pass = epoch_batches(10, 4, 0, seed=3, epoch=1)
+    assert [len(b) for b in one_pass] == [4, 4, 2] and sorted(sum(one_pass, [])) == list(range(10))
+    batch = collate_examples([{"inputs": torch.tensor([1, 2, 3]), "length": 3, "label": 1},
+                              {"inputs": torch.tensor([4]), "length": 1, "label": 0}])
+    assert batch["inputs"].tolist() == [[1, 2, 3], [4, 0, 0]] and batch["length"].tolist() == [3, 1]
+
+
+# --------------------------------------------------------------------------- config files
+
+def test_task_config_layers_and_checks(config_file, tmp_path):
+    lstm = load_task_config([config_file], SPEC, "lstm")
+    assert lstm.train.learning_rate == 0.02 and lstm.core == LSTMConfig(match="elm")
+    assert lstm.budget_core.num_memory == 6 and lstm.budget_core.num_input == 6  # the embedding width
+    smoke = tmp_path / "smoke.toml"
+    smoke.write_text("[train]\nepochs = 1\n[train.lstm]\nbatch_size = 2\n[elm]\nnum_memory = 3\n[tasks.listops]\nseed = 1\n")
+    layered = load_task_config([config_file, smoke], SPEC, "lstm")
+    assert (layered.train.epochs, layered.train.batch_size, layered.train.learning_rate) == (1, 2, 0.02)
+    assert layered.budget_core.num_memory == 3 and layered.budget_core.memory_tau_max == 50.0
+    branch = load_task_config([config_file], SPEC, "branch-elm")
+    assert branch.core.num_branch == 3
+
+    def refused(text, match, kind="elm"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_task_config([config_file, bad], SPEC, kind)
+    refused("[train]\nbatchsize = 3\n", r"\[train\]: unknown key 'batchsize'")
+    refused("[elm]\nnum_input = 3\n", "num_input: set by the task")
+    refused("[elm]\nnum_memorys = 3\n", "unknown key 'num_memorys'")
+    refused("[branch_elm]\nnum_branch = 0\n", "Branch-ELM needs num_branch > 0", "branch-elm")
+    refused("[model]\nreadout = \"first\"\n", "readout must be one of")
+    refused("[trian]\n", r"unknown table \[trian\]")
+    refused("[task]\nname = \"listops\"\n", "config for task 'listops'")
+    refused("[lstm]\nnum_layers = 0\n", "num_layers must be >= 1", "lstm")
+
+
+# --------------------------------------------------------------------------- the command line
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", "fit-task", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_errors_exit_2(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("surrogate.tasks")
+    from pipelines.__main__ import main
+
+    monkeypatch.chdir(ROOT)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlearning_rat = 0.1\n")
+    base = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+
+    def user_error(match: str, *args: str) -> None:
+        assert main(["fit-task", *args, *base]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and match in errors[0], errors
+    user_error("unknown key 'learning_rat'", "--task", "listops", "--config", "configs/tasks/listops.toml", "--config", str(bad))
+    user_error("config for task 'listops'", "--task", "pathfinder32", "--config", "configs/tasks/listops.toml")
+    user_error("config file not found", "--task", "listops", "--config", str(tmp_path / "missing.toml"))
+    user_error("prepare-task", "--task", "listops", "--config", "configs/tasks/listops.toml")  # no data yet
+    user_error("epochs must be >= 1", "--task", "listops", "--config", "configs/tasks/listops.toml", "--epochs", "0")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_every_shipped_task_config_loads_for_every_model():
+    tasks = pytest.importorskip("surrogate.tasks")
+    names = {"listops": "listops", "pathfinder32": "pathfinder32", "pathfinder128": "pathfinder128",
+             "shd-adding": "shd_adding"}
+    for task, file in names.items():
+        for kind in ("elm", "branch-elm", "lstm"):
+            for layers in ([f"configs/tasks/{file}.toml"], [f"configs/tasks/{file}.toml", "configs/tasks/smoke.toml"]):
+                config = load_task_config([ROOT / p for p in layers], tasks.TASKS[task], kind)
+                assert config.task == task
+
+
+def test_cli_trains_listops_end_to_end_and_resumes(tmp_path):
+    tasks = pytest.importorskip("surrogate.tasks")
+    tasks.prepare_task("listops", tmp_path / "data", {"train_size": 48, "valid_size": 16, "test_size": 16,
+                                                       "min_length": 10, "max_length": 120, "max_depth": 4})
+    args = ["--task", "listops", "--config", "configs/tasks/listops.toml", "--config", "configs/tasks/smoke.toml",
+            "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "lstm"]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["task"] == "listops" and summary["model_kind"] == "lstm" and summary["test_examples"] == 16
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    again = cli(*args)
+    assert again.returncode == 0 and "already finished" in again.stdout
