@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TOML file whose table [tasks.TASK] holds the settings (sizes, seed, ...)")
     parser.add_argument("--shd-dir", type=Path, default=None,
                         help="shd-adding: the directory with shd_train.h5 and shd_test.h5 (overrides shd_dir)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="pathfinder32/128: processes that draw images (overrides workers; same images for any N)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -40,6 +42,12 @@ def main(args: argparse.Namespace) -> int:
         if args.task != "shd-adding":
             raise UserInputError(f"--shd-dir is for the task shd-adding, not {args.task}")
         settings = dataclasses.replace(settings, shd_dir=str(args.shd_dir))
+    if args.workers is not None:
+        if not args.task.startswith("pathfinder"):
+            raise UserInputError(f"--workers is for the pathfinder tasks, not {args.task}")
+        if args.workers < 1:
+            raise UserInputError(f"--workers must be >= 1, got {args.workers}")
+        settings = dataclasses.replace(settings, workers=args.workers)
     spec = TASKS[args.task]
     print(f"{args.task}: {spec.input_kind}, {spec.num_classes} classes -> {args.data_dir / args.task}")
     print(f"settings: {dumps_json(fingerprint(settings), indent=None)}")

@@ -113,6 +113,13 @@ def test_same_seed_same_bytes_and_resume(tmp_path, pathfinder_dir):
             file_sha256(pathfinder_dir / "pathfinder32" / f"{split}.h5")
 
 
+def test_parallel_workers_make_the_same_bytes(tmp_path, pathfinder_dir):
+    prepare_task("pathfinder32", tmp_path, dict(SMALL, chunk_size=4, workers=2))
+    for split in ("train", "valid", "test"):
+        assert file_sha256(tmp_path / "pathfinder32" / f"{split}.h5") == \
+            file_sha256(pathfinder_dir / "pathfinder32" / f"{split}.h5")
+
+
 def test_bad_settings():
     with pytest.raises(ConfigError, match="paddle_margin"):
         task_settings("pathfinder32", {"paddle_margin": []})

@@ -122,7 +122,8 @@ def _generate(name: str, task_dir: Path, s, progress) -> None:
                     on_rows(0, (f["inputs"][...],))
             tick(sizes[split])
             continue
-        build_split(task_dir, split, sizes[split], s.chunk_size, width, attrs, make, on_rows, tick)
+        build_split(task_dir, split, sizes[split], s.chunk_size, width, attrs, make, on_rows, tick,
+                    workers=getattr(s, "workers", 1))
 
 
 def open_split(name: str, data_dir: str | os.PathLike, split: str):

@@ -15,7 +15,8 @@ A config file names the settings of task NAME in the table `[tasks.NAME]`, e.g.
     bin_ms = 4.0
 
 Sizes, seeds and generator settings change the data; `chunk_size` only changes how often a
-generator saves its work, never the data (the outputs are byte-identical for any chunk size).
+generator saves its work and `workers` how many processes draw Pathfinder images, never the
+data (the outputs are byte-identical for any chunk size and number of workers).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from common.errors import ConfigError
 TABLE = "tasks"
 
 # settings that do not change the data (left out of the fingerprint stored in the files)
-NOT_DATA = ("chunk_size", "shd_dir")
+NOT_DATA = ("chunk_size", "shd_dir", "workers")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class PathfinderSettings:
     paddle_contrast: float = 0.75
     max_contour_retrial: int = 4  # tries per distractor contour before it is left out
     chunk_size: int = 1_000
+    workers: int = 1  # processes that draw images (the images do not depend on it)
 
     def __post_init__(self):
         _check_sizes(self)
@@ -105,6 +107,7 @@ class PathfinderSettings:
         require(1 <= self.antialias <= 8, f"antialias must be in [1, 8], got {self.antialias}")
         require(self.snake_contrast > 0 and self.paddle_contrast > 0, "contrasts must be > 0")
         require(self.max_contour_retrial >= 0, f"max_contour_retrial must be >= 0, got {self.max_contour_retrial}")
+        require(1 <= self.workers <= 512, f"workers must be in [1, 512], got {self.workers}")
 
 
 # LRA's Pathfinder-X (128 x 128, "hard": contour length 14), from the generator settings
