@@ -1,0 +1,180 @@
+"""Long-horizon benchmarks of the ELM paper: the ELM and a same-parameter LSTM trained per task, test accuracy.
+
+    python bench/long_horizon.py --task listops [--task pathfinder32 ...|--task all] --data-dir data/tasks
+                                 [--models elm,lstm] [--runs runs/long_horizon] [--device auto]
+                                 [--extra-config configs/tasks/smoke.toml] [--epochs N] [--label NAME]
+                                 [--prepare [--prepare-config FILE]] [--out bench/results/long_horizon.json]
+
+For every task and model this runs the real command, `python -m pipelines fit-task --task TASK
+--config configs/tasks/<task>.toml [--config EXTRA] --model MODEL --out RUNS/<label>/<task>/<model>`,
+and reads its summary.json. fit-task resumes, so re-running the same benchmark after a kill (or
+a device time limit) continues every unfinished run from its last epoch and re-reads the
+finished ones. The LSTM is sized to the [elm] classifier's parameter count ([lstm] match).
+`--prepare` first runs `prepare-task` (also resumable) for tasks whose data are missing.
+
+Rows of bench/results/long_horizon.json (one per task, model and label; a re-run replaces its
+own rows): task, model, parameters, test and best validation accuracy, epochs, wall time of
+this invocation and training time of the run (all its resumptions), device, and the paper's
+ELM result beside it (Spieler et al. 2024: ListOps 46.77 %, Pathfinder 71.15 %,
+Pathfinder-X 77.29 %, SHD-Adding 0.81-0.82 at 2 ms bins). Rows of a run with
+--extra-config are labelled with that file's name ("smoke" ...) unless --label says otherwise:
+a smoke row is a plumbing check, not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from common.jsonio import write_json  # noqa: E402
+
+TASK_FILES = {"listops": "listops", "pathfinder32": "pathfinder32", "pathfinder128": "pathfinder128",
+              "shd-adding": "shd_adding"}
+# the paper's ELM test accuracy (Spieler et al., ICLR 2024)
+PAPER_ELM = {
+    "listops": {"test_accuracy": 0.4677, "note": "ListOps 46.77 %"},
+    "pathfinder32": {"test_accuracy": 0.7115, "note": "Pathfinder 71.15 %"},
+    "pathfinder128": {"test_accuracy": 0.7729, "note": "Pathfinder-X 77.29 %"},
+    "shd-adding": {"test_accuracy": [0.81, 0.82], "note": "SHD-Adding 0.81-0.82 at 2 ms bins"},
+}
+
+
+def run_command(command: list[str]) -> tuple[int, float]:
+    """Run a pipelines command in the project root with its output on ours; (exit code, wall seconds)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
+    started = time.perf_counter()
+    code = subprocess.run(command, cwd=PROJECT_ROOT, env=env).returncode
+    return code, time.perf_counter() - started
+
+
+def data_ready(data_dir: Path, task: str) -> bool:
+    return all((data_dir / task / f"{split}.h5").is_file() for split in ("train", "valid", "test"))
+
+
+def paper_text(task: str) -> str:
+    value = PAPER_ELM[task]["test_accuracy"]
+    return f"{value[0]:.2f}-{value[1]:.2f}" if isinstance(value, list) else f"{value:.4f}"
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'task':<14} {'model':<11} {'label':<8} {'params':>9} {'test acc':>9} {'valid acc':>9} {'epochs':>6} " \
+             f"{'train s':>9} {'wall s':>8} {'device':<22} {'paper ELM':>10}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        if row.get("error"):
+            print(f"{row['task']:<14} {row['model']:<11} {row['label']:<8} failed: {row['error']}")
+            continue
+        print(f"{row['task']:<14} {row['model']:<11} {row['label']:<8} {row['num_parameters']:>9,} "
+              f"{row['test_accuracy']:>9.4f} {row['best_valid_accuracy']:>9.4f} {row['epochs_completed']:>6} "
+              f"{row['training_time_s']:>9.1f} {row['wall_time_s']:>8.1f} {row['device_name'][:22]:<22} "
+              f"{paper_text(row['task']):>10}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", action="append", required=True, choices=[*TASK_FILES, "all"],
+                        help="task to run (repeat, or 'all')")
+    parser.add_argument("--data-dir", type=Path, required=True, help="where prepare-task put (or puts) the task data")
+    parser.add_argument("--models", default="elm,lstm", help="comma-separated: elm, branch-elm, lstm (default elm,lstm)")
+    parser.add_argument("--runs", type=Path, default=PROJECT_ROOT / "runs" / "long_horizon", help="run directories go here")
+    parser.add_argument("--config-dir", type=Path, default=PROJECT_ROOT / "configs" / "tasks")
+    parser.add_argument("--extra-config", type=Path, action="append", default=[],
+                        help="task config layered over configs/tasks/<task>.toml (e.g. configs/tasks/smoke.toml)")
+    parser.add_argument("--device", default=None, help="fit-task --device")
+    parser.add_argument("--epochs", type=int, default=None, help="fit-task --epochs")
+    parser.add_argument("--label", default=None, help="row label (default: 'full', or the extra config's name)")
+    parser.add_argument("--prepare", action="store_true", help="run prepare-task first for tasks without data")
+    parser.add_argument("--prepare-config", type=Path, default=None, help="prepare-task --config ([tasks.<task>] settings)")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "long_horizon.json")
+    args = parser.parse_args(argv)
+
+    tasks = list(TASK_FILES) if "all" in args.task else list(dict.fromkeys(args.task))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in ("elm", "branch-elm", "lstm")]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r} (expected elm, branch-elm, lstm)")
+    label = args.label or (args.extra_config[-1].stem if args.extra_config else "full")
+    python = sys.executable
+    rows, failed = [], False
+    for task in tasks:
+        if args.prepare and not data_ready(args.data_dir, task):
+            command = [python, "-m", "pipelines", "prepare-task", "--task", task, "--data-dir", str(args.data_dir)]
+            if args.prepare_config:
+                command += ["--config", str(args.prepare_config)]
+            code, _ = run_command(command)
+            if code != 0:
+                rows.append({"task": task, "model": "-", "label": label, "error": f"prepare-task exit code {code}"})
+                failed = True
+                continue
+        configs = [args.config_dir / f"{TASK_FILES[task]}.toml", *args.extra_config]
+        for model in models:
+            out = args.runs / label / task / model
+            command = [python, "-m", "pipelines", "fit-task", "--task", task, "--data-dir", str(args.data_dir),
+                       "--out", str(out), "--model", model]
+            for config in configs:
+                command += ["--config", str(config)]
+            if args.device:
+                command += ["--device", args.device]
+            if args.epochs is not None:
+                command += ["--epochs", str(args.epochs)]
+            print(f"\n== {task} / {model}: {' '.join(command[1:])}", flush=True)
+            code, wall = run_command(command)
+            row = {"task": task, "model": model, "label": label}
+            if code != 0 or not (out / "summary.json").is_file():
+                rows.append({**row, "error": f"fit-task exit code {code}"})
+                failed = True
+                continue
+            summary = json.loads((out / "summary.json").read_text())
+            rows.append({
+                **row,
+                "num_parameters": summary["num_parameters"],
+                "test_accuracy": summary["test_accuracy"],
+                "test_examples": summary["test_examples"],
+                "best_valid_accuracy": summary["best_valid_accuracy"],
+                "best_epoch": summary["best_epoch"],
+                "epochs_completed": summary["epochs_completed"],
+                "train_examples": summary["train_examples"],
+                "wall_time_s": wall,
+                "training_time_s": summary["training_time_s"],
+                "resumed_at_epochs": summary["resumed_at_epochs"],
+                "device": summary["device"],
+                "device_name": summary["device_name"],
+                "model_config": summary["model"],
+                "train_config": summary["train_config"],
+                "configs": [str(c) for c in configs],
+                "run_dir": str(out),
+                "paper_elm_test_accuracy": PAPER_ELM[task]["test_accuracy"],
+                "paper_elm": PAPER_ELM[task]["note"],
+            })
+
+    print()
+    print_table(rows)
+    previous = json.loads(args.out.read_text()).get("rows", []) if args.out.is_file() else []
+    keys = {(r["task"], r["model"], r["label"]) for r in rows}
+    kept = [r for r in previous if (r["task"], r["model"], r["label"]) not in keys]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, {
+        "benchmark": "long_horizon",
+        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "paper": "Spieler et al., ICLR 2024 (ELM test accuracy per task)",
+        "rows": kept + rows,
+    })
+    print(f"\n-> {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
