@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from surrogate.tasks import open_split
 

@@ -10,7 +10,14 @@ import torch
 from common.errors import ConfigError, DatasetError, UserInputError
 from common.files import file_sha256
 from surrogate.tasks import TASKS, open_split, prepare_task, task_settings
-from surrogate.tasks.listops import CLOSE_ID, VOCAB_SIZE, VOCABULARY, Generator, evaluate, to_text
+from surrogate.tasks.listops import (
+    CLOSE_ID,
+    VOCAB_SIZE,
+    VOCABULARY,
+    Generator,
+    evaluate,
+    to_text,
+)
 from surrogate.tasks.settings import ListOpsSettings
 
 SMALL = {"train_size": 30, "valid_size": 8, "test_size": 8, "chunk_size": 12, "seed": 3}
@@ -45,6 +52,16 @@ def test_lra_statistics_and_labels():
     # brackets balance in every expression
     opens = ((inputs >= 11) & (inputs <= 14)).sum(axis=1)
     assert np.array_equal(opens, (inputs == CLOSE_ID).sum(axis=1))
+
+
+@pytest.mark.slow
+def test_lra_sized_sample_statistics():
+    """5000 samples at LRA's settings: lengths fill (500, 2000), every class common enough to learn."""
+    inputs, lengths, labels = Generator(ListOpsSettings(seed=1), 0, set()).make(0, 5000)
+    assert lengths.min() > 500 and lengths.max() < 2000 and 800 < np.median(lengths) < 1200
+    counts = np.bincount(labels, minlength=10)
+    assert counts.min() > 0.03 * 5000
+    assert len({bytes(r) for r in inputs}) == 5000
 
 
 def test_operators_by_hand():
@@ -85,6 +102,9 @@ def test_open_split_items(listops_dir):
     assert int((item["inputs"] != 0).sum()) == item["length"]
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["inputs"].shape == (4, 2000) and batch["label"].shape == (4,)
+    # worker processes open the file themselves
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2))
+    assert torch.equal(torch.cat([b["inputs"] for b in batches]), torch.stack([ds[i]["inputs"] for i in range(8)]))
 
 
 def test_same_seed_same_bytes_for_any_chunking(tmp_path, listops_dir):

@@ -82,6 +82,17 @@ def test_labels_balanced_and_images_alike_in_both_classes():
     assert abs(np.mean(ink[0]) - np.mean(ink[1])) < 0.02
 
 
+@pytest.mark.slow
+def test_pathfinder_x_balance_and_geometry_at_scale():
+    s = task_settings("pathfinder128")
+    labels = []
+    for i in range(300):
+        image, label, details = draw_image(s, image_stream(5, 0, i))
+        _check_geometry(s, image, label, details)
+        labels.append(label)
+    assert 0.4 < np.mean(labels) < 0.6
+
+
 def test_split_files_and_items(pathfinder_dir):
     task_dir = pathfinder_dir / "pathfinder32"
     with h5py.File(task_dir / "train.h5", "r") as f:
@@ -91,7 +102,7 @@ def test_split_files_and_items(pathfinder_dir):
         first = f["inputs"][0]
     # row i of a split is image i of its stream, flattened row by row
     s = task_settings("pathfinder32", SMALL)
-    image, label, _ = draw_image(s, image_stream(2, 0, 0))
+    image, _, _ = draw_image(s, image_stream(2, 0, 0))
     assert np.array_equal(first, image.reshape(-1))
     ds = open_split("pathfinder32", pathfinder_dir, "test")
     item = ds[0]

@@ -14,16 +14,23 @@ downloaded. Everything is seeded: the same settings give byte-identical files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from common.errors import UserInputError
 
-from .settings import SETTINGS, TABLE, fingerprint, settings_from_file, task_settings
-from .storage import SPLITS
+from .settings import (
+    SETTINGS,
+    SPLITS,
+    TABLE,
+    fingerprint,
+    settings_from_file,
+    task_settings,
+)
 
-__all__ = ["TASKS", "TaskSpec", "prepare_task", "open_split", "task_settings", "settings_from_file", "SPLITS", "TABLE"]
+__all__ = ["SPLITS", "TABLE", "TASKS", "TaskSpec", "open_split", "prepare_task", "settings_from_file", "task_settings"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,13 @@ def prepare_task(name: str, data_dir: str | os.PathLike, settings: dict | None =
 def _generate(name: str, task_dir: Path, s, progress) -> None:
     import h5py
 
-    from .storage import SPLIT_CODES, build_split, expected_attrs, split_path, split_status
+    from .storage import (
+        SPLIT_CODES,
+        build_split,
+        expected_attrs,
+        split_path,
+        split_status,
+    )
 
     sizes = {"train": s.train_size, "valid": s.valid_size, "test": s.test_size}
     total, done = sum(sizes.values()), 0

@@ -65,17 +65,17 @@ class Canvas:
         self.count = np.zeros((self.cells, self.cells), dtype=np.int16)
         self.radius = margin + s.paddle_thickness / 2  # centre line to centre line, pixels
         self.low, self.high = float(s.padding), float(s.image_size - s.padding)
-        n_points = max(2, int(math.ceil(s.paddle_length * s.antialias * 2)) + 1)
+        n_points = max(2, math.ceil(s.paddle_length * s.antialias * 2) + 1)
         self.along = np.linspace(0.0, 1.0, n_points)
 
     def _zone(self, paddle):
         """Grid cells within `radius` of a paddle: (row slice, column slice, boolean mask)."""
         y0, x0, y1, x1 = paddle
         a, r = self.scale, self.radius
-        r0 = max(0, int(math.floor((min(y0, y1) - r) * a)))
-        r1 = min(self.cells, int(math.ceil((max(y0, y1) + r) * a)) + 1)
-        c0 = max(0, int(math.floor((min(x0, x1) - r) * a)))
-        c1 = min(self.cells, int(math.ceil((max(x0, x1) + r) * a)) + 1)
+        r0 = max(0, math.floor((min(y0, y1) - r) * a))
+        r1 = min(self.cells, math.ceil((max(y0, y1) + r) * a) + 1)
+        c0 = max(0, math.floor((min(x0, x1) - r) * a))
+        c1 = min(self.cells, math.ceil((max(x0, x1) + r) * a) + 1)
         ys = (np.arange(r0, r1) + 0.5) / a
         xs = (np.arange(c0, c1) + 0.5) / a
         d = segment_distance(ys[:, None], xs[None, :], y0, x0, y1, x1)

@@ -22,16 +22,19 @@ data (the outputs are byte-identical for any chunk size and number of workers).
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from common.config import from_table, require
 from common.errors import ConfigError
 
-# the TOML table that holds one sub-table per task
+# the TOML table that holds one sub-table per task; CONFIG_TABLES in the form common.config.TABLE_OWNERS reads
 TABLE = "tasks"
+CONFIG_TABLES = (TABLE,)
+SPLITS = ("train", "valid", "test")
 
 # settings that do not change the data (left out of the fingerprint stored in the files)
 NOT_DATA = ("chunk_size", "shd_dir", "workers")

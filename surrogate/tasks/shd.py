@@ -31,8 +31,8 @@ from torch.utils.data import Dataset
 from common.errors import DatasetError, UserInputError
 from common.files import as_output_error, atomic_hdf5
 
-from .settings import ShdAddingSettings, fingerprint
-from .storage import FORMAT_VERSION, SPLIT_CODES, SPLITS, open_h5
+from .settings import SPLITS, ShdAddingSettings, fingerprint
+from .storage import FORMAT_VERSION, SPLIT_CODES, open_h5
 
 N_CHANNELS = 700
 N_LABELS = 20

@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -30,7 +31,6 @@ from common.files import as_output_error, atomic_hdf5, atomic_path
 from common.jsonio import dumps_json
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "valid", "test")
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}  # part of every sample's seed
 ROW_DATASETS = ("inputs", "lengths", "labels")
 
