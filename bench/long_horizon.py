@@ -81,6 +81,58 @@ def print_table(rows: list[dict]) -> None:
               f"{paper_text(row['task']):>10}")
 
 
+def profile_memory(task: str, configs: list[Path], lengths: list[int], batch: int, device_name: str | None,
+                   model: str = "elm") -> list[dict]:
+    """Forward + backward of the task's model at several T: autograd's saved bytes, peak memory, time per step."""
+    import torch
+
+    from surrogate.devices import resolve_device
+    from surrogate.elm import num_parameters
+    from surrogate.sequence import build_sequence_model, saved_activation_bytes
+    from surrogate.sequence_train import load_task_config, task_spec
+
+    spec = task_spec(task)
+    config = load_task_config(configs, spec, model)
+    device = resolve_device(device_name or config.train.device)
+    torch.manual_seed(0)
+    net = build_sequence_model(config.kind, spec.input_kind, spec.input_size, spec.num_classes, config.model,
+                               config.core, config.budget_core).to(device)
+    rows = []
+    for steps in lengths:
+        if spec.input_kind == "spikes":
+            x = (torch.rand(batch, steps, spec.input_size, device=device) < 0.02).float()
+        else:
+            x = torch.randint(1, spec.input_size, (batch, steps), device=device)
+        labels = torch.randint(0, spec.num_classes, (batch,), device=device)
+        saved = saved_activation_bytes(net, x, recurrence=config.train.recurrence)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        times = []
+        for _ in range(2):  # the first call compiles the kernel
+            net.zero_grad(set_to_none=True)
+            started = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(net(x, recurrence=config.train.recurrence), labels)
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - started)
+        peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
+        rows.append({"task": task, "model": model, "device": str(device),
+                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     "recurrence": config.train.recurrence, "num_parameters": num_parameters(net),
+                     "num_memory": getattr(config.core, "num_memory", None), "batch": batch, "steps": steps,
+                     "saved_bytes": saved, "saved_bytes_per_step_per_sequence": saved / (batch * steps),
+                     "peak_bytes": peak, "peak_bytes_per_step_per_sequence": None if peak is None else peak / (batch * steps),
+                     "forward_backward_s": times[-1], "grad_finite": all(torch.isfinite(p.grad).all().item()
+                                                                         for p in net.parameters() if p.grad is not None)})
+        print(f"{task} {model} T={steps:>6} B={batch}: saved {saved / 2**20:8.1f} MiB "
+              f"({saved / (batch * steps):6.0f} B/step/seq), peak {'-' if peak is None else f'{peak / 2**20:8.1f} MiB'}, "
+              f"forward+backward {times[-1]:.3f} s", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", action="append", required=True, choices=[*TASK_FILES, "all"],
@@ -97,6 +149,11 @@ def main(argv=None) -> int:
     parser.add_argument("--prepare", action="store_true", help="run prepare-task first for tasks without data")
     parser.add_argument("--prepare-config", type=Path, default=None, help="prepare-task --config ([tasks.<task>] settings)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "long_horizon.json")
+    parser.add_argument("--profile-memory", action="store_true",
+                        help="instead of training: forward + backward of each task's model at --profile-lengths, "
+                             "saved activations and peak memory (rows under 'memory' in --out)")
+    parser.add_argument("--profile-lengths", default="1024,4096,16384")
+    parser.add_argument("--profile-batch", type=int, default=8)
     args = parser.parse_args(argv)
 
     tasks = list(TASK_FILES) if "all" in args.task else list(dict.fromkeys(args.task))
@@ -105,6 +162,22 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown model {unknown[0]!r} (expected elm, branch-elm, lstm)")
     label = args.label or (args.extra_config[-1].stem if args.extra_config else "full")
+    if args.profile_memory:
+        lengths = [int(n) for n in args.profile_lengths.split(",")]
+        memory = []
+        for task in tasks:
+            configs = [args.config_dir / f"{TASK_FILES[task]}.toml", *args.extra_config]
+            for model in models:
+                memory += [{**row, "label": label} for row in
+                           profile_memory(task, configs, lengths, args.profile_batch, args.device, model)]
+        results = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "long_horizon", "rows": []}
+        keys = {(r["task"], r["model"], r["device_name"], r["steps"], r["label"]) for r in memory}
+        results["memory"] = [r for r in results.get("memory", [])
+                             if (r["task"], r["model"], r["device_name"], r["steps"], r["label"]) not in keys] + memory
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.out, results)
+        print(f"-> {args.out}")
+        return 0
     python = sys.executable
     rows, failed = [], False
     for task in tasks:

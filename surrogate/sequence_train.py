@@ -183,6 +183,8 @@ def _elm_config(table: Mapping[str, Any] | None, kind: str, width: int, num_clas
     for fixed in ("num_input", "num_output"):
         if fixed in table:
             raise ConfigError(f"{where}.{fixed}: set by the task (the encoding width and the number of classes); remove it")
+    if "spike_bias_init" in table:  # NeuronIO's spike-logit initialisation (surrogate.elm), not a classifier's
+        raise ConfigError(f"{where}.spike_bias_init: NeuronIO's spike-logit initialisation, not used for tasks; remove it")
     config = from_table(ELMConfig, {**table, "num_input": width, "num_output": num_classes}, where)
     if (kind == "branch-elm") != (config.num_branch > 0):
         raise ConfigError(f"{where}.num_branch: {'the Branch-ELM needs num_branch > 0' if kind == 'branch-elm' else 'the plain ELM has num_branch = 0'}")
