@@ -12,7 +12,7 @@ import torch
 
 from common.errors import ConfigError, UserInputError
 from surrogate.sequence import LSTMConfig
-from surrogate.sequence_train import (SequenceTrainConfig, TaskData, TaskRunConfig, TaskSpecLike, collate_examples,
+from surrogate.sequence_train import (TaskData, TaskRunConfig, TaskSpecLike, collate_examples,
                                       epoch_batches, fit_sequence, load_sequence_checkpoint, load_sequence_model,
                                       load_task_config)
 
@@ -249,3 +249,20 @@ def test_cli_trains_listops_end_to_end_and_resumes(tmp_path):
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     again = cli(*args)
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_per_step_readout_trains_on_every_valid_step(data, config_file, tmp_path):
+    from surrogate.sequence_train import classification_loss
+
+    logits = torch.randn(2, 5, 3)
+    labels, lengths = torch.tensor([2, 0]), torch.tensor([5, 2])
+    loss, predicted = classification_loss(logits, labels, lengths, "per-step")
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(logits[0], labels[0].repeat(5)) + ce(logits[1, :2], labels[1].repeat(2))) / 2
+    torch.testing.assert_close(loss, expected)
+    assert predicted.tolist() == [logits[0, 4].argmax().item(), logits[1, 1].argmax().item()]
+    per_step = tmp_path / "per_step.toml"
+    per_step.write_text("[model]\nreadout = \"per-step\"\n")
+    config = load_task_config([config_file, per_step], SPEC, "elm")
+    summary = fit_sequence(data, config, tmp_path / "run")
+    assert summary["finished"] and 0.0 <= summary["test_accuracy"] <= 1.0
