@@ -137,3 +137,6 @@ def test_bad_settings():
     with pytest.raises(ConfigError, match=r"\[tasks.pathfinder128\]: unknown key 'contour_lenght'"):
         task_settings("pathfinder128", {"contour_lenght": 9})
     assert task_settings("pathfinder128", {"paddle_margin": [2]}).paddle_margin == (2,)
+    impossible = task_settings("pathfinder32", {"contour_length": 400, "image_size": 12, "paddle_length": 3})
+    with pytest.raises(ConfigError, match="no contour of 400 paddles fitted into a 12 x 12 image"):
+        draw_image(impossible, image_stream(0, 0, 0))

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.errors import ConfigError
+
 from .settings import PathfinderSettings
 
 SEED_TRIES = 3  # placements tried for the first paddle of a contour (the original's paddle retrials + 1)
@@ -170,8 +172,9 @@ class Grower:
         contour.paddles.append((starts[k, 0], starts[k, 1], ends[k, 0], ends[k, 1]))
 
 
-# tries of the second target contour before the pair is drawn again
+# tries of the second target contour before the pair is drawn again; of the first before giving up
 SECOND_TARGET_TRIES = 50
+FIRST_TARGET_TRIES = 2_000
 
 
 def _target_pair(s: PathfinderSettings, margin: int, rng: np.random.Generator) -> tuple[Grower, list[Contour]]:
@@ -187,12 +190,16 @@ def _target_pair(s: PathfinderSettings, margin: int, rng: np.random.Generator) -
         low, high = size / 2 - 1, size / 2 + 1
     while True:
         grow = Grower(s, Canvas(s, margin), rng)
-        while True:
+        for _ in range(FIRST_TARGET_TRIES):
             try:
                 first = grow.contour("target", s.contour_length, lambda: rng.uniform(low, high, 2))
                 break
             except _Stuck:
                 continue
+        else:
+            raise ConfigError(f"pathfinder settings: no contour of {s.contour_length} paddles fitted into a "
+                              f"{s.image_size} x {s.image_size} image in {FIRST_TARGET_TRIES} tries "
+                              f"(margin {margin}); shorten contour_length or paddle_length")
         origin = np.array(first.start)
         for _ in range(SECOND_TARGET_TRIES):
             try:
