@@ -236,7 +236,7 @@ def test_every_shipped_task_config_loads_for_every_model():
                 assert config.task == task
 
 
-def test_cli_trains_listops_end_to_end_and_resumes(tmp_path):
+def test_cli_trains_listops_end_to_end_and_resumes(tmp_path, cli_on_a_full_disk):
     tasks = pytest.importorskip("surrogate.tasks")
     tasks.prepare_task("listops", tmp_path / "data", {"train_size": 48, "valid_size": 16, "test_size": 16,
                                                        "min_length": 10, "max_length": 120, "max_depth": 4})
@@ -249,6 +249,11 @@ def test_cli_trains_listops_end_to_end_and_resumes(tmp_path):
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     again = cli(*args)
     assert again.returncode == 0 and "already finished" in again.stdout
+    # a full disk stops the run with one line, exit code 2, and leaves no partial checkpoint
+    full = [*args[:-4], "--out", str(tmp_path / "full"), "--model", "elm"]
+    error = cli_on_a_full_disk("fit-task", *full, max_file_bytes=4000)
+    assert "cannot write" in error and "checkpoint" in error
+    assert not list((tmp_path / "full").glob("checkpoint_*.pt"))
 
 
 def test_per_step_readout_trains_on_every_valid_step(data, config_file, tmp_path):
