@@ -61,7 +61,7 @@ LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 METRICS_CSV, METRICS_JSON, SUMMARY_JSON = "metrics.csv", "metrics.json", "summary.json"
 CHECKPOINT_FORMAT = "l5pc-sequence-checkpoint"
 # [train] keys that may change between a run and its resumption (they change neither the data order nor the model)
-RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size"}
+RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size", "max_test_examples"}
 
 Progress = Callable[[str, dict], None]
 
@@ -89,7 +89,8 @@ class SequenceTrainConfig:
     grad_clip_norm: float = 1.0  # 0 turns clipping off
     eval_batch_size: int = 0  # 0: batch_size
     max_train_examples: int = 0  # 0: the whole training split (smaller: smoke runs)
-    max_eval_examples: int = 0  # 0: the whole validation and test splits (smaller: their first N)
+    max_valid_examples: int = 0  # validation after every epoch on the first N examples; 0: the whole split
+    max_test_examples: int = 0  # the final test on the first N examples; 0: the whole split (the result)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
     recurrence: str = "auto"  # the ELM recurrence: "auto" (fused kernel on CUDA), "reference", "fused"
     seed: int = 0
@@ -99,7 +100,8 @@ class SequenceTrainConfig:
     def __post_init__(self):
         for name in ("batch_size", "epochs"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("batches_per_epoch", "eval_batch_size", "max_train_examples", "max_eval_examples",
+        for name in ("batches_per_epoch", "eval_batch_size", "max_train_examples", "max_valid_examples",
+                     "max_test_examples",
                      "seed", "num_threads", "loader_workers"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _require(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
@@ -400,7 +402,8 @@ def fit_sequence(data: TaskData, config: TaskRunConfig, out_dir: str | os.PathLi
                 import json
 
                 summary = json.loads(summary_path.read_text())
-                if summary.get("epochs_completed") == run.state.epoch and summary.get("test_accuracy") is not None:
+                if (summary.get("epochs_completed") == run.state.epoch and summary.get("test_accuracy") is not None
+                        and summary.get("test_examples") == len(run.test_set)):
                     summary["already_finished"] = True
                     report("finished", summary)
                     return summary
@@ -424,8 +427,8 @@ def start_sequence_run(data: TaskData, config: TaskRunConfig, device: torch.devi
         optimizer=torch.optim.Adam(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay),
         device=device, out_dir=out_dir,
         train_set=_limited(data.splits["train"], train.max_train_examples),
-        valid_set=_limited(data.splits["valid"], train.max_eval_examples),
-        test_set=_limited(data.splits["test"], train.max_eval_examples),
+        valid_set=_limited(data.splits["valid"], train.max_valid_examples),
+        test_set=_limited(data.splits["test"], train.max_test_examples),
     )
     if (out_dir / LAST).is_file():
         checkpoint = load_sequence_checkpoint(out_dir / LAST)
