@@ -32,9 +32,10 @@ in registers, so the kernel itself needs O(1) memory per row beyond its inputs a
 for the backward pass it saves, per step and batch row, p_t (H floats), u_t (d_m) and the
 output m_t (d_m): (H + 2 d_m) x 4 bytes, e.g. 1.6 kB at d_m = 100, H = 200. With the encoder,
 the synaptic filter and the readout the whole model saves a fixed number of bytes per step
-(`saved_activation_bytes` measures it), so training memory grows linearly in B x T and nothing
-else grows with T. On the CPU the reference recurrence steps through time in PyTorch (about
-20 small tensors saved per step): slower, same linear growth.
+(`saved_activation_bytes` counts them; 1.73 kB for the Pathfinder-X ELM), so training memory
+grows linearly in B x T and nothing else grows with T. On the CPU the reference recurrence
+steps through time in PyTorch and autograd keeps a few H- and d_m-vectors per step (2.5 kB for
+the same model): slower, same linear growth (docs/long_horizon.md, "Long sequences and memory").
 """
 
 from __future__ import annotations
