@@ -10,7 +10,8 @@ the best checkpoint is run over the test shards (the split of [data], by shard) 
 simulation. RUNS/<model>/evaluation.json gets the metrics of both; predictions.h5 the ROC
 points and a few example traces for the report. --checkpoint PATH (repeatable) scores any
 checkpoint file, run directory or published elmneuron folder instead; its results go to
-RUNS/<folder name>/.
+RUNS/<folder name>/. --all-shards scores every shard of --data (a separate test dataset)
+rather than its test split; a run is still refused shards it was trained or validated on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(repeatable); results go to RUNS/<its folder name>/")
     parser.add_argument("--device", default=None, help="override [evaluate] device: 'auto', 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument("--batch-size", type=int, default=None, help="override [evaluate] batch_size (simulations)")
+    parser.add_argument("--all-shards", action="store_true",
+                        help="score every shard of --data (a dataset made for testing only, e.g. a CVode test set) "
+                             "instead of its [data] test split")
 
 
 def _targets(args, runs: Path) -> list[tuple[str, Path, Path]]:
@@ -87,7 +91,8 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ConfigError(f"command line: {err}") from None
     targets = _targets(args, args.runs)
-    test_shards = split_shards(find_shards(args.data), data_config)["test"]
+    shards = find_shards(args.data)
+    test_shards = shards if args.all_shards else split_shards(shards, data_config)["test"]
     if not test_shards:
         raise DatasetError(f"the test split of {args.data} is empty ([data] test_shards = {data_config.test_shards})")
     from simulation.dataset import open_shard

@@ -46,6 +46,7 @@ class DataConfig:
     simulations_per_load: int = 32  # simulations a stream draws windows from at a time
     cache_mb: int = 2048  # decompressed simulations kept per loading process (bit-packed: 1 MB per 6 s)
     load_fraction: float = 0.5  # windows drawn per load, as a fraction of the loaded simulated time (published file_load_fraction)
+    max_train_simulations: int = 0  # train on the first N training simulations only (shard order); 0 = all (data-efficiency runs)
 
     def __post_init__(self):
         _require(self.window_ms > 0, f"window_ms must be positive, got {self.window_ms}")
@@ -63,17 +64,28 @@ class DataConfig:
         _require(self.simulations_per_load >= 1, f"simulations_per_load must be >= 1, got {self.simulations_per_load}")
         _require(self.cache_mb >= 0, f"cache_mb must be >= 0, got {self.cache_mb}")
         _require(0 < self.load_fraction, f"load_fraction must be positive, got {self.load_fraction}")
+        _require(self.max_train_simulations >= 0, f"max_train_simulations must be >= 0 (0: all), got {self.max_train_simulations}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """[train]: optimiser, schedule, loss weights, device ([ELM] recipe: Adam, cosine decay, 0.5/0.5 loss)."""
+    """[train]: optimiser, schedule, loss weights, device ([ELM] recipe: Adam, cosine decay, 0.5/0.5 loss).
+
+    The published TCN recipe (Beniaguev et al. 2021) is expressible too: optimizer = "nadam",
+    lr_schedule = "step" with lr_steps = [[1, 1e-4], [41, 3e-5], ...] (from epoch e on, this
+    rate), and loss_weight_steps = [[1, spike, voltage], ...] (from epoch e on, these weights
+    instead of spike_loss_weight / voltage_loss_weight). Epochs count from 1.
+    """
 
     batch_size: int = 32
     epochs: int = 10
     batches_per_epoch: int = 100
     learning_rate: float = 5e-4
     lr_min: float = 0.0  # cosine decay per step from learning_rate down to lr_min over all epochs
+    optimizer: str = "adam"  # "adam", "nadam" (the published TCN's) or "adamw" (decoupled weight decay)
+    lr_schedule: str = "cosine"  # "cosine" (per step, learning_rate -> lr_min) or "step" (lr_steps)
+    lr_steps: tuple[tuple[int, float], ...] = ()  # "step": [[first epoch, learning rate], ...], from epoch 1
+    loss_weight_steps: tuple[tuple[int, float, float], ...] = ()  # [[first epoch, spike weight, voltage weight], ...]
     weight_decay: float = 0.0
     grad_clip_norm: float = 1.0  # clip the global gradient norm; 0 turns clipping off
     spike_loss_weight: float = 0.5  # BCE-with-logits on the spike channel
@@ -90,6 +102,19 @@ class TrainConfig:
         _require(self.batches_per_epoch >= 1, f"batches_per_epoch must be >= 1, got {self.batches_per_epoch}")
         _require(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
         _require(0 <= self.lr_min <= self.learning_rate, f"lr_min must be in [0, learning_rate], got {self.lr_min}")
+        _require(self.optimizer in OPTIMIZERS,
+                 f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got {self.optimizer!r}")
+        _require(self.lr_schedule in LR_SCHEDULES,
+                 f"lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "step":
+            _require(bool(self.lr_steps), "lr_schedule = 'step' needs lr_steps = [[1, lr], [epoch, lr], ...]")
+        else:
+            _require(not self.lr_steps, f"lr_steps is read only with lr_schedule = 'step' (here {self.lr_schedule!r})")
+        _check_steps("lr_steps", self.lr_steps)
+        _require(all(lr > 0 for _, lr in self.lr_steps), f"lr_steps: every learning rate must be positive, got {self.lr_steps}")
+        _check_steps("loss_weight_steps", self.loss_weight_steps)
+        _require(all(s >= 0 and v >= 0 and s + v > 0 for _, s, v in self.loss_weight_steps),
+                 f"loss_weight_steps: weights must be >= 0 and not both 0, got {self.loss_weight_steps}")
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.grad_clip_norm >= 0, f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
         _require(self.spike_loss_weight >= 0 and self.voltage_loss_weight >= 0
@@ -101,6 +126,34 @@ class TrainConfig:
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _require(self.valid_simulations >= 0, f"valid_simulations must be >= 0, got {self.valid_simulations}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
+
+    def epoch_value(self, steps, epoch: int):
+        """The entry of a [[first epoch, ...], ...] schedule in force at `epoch` (1-based): its values after the epoch."""
+        current = steps[0]
+        for entry in steps:
+            if entry[0] > epoch:
+                break
+            current = entry
+        return current[1:]
+
+    def loss_weights(self, epoch: int) -> tuple[float, float]:
+        """(spike, voltage) loss weights of `epoch` (1-based): loss_weight_steps if given, else the fixed weights."""
+        if self.loss_weight_steps:
+            return tuple(self.epoch_value(self.loss_weight_steps, epoch))
+        return self.spike_loss_weight, self.voltage_loss_weight
+
+
+OPTIMIZERS = ("adam", "nadam", "adamw")
+LR_SCHEDULES = ("cosine", "step")
+
+
+def _check_steps(name: str, steps) -> None:
+    """A [[first epoch, ...], ...] schedule starts at epoch 1 and its epochs increase."""
+    if not steps:
+        return
+    epochs = [entry[0] for entry in steps]
+    _require(epochs[0] == 1, f"{name} must start at epoch 1 (epochs count from 1), got {epochs[0]}")
+    _require(all(a < b for a, b in zip(epochs, epochs[1:])), f"{name}: the first epochs must increase, got {epochs}")
 
 
 @dataclass(frozen=True)

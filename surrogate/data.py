@@ -147,6 +147,13 @@ def catalog_simulations(paths) -> list[SimulationRef]:
     return refs
 
 
+def training_simulations(paths, data: DataConfig) -> list[SimulationRef]:
+    """The simulations a model trains on: every one of the training shards, or the first
+    [data] max_train_simulations of them in shard order (nested subsets for data-efficiency curves)."""
+    refs = catalog_simulations(paths)
+    return refs[:data.max_train_simulations] if data.max_train_simulations else refs
+
+
 def read_simulation(shard, index: int, data: DataConfig) -> LoadedSimulation:
     """Read one simulation from an open shard (decompresses exactly its input_spikes chunk)."""
     try:
@@ -239,7 +246,7 @@ class TrainingWindows(IterableDataset):
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.first_epoch, self.last_epoch = first_epoch, last_epoch
-        self.simulations = catalog_simulations(paths)
+        self.simulations = training_simulations(paths, data)
         if not self.simulations:
             raise DatasetError("the training shards hold no simulations")
         with open_shard(self.simulations[0].shard) as f:

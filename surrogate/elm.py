@@ -56,6 +56,9 @@ class ELMConfig:
     num_branch: int = 0  # 0: plain ELM (one synapse per input); NeuronIO Branch-ELM: 45
     num_synapse_per_branch: int = 100
     dt_ms: float = 1.0
+    # initial bias of the spike logit (readout unit 0); None keeps PyTorch's default (the published
+    # ELM's). A short training run starts better near the logit of the firing rate (1 Hz: about -7).
+    spike_bias_init: float | None = None
 
     def __post_init__(self):
         if self.num_input < 1 or self.num_output < 1 or self.num_memory < 1:
@@ -70,6 +73,8 @@ class ELMConfig:
             raise ValueError("synapse_tau_ms and dt_ms must be positive")
         if self.num_branch < 0 or self.num_synapse_per_branch < 1:
             raise ValueError("num_branch must be >= 0 and num_synapse_per_branch >= 1")
+        if self.spike_bias_init is not None and not -30.0 <= self.spike_bias_init <= 30.0:
+            raise ValueError(f"spike_bias_init must be a logit in [-30, 30], got {self.spike_bias_init}")
         if self.num_branch > 0 and math.ceil(self.num_input / self.num_branch) > self.num_synapse_per_branch:
             raise ValueError(
                 f"{self.num_branch} branches of {self.num_synapse_per_branch} synapses cannot cover "
@@ -232,6 +237,9 @@ class ELM(nn.Module):
         self.w_zh = nn.Linear(hidden, d_m)  # W_zh, b_z
         self.w_y = nn.Linear(d_m, config.num_output)  # readout
         self._reset_mlp_like_one_linear(num_branch + d_m)
+        if config.spike_bias_init is not None:
+            with torch.no_grad():
+                self.w_y.bias[0] = config.spike_bias_init
 
     def _reset_mlp_like_one_linear(self, fan_in: int) -> None:
         # The paper's first MLP layer is one Linear over [b, m]: initialise both halves with its fan-in.

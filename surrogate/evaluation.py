@@ -50,6 +50,7 @@ class EvaluateConfig:
     max_spike_bins: int = 24  # spec 7.4: keep simulations with 0..24 spike bins
     fp_rates: tuple[float, ...] = metrics.DEFAULT_FP_RATES  # spec 7.5
     example_simulations: int = 3  # test simulations whose predicted traces go into predictions.h5
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default (1: the ELMs' small steps, or a shared CPU)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.window_batch_size < 1:
@@ -62,6 +63,8 @@ class EvaluateConfig:
             raise ValueError(f"fp_rates must lie in [0, 1], got {self.fp_rates}")
         if self.example_simulations < 0:
             raise ValueError(f"example_simulations must be >= 0, got {self.example_simulations}")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0 (0: torch's default), got {self.num_threads}")
 
 
 def load_evaluation_config(path: str | Path) -> tuple[DataConfig, EvaluateConfig]:
@@ -253,8 +256,14 @@ def evaluate_model(checkpoint: str | Path, out_dir: str | Path, test_shards: Seq
     check_writable(out_dir)  # before the computing, not after it
     device = resolve_device(evaluate_config.device)
     model, info = load_model(checkpoint, device=device)
-    predictions = predict_shards(model, info["soma_transform"], test_shards, data_config, evaluate_config, device,
-                                 modes=modes, progress=progress)
+    threads_before = torch.get_num_threads()
+    if evaluate_config.num_threads:
+        torch.set_num_threads(evaluate_config.num_threads)
+    try:
+        predictions = predict_shards(model, info["soma_transform"], test_shards, data_config, evaluate_config, device,
+                                     modes=modes, progress=progress)
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
     results, rocs = score_predictions(predictions, data_config, evaluate_config)
 
     training = {k: v for k, v in summary.items() if k not in ("model_kind", "num_parameters", "model_config")}

@@ -57,8 +57,9 @@ MODELS: dict[str, ModelKind] = {kind.name: kind for kind in (
     ModelKind("branch-elm", "branch_elm", "surrogate.elm", "ELM", "ELMConfig",
               defaults={"num_branch": 45, "num_synapse_per_branch": 100}, check=_branch_elm),
     ModelKind("tcn", "tcn", "surrogate.tcn", "TCN", "TCNConfig"),
+    ModelKind("lstm", "lstm", "surrogate.lstm", "LSTM", "LSTMConfig"),
 )}
-MODEL_KINDS = tuple(MODELS)  # ("elm", "branch-elm", "tcn"), in the order reports list them
+MODEL_KINDS = tuple(MODELS)  # ("elm", "branch-elm", "tcn", "lstm"), in the order reports list them
 MODEL_TABLES = tuple(kind.table for kind in MODELS.values())
 
 

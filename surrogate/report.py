@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from common.files import as_output_error, atomic_path, check_writable, write_text_atomic
+from common.jsonio import write_json
 from simulation.errors import UserInputError
 from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE
 from surrogate.registry import MODEL_KINDS
@@ -34,10 +35,13 @@ PUBLISHED_REFERENCES = (
      "auc": 0.992, "tp_at_1pct": 0.744, "rmse_mV": 0.64},
     {"name": "best ELM d_m=100 (Spieler 2024)", "kind": "elm", "num_parameters": 54002,
      "auc": 0.9946, "tp_at_1pct": 0.828, "rmse_mV": 0.56},
+    {"name": "LSTM baseline (Spieler 2024)", "kind": "lstm", "num_parameters": 858_000,
+     "auc": 0.9925, "tp_at_1pct": None, "rmse_mV": None},
 )
-KIND_COLOURS = {"elm": "tab:blue", "branch-elm": "tab:orange", "tcn": "tab:green"}
-EXTRA_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
-FIGURES = ("roc.png", "traces.png", "params.png", "training.png")
+KIND_COLOURS = {"elm": "tab:blue", "branch-elm": "tab:orange", "tcn": "tab:green", "lstm": "tab:purple"}
+EXTRA_COLOURS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+FIGURES = ("roc.png", "traces.png", "params.png", "training.png")  # data_efficiency.png too when the runs allow it
+DATA_EFFICIENCY_JSON = "data_efficiency.json"
 
 
 @dataclass
@@ -383,7 +387,9 @@ def plot_params(runs: list[RunResult], published_rows: list[dict], path: Path) -
         if published_rows:
             ax.plot([r["num_parameters"] for r in published_rows], [r[key] for r in published_rows],
                     "o-", color="0.6", ms=4, lw=1, label="Branch-ELM, published (NeuronIO test, d_m = 1..100)")
-        for ref, marker in zip(PUBLISHED_REFERENCES, ("s", "D", "*")):
+        for ref, marker in zip(PUBLISHED_REFERENCES, ("s", "D", "*", "^")):
+            if ref[key] is None:
+                continue
             ax.plot(ref["num_parameters"], ref[key], marker, color="0.25", ms=8 if marker != "*" else 12,
                     mfc="white", label=ref["name"])
         for run in runs:
@@ -455,6 +461,69 @@ def plot_training(runs: list[RunResult], path: Path) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- data efficiency
+
+def data_efficiency(runs: list[RunResult]) -> dict[str, list[dict]]:
+    """Per model kind with runs on two or more training-set sizes: test scores (windowed) against the number
+    of training simulations (summary.json's, through evaluation.json), sorted by that number.
+
+    Runs that differ in [data] max_train_simulations (or in dataset) give the points; {} when no kind has two sizes.
+    """
+    points: dict[str, list[dict]] = {}
+    for run in runs:
+        e = run.evaluation
+        training = e.get("training") or {}
+        n, windowed = training.get("training_simulations"), e.get("windowed")
+        if e.get("published") or not n or not windowed:
+            continue
+        points.setdefault(e["model_kind"], []).append({
+            "run": run.name,
+            "training_simulations": int(n),
+            "training_simulated_ms": training.get("training_simulated_ms"),
+            "test_auc": windowed["spike"]["auc"],
+            "test_tp_at_1pct_fp": windowed["spike"]["tp_at_fp"].get("0.0100"),
+            "test_rmse_aligned_mV": windowed["soma"]["aligned"]["rmse_mV"],
+            "test_rmse_raw_mV": windowed["soma"]["raw"]["rmse_mV"],
+            "training_time_s": e.get("training_time_s"),
+        })
+    return {kind: sorted(rows, key=lambda r: (r["training_simulations"], r["run"]))
+            for kind, rows in points.items() if len({r["training_simulations"] for r in rows}) >= 2}
+
+
+def plot_data_efficiency(curves: dict[str, list[dict]], path: Path) -> bool:
+    """Test AUC and aligned soma RMSE against training simulations, one line per model kind."""
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for kind, rows in curves.items():
+        n = [r["training_simulations"] for r in rows]
+        for ax, key in ((axes[0], "test_auc"), (axes[1], "test_rmse_aligned_mV")):
+            ax.plot(n, [math.nan if r[key] is None else r[key] for r in rows], "o-",
+                    color=KIND_COLOURS.get(kind, "black"), label=kind)
+    for ax, ylabel in ((axes[0], "test spike AUC"), (axes[1], "test soma RMSE, aligned (mV)")):
+        ax.set_xscale("log")
+        ax.set(xlabel="training simulations", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0].set_title("Spike prediction vs training data")
+    axes[1].set_title("Soma voltage error vs training data")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def data_efficiency_table(curves: dict[str, list[dict]]) -> list[str]:
+    lines = ["| Model | Run | Training simulations | Spike AUC | TP @ 1% FP | Soma RMSE aligned (mV) | raw (mV) |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, rows in curves.items():
+        for r in rows:
+            lines.append(f"| {kind} | {r['run']} | {r['training_simulations']} | {_number(r['test_auc'])} "
+                         f"| {_number(r['test_tp_at_1pct_fp'], 3)} | {_number(r['test_rmse_aligned_mV'], 3)} "
+                         f"| {_number(r['test_rmse_raw_mV'], 3)} |")
+    return lines
+
+
 # --------------------------------------------------------------------------- the report
 
 def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published_dir: Path | None = None) -> dict:
@@ -485,6 +554,12 @@ def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published
         figures.append(("training.png", "Training curves from each run's metrics.csv."))
     else:
         notes.append("training-curve figure skipped: no run has a metrics.csv")
+    efficiency = data_efficiency(runs)
+    if plot_data_efficiency(efficiency, out_dir / "data_efficiency.png"):
+        figures.append(("data_efficiency.png", "Test spike AUC and aligned soma RMSE (windowed) against the number "
+                                               "of training simulations, per model kind (data_efficiency.json)."))
+        with as_output_error(out_dir / DATA_EFFICIENCY_JSON):
+            write_json(out_dir / DATA_EFFICIENCY_JSON, efficiency)
 
     first = runs[0].evaluation
     test = first.get("test", {})
@@ -524,6 +599,8 @@ def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published
         "comparison; with a small test split AUC and TP @ FP are noisy.",
         "",
     ]
+    if efficiency:
+        lines += ["## Data efficiency (test split, windowed)", "", *data_efficiency_table(efficiency), ""]
     if not published_rows:
         lines += ["(The per-d_m published Branch-ELM table was not found: set $ELMNEURON_CHECKPOINTS or place "
                   "the elmneuron folder at ../shared/pretrained/elmneuron.)", ""]

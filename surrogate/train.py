@@ -2,6 +2,9 @@
 
 Loss (spec 7.2, [ELM]): spike_loss_weight * BCE-with-logits on the spike channel +
 voltage_loss_weight * MSE on the scaled soma channel (0.5 / 0.5 as published).
+[train] also takes the published TCN recipe (surrogate.config.TrainConfig): Nadam or AdamW,
+a step learning-rate schedule per epoch (lr_steps) and loss weights per epoch
+(loss_weight_steps).
 
 After every epoch the model is scored on whole validation simulations with the test-time
 protocol (spec 7.3: 500-ms windows, 150-ms burn-in), bins from 500 ms on (spec 7.4):
@@ -40,14 +43,14 @@ import torch
 import torch.nn.functional as F
 
 from common.files import as_output_error, check_writable, write_text_atomic
-from common.jsonio import write_json
+from common.jsonio import plain, write_json
 from simulation.errors import UserInputError
 
 from . import metrics
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import DataConfig, TrainConfig
-from .data import (SplitArrays, TrainingWindows, catalog_simulations, find_shards, load_split_arrays,
-                   soma_target, split_shards, training_loader, unpack_input_spikes)
+from .data import (SplitArrays, TrainingWindows, find_shards, load_split_arrays, soma_target, split_shards,
+                   training_loader, training_simulations, unpack_input_spikes)
 from .devices import resolve_device
 from .elm import num_parameters
 from .inference import predict_windowed
@@ -89,12 +92,24 @@ def cosine_learning_rate(step: int, total_steps: int, learning_rate: float, lr_m
     return lr_min + 0.5 * (learning_rate - lr_min) * (1.0 + math.cos(math.pi * progress))
 
 
+def step_learning_rate(epoch: int, train: TrainConfig) -> float:
+    """The learning rate of `epoch` (1-based) on a "step" schedule: the last lr_steps entry started by then."""
+    return train.epoch_value(train.lr_steps, epoch)[0]
+
+
+def make_optimizer(parameters, train: TrainConfig) -> torch.optim.Optimizer:
+    """[train] optimizer: Adam (L2 weight decay, the ELM's), Nadam (the published TCN's) or AdamW."""
+    optimizers = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam, "adamw": torch.optim.AdamW}
+    return optimizers[train.optimizer](parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
+
+
 def surrogate_loss(output: torch.Tensor, spike_target: torch.Tensor, soma_target: torch.Tensor,
-                   train: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, spike BCE, soma MSE) of a (B, T, 2) model output, in fp32."""
+                   train: TrainConfig, epoch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, spike BCE, soma MSE) of a (B, T, 2) model output, in fp32, with the loss weights of `epoch`."""
+    spike_weight, voltage_weight = train.loss_weights(epoch)
     spike_loss = F.binary_cross_entropy_with_logits(output[..., 0].float(), spike_target)
     soma_loss = F.mse_loss(output[..., 1].float(), soma_target)
-    return train.spike_loss_weight * spike_loss + train.voltage_loss_weight * soma_loss, spike_loss, soma_loss
+    return spike_weight * spike_loss + voltage_weight * soma_loss, spike_loss, soma_loss
 
 
 def spike_auc(spike_target: np.ndarray, spike_probability: np.ndarray) -> float:
@@ -114,8 +129,10 @@ def _selection_key(valid_auc: float, valid_loss: float) -> tuple[float, float]:
 # --------------------------------------------------------------------------- validation
 
 def validate(model: torch.nn.Module, arrays: SplitArrays, data: DataConfig, train: TrainConfig,
-             device: torch.device) -> dict[str, float]:
-    """Score whole validation simulations (spec 7.3 windows), bins from ignore_first_ms on (spec 7.4)."""
+             device: torch.device, epoch: int = 1) -> dict[str, float]:
+    """Score whole validation simulations (spec 7.3 windows), bins from ignore_first_ms on (spec 7.4).
+
+    The validation loss weighs its terms with the loss weights of `epoch`, as the training loss."""
     batch = 256 if device.type == "cuda" else 64
     probability, voltage_mV = predict_windowed(model, arrays.input_spikes, SomaTransform.of(data),
                                                window_ms=data.window_ms, burn_in_ms=data.burn_in_ms,
@@ -128,8 +145,9 @@ def validate(model: torch.nn.Module, arrays: SplitArrays, data: DataConfig, trai
     p = np.clip(probability, PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
     spike_loss = float(-np.mean(np.where(spikes, np.log(p), np.log1p(-p))))
     soma_loss = float(np.mean((soma_pred - soma_true) ** 2))
+    spike_weight, voltage_weight = train.loss_weights(epoch)
     return {
-        "valid_loss": train.spike_loss_weight * spike_loss + train.voltage_loss_weight * soma_loss,
+        "valid_loss": spike_weight * spike_loss + voltage_weight * soma_loss,
         "valid_spike_loss": spike_loss,
         "valid_soma_loss": soma_loss,
         "valid_auc": spike_auc(spikes, probability),
@@ -208,7 +226,18 @@ class Run:
         return self.train.epochs * self.train.batches_per_epoch
 
     def learning_rate(self, step: int) -> float:
+        """The learning rate of global step `step` (0-based): cosine per step, or the step schedule of its epoch."""
+        if self.train.lr_schedule == "step":
+            return step_learning_rate(step // self.train.batches_per_epoch + 1, self.train)
         return cosine_learning_rate(step, self.total_steps, self.train.learning_rate, self.train.lr_min)
+
+    @property
+    def scheduler_state(self) -> dict:
+        train = self.train
+        if train.lr_schedule == "step":
+            return {"kind": "step_per_epoch", "lr_steps": [list(entry) for entry in train.lr_steps]}
+        return {"kind": "cosine_per_step", "total_steps": self.total_steps,
+                "learning_rate": train.learning_rate, "lr_min": train.lr_min}
 
 
 def fit(kind: str, train_config: TrainConfig, model_config, shard_dir: str | os.PathLike,
@@ -246,13 +275,13 @@ def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, dev
               data_dir: Path, out_dir: Path) -> Run:
     """Split the (validated) shards, build the model and its optimiser once, and resume if out_dir holds a run."""
     split = split_shards(find_shards(data_dir), data)
-    train_refs = catalog_simulations(split["train"])
+    train_refs = training_simulations(split["train"], data)
     torch.manual_seed(train.seed)
     model = build_model(kind, model_config).to(device)
     amp = resolve_amp(train.amp, kind, device)
     run = Run(
         kind=kind, model=model, model_config=model_config_of(model),
-        optimizer=torch.optim.Adam(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay),
+        optimizer=make_optimizer(model.parameters(), train),
         scaler=torch.amp.GradScaler("cuda", enabled=amp == "fp16"),
         train=train, data=data, device=device, amp=amp, data_dir=data_dir, out_dir=out_dir, split=split,
         training_simulations=len(train_refs), training_simulated_ms=sum(ref.duration_ms for ref in train_refs),
@@ -290,8 +319,10 @@ def _check_resumable(checkpoint: dict, run: Run) -> None:
                          if run.model_config.get(k) != checkpoint["model_config"].get(k))
         raise RunMismatchError(f"{out_dir} holds a run with another model config (changed: {', '.join(changed)}); {hint}")
     extra = checkpoint.get("extra", {})
-    for name, now, before, free in (("train", dataclasses.asdict(run.train), extra.get("train_config", {}), RESUMABLE_TRAIN_KEYS),
-                                    ("data", dataclasses.asdict(run.data), extra.get("data_config", {}), RESUMABLE_DATA_KEYS)):
+    for name, now, before, free in (("train", plain(dataclasses.asdict(run.train)), plain(extra.get("train_config", {})),
+                                     RESUMABLE_TRAIN_KEYS),
+                                    ("data", plain(dataclasses.asdict(run.data)), plain(extra.get("data_config", {})),
+                                     RESUMABLE_DATA_KEYS)):
         changed = sorted(k for k in now if k not in free and k in before and now[k] != before[k])
         if changed:
             raise RunMismatchError(f"{out_dir} holds a run with other [{name}] settings (changed: {', '.join(changed)}); {hint}")
@@ -321,7 +352,7 @@ def train_run(run: Run, report: Progress) -> dict:
             losses = train_epoch(run, epoch, batches, windows.num_inputs, report)
             train_seconds = time.perf_counter() - epoch_start
             report("validate", {"epoch": epoch})
-            valid = validate(run.model, valid_arrays, run.data, train, run.device)
+            valid = validate(run.model, valid_arrays, run.data, train, run.device, epoch)
             row, improved = finish_epoch(run, epoch, losses, valid, time.perf_counter() - epoch_start, train_seconds)
             save_run(run, improved)
             report("epoch", {**row, "improved": improved, "epochs": train.epochs})
@@ -336,7 +367,7 @@ def train_run(run: Run, report: Progress) -> dict:
 
 
 def train_epoch(run: Run, epoch: int, batches, num_inputs: int, report: Progress) -> list[float]:
-    """One epoch of Adam steps on the cosine schedule; returns the mean (total, spike, soma) training loss."""
+    """One epoch of optimiser steps on the learning-rate schedule; returns the mean (total, spike, soma) training loss."""
     model, optimizer, scaler, train, device, state = run.model, run.optimizer, run.scaler, run.train, run.device, run.state
     torch.manual_seed(_seed_for(train.seed, epoch))  # dropout: the same whether resumed or not
     model.train()
@@ -356,7 +387,7 @@ def train_epoch(run: Run, epoch: int, batches, num_inputs: int, report: Progress
             group["lr"] = lr
         with autocast:
             output = model(x)
-        loss, spike_loss, soma_loss = surrogate_loss(output, spike_target, soma_target_batch, train)
+        loss, spike_loss, soma_loss = surrogate_loss(output, spike_target, soma_target_batch, train, epoch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if train.grad_clip_norm > 0:
@@ -417,8 +448,7 @@ def save_run(run: Run, improved: bool) -> None:
         model_state=run.model.state_dict(),
         soma_transform=SomaTransform.of(run.data),
         optimizer_state=run.optimizer.state_dict(),
-        scheduler_state={"kind": "cosine_per_step", "total_steps": run.total_steps,
-                         "learning_rate": train.learning_rate, "lr_min": train.lr_min},
+        scheduler_state=run.scheduler_state,
         scaler_state=run.scaler.state_dict() if run.amp == "fp16" else None,
         epoch=state.epoch,
         global_step=state.global_step,
@@ -457,6 +487,8 @@ def summarise_run(run: Run) -> dict:
         "best_epoch": state.best_epoch,
         "best_valid_auc": best["valid_auc"] if best else None,
         "best_valid_soma_rmse_mV": best["valid_soma_rmse_mV"] if best else None,
+        # training wall time (train + validate) until the end of the best epoch: metrics.csv's elapsed_s there
+        "time_to_best_valid_s": best["elapsed_s"] if best else None,
         "final_valid_auc": history[-1]["valid_auc"] if history else None,
         "device": str(run.device),
         "amp": run.amp,

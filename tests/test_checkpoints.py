@@ -198,7 +198,7 @@ def test_build_model_rejects_bad_configs():
     with pytest.raises(ConfigError):
         build_model("elm", {"num_memroy": 3})
     with pytest.raises(ConfigError):
-        build_model("lstm", {})
+        build_model("gru", {})
     assert build_model("branch-elm", {}).config.num_branch == 45
 
 

@@ -259,7 +259,7 @@ def test_config_typos_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="divide"):
         load_training_config(config, "elm")
     with pytest.raises(ConfigError, match="unknown model"):
-        load_training_config(config, "lstm")
+        load_training_config(config, "gru")
 
 
 def test_config_per_model_overrides(tmp_path):

@@ -183,6 +183,26 @@ def test_checkpoint_option_writes_under_its_folder_name(evaluated, tmp_path):
     assert result["windowed"]["spike"]["auc"] == original["windowed"]["spike"]["auc"]
 
 
+def test_all_shards_scores_a_separate_test_dataset(evaluated, tmp_path):
+    """--all-shards: every shard of --data is test data (a CVode test set beside the training data)."""
+    test_set = tmp_path / "cvode_test"
+    test_set.mkdir()
+    shutil.copy(evaluated["shards"][-1], test_set / "shard_00000.h5")  # one shard: no split could hold it
+    shutil.copy(evaluated["shards"][-2], test_set / "shard_00001.h5")
+    runs = tmp_path / "eval_cvode"
+    config = tmp_path / "one_thread.toml"
+    config.write_text(evaluated["config"].read_text().replace("[evaluate]\n", "[evaluate]\nnum_threads = 1\n"))
+    threads = torch.get_num_threads()
+    code = cli(["evaluate", "--config", str(config), "--data", str(test_set), "--runs", str(runs),
+                "--all-shards", "--checkpoint", str(evaluated["runs"] / "elm")])
+    assert code == 0 and torch.get_num_threads() == threads  # [evaluate] num_threads applied, then restored
+    result = json.loads((runs / "elm" / "evaluation.json").read_text())
+    assert result["test"]["shards"] == ["shard_00000.h5", "shard_00001.h5"]
+    with h5py.File(evaluated["shards"][-1], "r") as f:
+        per_shard = f["input_spikes"].shape[0]
+    assert result["test"]["simulations"] == 2 * per_shard
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -313,6 +333,9 @@ def test_evaluate_config_rejects_bad_values(tmp_path):
         load_evaluation_config(config)
     config.write_text("[evaluate]\nbatchsize = 4\n")
     with pytest.raises(ConfigError, match="unknown key 'batchsize'"):
+        load_evaluation_config(config)
+    config.write_text("[evaluate]\nnum_threads = -1\n")
+    with pytest.raises(ConfigError, match="num_threads must be >= 0"):
         load_evaluation_config(config)
     assert EvaluateConfig().fp_rates == (0.0025, 0.01) and DataConfig().ignore_first_ms == 500
 

@@ -8,7 +8,8 @@ import torch
 
 from surrogate.elm import (ELM, ELMConfig, SCALED_TANH_GAIN, exponential_filter, memory_dynamics, neuronio_routing,
                            num_parameters)
-from surrogate.tcn import TCN, TCNConfig, published_tcn_config
+from surrogate.lstm import LSTM, LSTMConfig
+from surrogate.tcn import SPIKE_BIAS_INIT, TCN, TCNConfig, published_tcn_config
 
 NUM_INPUT = 1278
 
@@ -19,6 +20,7 @@ def small_models() -> dict[str, torch.nn.Module]:
         "elm": ELM(ELMConfig(num_memory=6, learn_memory_tau=True)),
         "branch-elm": ELM(ELMConfig(num_memory=8, num_branch=45, num_synapse_per_branch=100, mlp_activation="silu")),
         "tcn": TCN(TCNConfig(depth=3, width=8, first_kernel_size=9, kernel_size=5)),
+        "lstm": LSTM(LSTMConfig(hidden_size=8, num_layers=2)),
     }
 
 
@@ -27,7 +29,7 @@ def random_spikes(batch: int, steps: int, rate: float = 0.02, seed: int = 0) -> 
     return (torch.rand(batch, steps, NUM_INPUT, generator=g) < rate).float()
 
 
-@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn"])
+@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn", "lstm"])
 def test_output_shape(kind):
     model = small_models()[kind].eval()
     with torch.no_grad():
@@ -36,7 +38,7 @@ def test_output_shape(kind):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn"])
+@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn", "lstm"])
 def test_causal(kind):
     """Changing inputs at t >= t0 leaves every output before t0 bit-for-bit unchanged."""
     model = small_models()[kind].eval()  # eval: batch norm uses running statistics
@@ -51,7 +53,7 @@ def test_causal(kind):
     assert not torch.allclose(before[:, t0:], after[:, t0:])  # the perturbation does reach the output
 
 
-@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn"])
+@pytest.mark.parametrize("kind", ["elm", "branch-elm", "tcn", "lstm"])
 def test_every_parameter_gets_a_gradient(kind):
     model = small_models()[kind].train()
     out = model(random_spikes(4, 60, rate=0.05, seed=3))
@@ -200,6 +202,30 @@ def test_elm_recurrence_choice_is_an_argument():
     assert not hasattr(model, "recurrence_implementation")  # no hidden mutable switch
 
 
+def test_lstm_baseline_has_the_papers_parameter_count():
+    """The ELM paper's LSTM baseline: 858k parameters; 1 layer of 150 units over 1278 inputs, linear readout."""
+    model = LSTM(LSTMConfig())
+    assert num_parameters(model) == 4 * 150 * (NUM_INPUT + 150 + 2) + 150 * 2 + 2 == 858_302
+    assert num_parameters(LSTM(LSTMConfig(hidden_size=4, num_layers=2))) == (
+        4 * 4 * (NUM_INPUT + 4 + 2) + 4 * 4 * (4 + 4 + 2) + 4 * 2 + 2)
+
+
+@pytest.mark.parametrize("model, bias", [
+    (lambda: TCN(TCNConfig(depth=1, width=2)), SPIKE_BIAS_INIT),  # the published -2
+    (lambda: TCN(TCNConfig(depth=1, width=2, spike_bias_init=-7.0)), -7.0),
+    (lambda: ELM(ELMConfig(num_memory=2, spike_bias_init=-7.0)), -7.0),
+    (lambda: LSTM(LSTMConfig(hidden_size=3, spike_bias_init=-6.5)), -6.5),
+])
+def test_spike_bias_starts_where_configured(model, bias):
+    """The spike logit of an all-zero input starts at the configured bias (the readout of zero features)."""
+    torch.manual_seed(0)
+    m = model()
+    head_bias = {TCN: lambda: m.head.bias, ELM: lambda: m.w_y.bias, LSTM: lambda: m.head.bias}[type(m)]()
+    assert head_bias[0].item() == pytest.approx(bias)
+    # the voltage channel keeps its default initialisation
+    assert abs(head_bias[1].item()) < 1.0
+
+
 def test_config_validation():
     with pytest.raises(ValueError):
         ELMConfig(mlp_activation="tanh")
@@ -207,3 +233,9 @@ def test_config_validation():
         ELMConfig(num_branch=10, num_synapse_per_branch=100)  # 10 x 100 cannot cover 1278 inputs
     with pytest.raises(ValueError):
         TCNConfig(activation="gelu")
+    with pytest.raises(ValueError, match="spike_bias_init"):
+        TCNConfig(spike_bias_init=-100.0)
+    with pytest.raises(ValueError, match="num_layers > 1"):
+        LSTMConfig(dropout=0.1)
+    with pytest.raises(ValueError, match="positive"):
+        LSTMConfig(hidden_size=0)

@@ -14,7 +14,7 @@ from surrogate.registry import (MODEL_KINDS, MODEL_TABLES, MODELS, build_model, 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_every_kind_builds_from_its_table_and_is_recognised(kind):
-    small = {"tcn": {"depth": 1, "width": 2}}.get(kind, {"num_memory": 2})
+    small = {"tcn": {"depth": 1, "width": 2}, "lstm": {"hidden_size": 3}}.get(kind, {"num_memory": 2})
     model = build_model(kind, small)
     entry = MODELS[kind]
     assert isinstance(model, entry.model_type()) and isinstance(model.config, entry.config_type())
@@ -25,8 +25,8 @@ def test_every_kind_builds_from_its_table_and_is_recognised(kind):
 
 
 def test_kinds_and_tables_are_written_once():
-    assert MODEL_KINDS == ("elm", "branch-elm", "tcn")
-    assert MODEL_TABLES == ("elm", "branch_elm", "tcn")
+    assert MODEL_KINDS == ("elm", "branch-elm", "tcn", "lstm")
+    assert MODEL_TABLES == ("elm", "branch_elm", "tcn", "lstm")
     assert set(MODEL_TABLES) <= set(CONFIG_TABLES)
     # the command line offers exactly the registry's kinds
     from pipelines import fit
@@ -44,5 +44,5 @@ def test_the_branch_elm_is_the_elm_with_branches():
         build_model("branch-elm", {"num_branch": 0})
     with pytest.raises(ConfigError, match=r"\[elm\]\.num_branch"):
         build_model("elm", {"num_branch": 45})
-    with pytest.raises(ConfigError, match="unknown model 'lstm'.*elm, branch-elm, tcn"):
-        build_model("lstm", {})
+    with pytest.raises(ConfigError, match="unknown model 'gru'.*elm, branch-elm, tcn, lstm"):
+        build_model("gru", {})

@@ -118,3 +118,45 @@ def test_published_csv_of_the_elmneuron_release_is_read():
     assert len(rows) >= 10
     d20 = next(r for r in rows if r["num_memory"] == 20)
     assert d20["num_parameters"] == 8002 and d20["auc"] == pytest.approx(0.99216, abs=1e-5)
+
+
+def test_data_efficiency_from_runs_on_nested_training_sets(tmp_path):
+    """Real tiny fits on 1, 2 and all 3 training simulations ([data] max_train_simulations), evaluated: the report
+    plots test AUC and RMSE against the training-set size and writes the points to data_efficiency.json."""
+    from surrogate.config import DataConfig, TrainConfig
+    from surrogate.train import fit
+
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "reports"
+    write_fake_dataset(data, n_shards=3, simulations_per_shard=3, duration_ms=1500, seed=3)  # train, valid, test
+    train = TrainConfig(batch_size=2, epochs=1, batches_per_epoch=2, learning_rate=5e-3, valid_simulations=2,
+                        num_threads=1)
+    names = []
+    for n in (1, 2, 0):
+        config = DataConfig(window_ms=200, burn_in_ms=50, ignore_first_ms=300, simulations_per_load=4,
+                            max_train_simulations=n)
+        name = f"elm_n{n or 'all'}"
+        summary = fit("elm", train, {"num_memory": 2}, data, runs / name, data_config=config)
+        assert summary["training_simulations"] == (n or 3)
+        names.append(name)
+    config = tmp_path / "config.toml"
+    config.write_text("[data]\nwindow_ms = 200\nburn_in_ms = 50\nignore_first_ms = 300\n[evaluate]\ndevice = \"cpu\"\n")
+    assert cli(["evaluate", "--config", str(config), "--data", str(data), "--runs", str(runs),
+                "--models", ",".join(names)]) == 0
+    assert cli(["report", "--runs", str(runs), "--data", str(data), "--out", str(out)]) == 0
+
+    curves = json.loads((out / "data_efficiency.json").read_text())
+    assert list(curves) == ["elm"]
+    assert [p["training_simulations"] for p in curves["elm"]] == [1, 2, 3]
+    for point, name in zip(curves["elm"], names):
+        evaluation = json.loads((runs / name / "evaluation.json").read_text())
+        assert point["run"] == name and point["test_auc"] == evaluation["windowed"]["spike"]["auc"]
+        assert point["test_rmse_aligned_mV"] == evaluation["windowed"]["soma"]["aligned"]["rmse_mV"]
+    assert (out / "data_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "report.md").read_text()
+    assert "## Data efficiency" in text and "![data_efficiency.png](data_efficiency.png)" in text
+
+
+def test_no_data_efficiency_figure_from_one_training_set_size(reported):
+    assert not (reported["out"] / "data_efficiency.png").exists()
+    assert not (reported["out"] / "data_efficiency.json").exists()
+    assert "Data efficiency" not in (reported["out"] / "report.md").read_text()

@@ -25,7 +25,9 @@ from surrogate.config import DataConfig, TrainConfig, load_training_config
 from surrogate.elm import ELMConfig
 from surrogate.inference import outputs_to_predictions
 from surrogate.targets import SomaTransform
-from surrogate.train import RunMismatchError, TrainingDivergedError, cosine_learning_rate, fit
+from simulation.errors import ConfigError
+from surrogate.train import (RunMismatchError, TrainingDivergedError, cosine_learning_rate, fit, make_optimizer,
+                             step_learning_rate)
 from test_data import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +76,68 @@ def test_cosine_schedule_decays_from_lr_to_lr_min():
     assert cosine_learning_rate(0, 100, 1e-3, 1e-5) == pytest.approx(1e-3)
     assert cosine_learning_rate(50, 100, 1e-3, 1e-5) == pytest.approx(0.5 * (1e-3 + 1e-5))
     assert cosine_learning_rate(100, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
+
+
+def test_step_schedule_and_loss_weight_steps_hold_from_their_first_epoch():
+    train = TrainConfig(lr_schedule="step", lr_steps=((1, 1e-4), (3, 3e-5), (5, 1e-6)),
+                        loss_weight_steps=((1, 1.0, 2.0), (2, 9.0, 0.3)))
+    assert [step_learning_rate(e, train) for e in (1, 2, 3, 4, 5, 9)] == [1e-4, 1e-4, 3e-5, 3e-5, 1e-6, 1e-6]
+    assert [train.loss_weights(e) for e in (1, 2, 7)] == [(1.0, 2.0), (9.0, 0.3), (9.0, 0.3)]
+    assert TrainConfig().loss_weights(4) == (0.5, 0.5)  # no steps: the fixed weights
+
+
+@pytest.mark.parametrize("name, kind", [("adam", torch.optim.Adam), ("nadam", torch.optim.NAdam),
+                                        ("adamw", torch.optim.AdamW)])
+def test_optimizer_choice(name, kind):
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer=name, weight_decay=0.1))
+    assert type(optimizer) is kind and optimizer.param_groups[0]["weight_decay"] == 0.1
+
+
+@pytest.mark.parametrize("table, message", [
+    ('optimizer = "nadma"', "optimizer must be one of 'adam', 'nadam', 'adamw', got 'nadma'"),
+    ('lr_schedule = "steps"', "lr_schedule must be one of 'cosine', 'step'"),
+    ('lr_schedule = "step"', "lr_schedule = 'step' needs lr_steps"),
+    ('lr_steps = [[1, 1e-4]]', "lr_steps is read only with lr_schedule = 'step'"),
+    ('lr_schedule = "step"\nlr_steps = [[2, 1e-4]]', "lr_steps must start at epoch 1"),
+    ('lr_schedule = "step"\nlr_steps = [[1, 1e-4], [1, 1e-5]]', "the first epochs must increase"),
+    ('lr_schedule = "step"\nlr_steps = [[1, 0.0]]', "every learning rate must be positive"),
+    ('lr_schedule = "step"\nlr_steps = [[1, "fast"]]', "lr_steps\\[0\\]\\[1\\]: expected a number"),
+    ('loss_weight_steps = [[1, 1.0]]', "loss_weight_steps\\[0\\]: expected a list of 3 values"),
+    ('loss_weight_steps = [[1, 0.0, 0.0]]', "not both 0"),
+])
+def test_recipe_typos_are_one_line_config_errors(tmp_path, table, message):
+    config = tmp_path / "c.toml"
+    config.write_text(f"[train.tcn]\n{table}\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_training_config(config, "elm")
+    assert "\n" not in str(err.value) and "[train.tcn]" in str(err.value)
+
+
+def test_the_published_tcn_recipe_trains_on_its_schedule(dataset_dir, tmp_path):
+    """Nadam, a step schedule and per-epoch loss weights: each epoch runs at its rate, validates with its weights."""
+    train = TrainConfig(**{**TRAIN.__dict__, "epochs": 3, "batches_per_epoch": 2, "optimizer": "nadam",
+                           "lr_schedule": "step", "lr_steps": ((1, 1e-3), (2, 1e-4), (3, 1e-5)),
+                           "loss_weight_steps": ((1, 1.0, 2.0), (3, 9.0, 0.3))})
+    tcn = {"depth": 2, "width": 4, "first_kernel_size": 9, "kernel_size": 5, "spike_bias_init": -2.0}
+    lrs = []
+    summary = fit("tcn", train, tcn, dataset_dir, tmp_path / "run", data_config=DATA,
+                  progress=lambda e, i: lrs.append((i["epoch"], i["lr"])) if e == "steps" else None)
+    assert sorted(set(lrs)) == [(1, 1e-3), (2, 1e-4), (3, 1e-5)]
+    history = _history(tmp_path / "run")
+    for row, (spike_weight, voltage_weight) in zip(history, [(1.0, 2.0), (1.0, 2.0), (9.0, 0.3)]):
+        assert row["valid_loss"] == pytest.approx(spike_weight * row["valid_spike_loss"]
+                                                  + voltage_weight * row["valid_soma_loss"])
+    last = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert last["scheduler_state"] == {"kind": "step_per_epoch", "lr_steps": [[1, 1e-3], [2, 1e-4], [3, 1e-5]]}
+    assert "momentum_decay" in last["optimizer_state"]["param_groups"][0]  # NAdam's
+    assert summary["train_config"]["optimizer"] == "nadam"
+    assert summary["time_to_best_valid_s"] == history[summary["best_epoch"] - 1]["elapsed_s"] > 0
+    # resuming with the same recipe continues; another optimizer is refused
+    more = TrainConfig(**{**train.__dict__, "epochs": 4})
+    assert fit("tcn", more, tcn, dataset_dir, tmp_path / "run", data_config=DATA)["epochs_completed"] == 4
+    with pytest.raises(RunMismatchError, match="optimizer"):
+        fit("tcn", TrainConfig(**{**more.__dict__, "epochs": 5, "optimizer": "adam"}), tcn, dataset_dir,
+            tmp_path / "run", data_config=DATA)
 
 
 def test_fit_learns_and_writes_the_run(dataset_dir, tmp_path):
@@ -184,6 +248,7 @@ def test_killed_run_resumes_from_the_last_finished_epoch(dataset_dir, tmp_path):
 @pytest.mark.parametrize("kind, config", [
     ("branch-elm", {"num_memory": 4, "num_branch": 45, "num_synapse_per_branch": 100}),
     ("tcn", {"depth": 2, "width": 4, "first_kernel_size": 9, "kernel_size": 5}),
+    ("lstm", {"hidden_size": 6, "spike_bias_init": -5.0}),
 ])
 def test_other_models_fit(dataset_dir, tmp_path, kind, config):
     train = TrainConfig(**{**TRAIN.__dict__, "epochs": 1, "batches_per_epoch": 3})
