@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# NeuronIO-scale surrogate accuracy on one GPU machine (issue 8, deliverable 1), in resumable stages:
+#   setup       wheels (if .whl/ is there), the NMODL mechanisms
+#   simulate    configs/neuronio_gpu.toml with the GPU engine: 20 shards x 128 x 6 s = 2560 simulations,
+#               split by shard into 2304 training, 128 validation and 128 test simulations
+#   cvode-test  a separate test set of 32 x 6 s simulated with NEURON's CVode (NeuronIO's solver) on the CPU cores
+#   fit-MODEL   train each model of $MODELS with configs/neuronio.toml ([train.<model>] recipes), best epoch by
+#               validation AUC; FIT_TIME_S bounds one call, and the next call resumes from the last finished epoch
+#   evaluate    every model on both test sets with the published protocol (500-ms windows, 150-ms burn-in, first
+#               500 ms skipped, 1-ms bins, soma RMSE raw and aligned)
+#   assemble    bench/results/surrogate_accuracy.json (bench/surrogate_accuracy.py)
+# Every stage skips when its outputs exist, and a stage cut short resumes (simulate: finished shards; fit: finished
+# epochs). One call runs for at most BUDGET_S seconds (default 570: the device's 10-minute limit per command) and
+# stops after the first stage it could not finish, so the same command is re-run until it prints
+# "all stages done" (exit 0; exit 3: run it again).
+#
+#   bench/neuronio_scale.sh [--dry-run] [STAGE ...]       (default: every stage, in order)
+#
+# --dry-run (or SMALL=1): the same stages, tiny, on the CPU: the GPU engine's CPU twin (gpu_backend = "cpu"),
+# 4 shards x 2 simulations x 1.2 s, a 2-simulation CVode test set, one short epoch of small models; its
+# results go to $WORK/surrogate_accuracy.json, not bench/results.
+# Environment: WORK (default data/neuronio_scale, or data/neuronio_scale_small; ignored by git), MODELS
+# (default "elm branch-elm tcn lstm"), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S),
+# EPOCHS_<MODEL> (e.g. EPOCHS_TCN=20: fewer epochs than the config's recipe), CONFIG / SIM_CONFIG (the training
+# and simulation configs), OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
+# from .whl/ on the GPU machine (bench/README.md); the morphology in $L5PC_MORPHOLOGY (default .carry/cell1.asc,
+# else data/morphology/cell1.asc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+PY="${PYTHON:-python3}"
+SMALL="${SMALL:-0}"
+stages=()
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) SMALL=1 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -*) echo "error: unknown option $arg (expected --dry-run)" >&2; exit 2 ;;
+    *) stages+=("$arg") ;;
+  esac
+done
+MODELS="${MODELS:-elm branch-elm tcn lstm}"
+all_stages=(setup simulate cvode-test)
+for m in $MODELS; do all_stages+=("fit-$m"); done
+all_stages+=(evaluate assemble)
+[ ${#stages[@]} -eq 0 ] && stages=("${all_stages[@]}")
+for s in "${stages[@]}"; do
+  case " ${all_stages[*]} " in *" $s "*) ;; *) echo "error: unknown stage $s (stages: ${all_stages[*]})" >&2; exit 2 ;; esac
+done
+
+if [ "$SMALL" = 1 ]; then
+  WORK="${WORK:-data/neuronio_scale_small}"
+  OUT="${OUT:-$WORK}"
+  BUDGET_S="${BUDGET_S:-1800}"
+else
+  WORK="${WORK:-data/neuronio_scale}"
+  OUT="${OUT:-bench/results}"
+  BUDGET_S="${BUDGET_S:-570}"
+fi
+FIT_TIME_S="${FIT_TIME_S:-$BUDGET_S}"
+remaining() { echo $((BUDGET_S - SECONDS)); }  # SECONDS counts from the start of this call
+mkdir -p "$WORK" "$OUT"
+WORK=$(cd "$WORK" && pwd)
+export PYTHONUNBUFFERED=1 NEURON_MODULE_OPTIONS="${NEURON_MODULE_OPTIONS:--nogui}"
+if [ -z "${L5PC_MORPHOLOGY:-}" ]; then
+  if [ -f .carry/cell1.asc ]; then export L5PC_MORPHOLOGY=$REPO/.carry/cell1.asc; fi
+fi
+
+# ---------------------------------------------------------------- configs
+if [ "$SMALL" = 1 ]; then
+  mkdir -p "$WORK/configs"
+  SIM_CONFIG="${SIM_CONFIG:-$WORK/configs/simulate.toml}"
+  CVODE_CONFIG="${CVODE_CONFIG:-$WORK/configs/cvode_test.toml}"
+  CONFIG="${CONFIG:-$WORK/configs/train.toml}"
+  cat > "$WORK/configs/simulate.toml" <<'TOML'
+[solver]
+method = "gpu"
+gpu_backend = "cpu"          # the GPU engine's CPU twin: the same numerics, no GPU
+scheme = "crank-nicolson"
+dt_ms = 0.025
+[inputs]
+duration_ms = 1200
+[dataset]
+n_shards = 4                 # train, train, valid, test
+simulations_per_shard = 2
+seed = 2021
+[parallel]
+workers = 1
+gpu_batch_size = 4
+TOML
+  cat > "$WORK/configs/cvode_test.toml" <<'TOML'
+[solver]
+method = "cvode"
+[inputs]
+duration_ms = 1200
+[dataset]
+n_shards = 1
+simulations_per_shard = 2
+seed = 4242
+[parallel]
+workers = 1
+TOML
+  cat > "$WORK/configs/train.toml" <<'TOML'
+[data]
+valid_shards = 1
+test_shards = 1
+simulations_per_load = 4
+[train]
+batch_size = 2
+epochs = 1
+batches_per_epoch = 2
+learning_rate = 0.005
+valid_simulations = 2
+device = "cpu"
+num_threads = 1
+[train.tcn]
+optimizer = "nadam"
+lr_schedule = "step"
+lr_steps = [[1, 1.0e-3]]
+loss_weight_steps = [[1, 1.0, 2.0]]
+[elm]
+num_memory = 2
+[branch_elm]
+num_memory = 2
+[tcn]
+depth = 2
+width = 4
+first_kernel_size = 5
+kernel_size = 3
+[lstm]
+hidden_size = 4
+[evaluate]
+device = "cpu"
+TOML
+else
+  SIM_CONFIG="${SIM_CONFIG:-configs/neuronio_gpu.toml}"
+  CVODE_CONFIG="${CVODE_CONFIG:-$WORK/cvode_test.toml}"
+  CONFIG="${CONFIG:-configs/neuronio.toml}"
+  if [ ! -f "$CVODE_CONFIG" ]; then
+    cat > "$CVODE_CONFIG" <<'TOML'
+# 32 x 6 s under CVode (NeuronIO's solver), inputs from another master seed than the training data
+[cell]
+biophysics = "neuronio"
+celsius = 6.3
+[solver]
+method = "cvode"
+[inputs]
+duration_ms = 6000
+[dataset]
+n_shards = 1
+simulations_per_shard = 32
+seed = 4242
+[parallel]
+workers = 0                  # one per core
+TOML
+  fi
+fi
+DATA=$WORK/data
+CVODE_DATA=$WORK/cvode_test
+RUNS=$WORK/runs
+CVODE_RUNS=$WORK/eval_cvode
+
+log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+progress_filter() { tr '\r' '\n' | grep -E --line-buffered "^(training|resuming|epoch [0-9]+/|[a-z-]+: best|test split|  [a-z-]+ \[|error|.*shards x)" || true; }
+dataset_done() {  # all shards of the config present in the directory
+  [ -d "$2" ] && "$PY" - "$1" "$2" <<'PY'
+import sys
+from pathlib import Path
+from simulation.config import load_simulation_config
+config = load_simulation_config(sys.argv[1])
+sys.exit(0 if len(list(Path(sys.argv[2]).glob("shard_*.h5"))) >= config.dataset.n_shards else 1)
+PY
+}
+fit_done() { [ -f "$RUNS/$1/summary.json" ] && "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$RUNS/$1/summary.json'))['finished'] else 1)"; }
+unfinished=0
+
+stage_setup() {
+  if [ -d .whl ] && ! "$PY" -c "import neuron, dask, distributed" 2>/dev/null; then  # the bare GPU machine
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH"
+  fi
+  "$PY" -m pipelines mechanisms | tail -n 1
+  if [ "$SMALL" != 1 ]; then
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$WORK/device.txt"
+  else
+    echo "cpu ($(nproc) cores; dry run)" > "$WORK/device.txt"
+  fi
+  log "device: $(cat "$WORK/device.txt")"
+}
+if [ -d /tmp/site ]; then export PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH"; fi
+
+simulate_into() {  # simulate CONFIG into DIR within this call's time; finished shards stay for the next call
+  local name=$1 config=$2 dir=$3 left code
+  if dataset_done "$config" "$dir"; then log "$name: $dir complete, skipped"; return; fi
+  left=$(remaining)
+  if [ "$left" -lt 60 ]; then log "$name: not started (${left} s left in this call)"; unfinished=1; return; fi
+  log "$name: $config -> $dir (this call: at most ${left} s)"
+  local start=$SECONDS
+  set +e
+  timeout --signal=TERM "$left" "$PY" -m pipelines simulate --config "$config" --out "$dir" 2>&1 | progress_filter
+  code=${PIPESTATUS[0]}
+  set -e
+  echo "$name $((SECONDS - start))" >> "$WORK/simulate_wall_s.txt"
+  if dataset_done "$config" "$dir"; then return; fi
+  if [ "$code" = 124 ]; then log "$name: stopped at the time limit; the next call continues"; unfinished=1; return; fi
+  echo "error: $name failed (exit $code)" >&2; exit 1
+}
+stage_simulate() { simulate_into simulate "$SIM_CONFIG" "$DATA"; }
+stage_cvode_test() { simulate_into cvode-test "$CVODE_CONFIG" "$CVODE_DATA"; }
+
+stage_fit() {
+  local model=$1
+  if fit_done "$model"; then log "fit-$model: finished, skipped"; return; fi
+  local var="EPOCHS_$(echo "$model" | tr 'a-z-' 'A-Z_')"
+  local epochs=()
+  if [ -n "${!var:-}" ]; then epochs=(--epochs "${!var}"); fi
+  local limit left code
+  left=$(remaining)
+  limit=$(( FIT_TIME_S < left ? FIT_TIME_S : left ))
+  if [ "$limit" -lt 60 ]; then log "fit-$model: not started (${left} s left in this call)"; unfinished=1; return; fi
+  log "fit-$model: $CONFIG ${epochs[*]} (this call: at most ${limit} s)"
+  set +e
+  timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" --data "$DATA" \
+    --out "$RUNS/$model" "${epochs[@]}" 2>&1 | progress_filter
+  code=${PIPESTATUS[0]}
+  set -e
+  if fit_done "$model"; then return; fi
+  if [ "$code" = 124 ]; then
+    log "fit-$model: stopped after ${limit} s; the next call continues from the last finished epoch"
+    unfinished=1
+  else
+    echo "error: fit-$model failed (exit $code)" >&2; exit 1
+  fi
+}
+
+stage_evaluate() {
+  local model
+  for model in $MODELS; do
+    if ! fit_done "$model"; then log "evaluate: $model not trained to the end yet, skipped"; unfinished=1; continue; fi
+    if [ ! -f "$RUNS/$model/evaluation.json" ] || [ "$RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
+      log "evaluate: $model on the GPU-engine test split"
+      "$PY" -m pipelines evaluate --config "$CONFIG" --data "$DATA" --runs "$RUNS" --models "$model" 2>&1 | progress_filter
+    fi
+    if [ ! -f "$CVODE_RUNS/$model/evaluation.json" ] || [ "$CVODE_RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
+      log "evaluate: $model on the CVode test set"
+      "$PY" -m pipelines evaluate --config "$CONFIG" --data "$CVODE_DATA" --all-shards --runs "$CVODE_RUNS" \
+        --checkpoint "$RUNS/$model" 2>&1 | progress_filter
+    fi
+  done
+}
+
+stage_assemble() {
+  if [ "$unfinished" = 1 ]; then log "assemble: waiting for the stages above"; return; fi
+  "$PY" bench/surrogate_accuracy.py --runs "$RUNS" --data "$DATA" --cvode-runs "$CVODE_RUNS" \
+    --cvode-data "$CVODE_DATA" --device "$(cat "$WORK/device.txt" 2>/dev/null || echo unknown)" \
+    --out "$OUT/surrogate_accuracy.json"
+}
+
+for s in "${stages[@]}"; do
+  case "$s" in
+    setup) stage_setup ;;
+    simulate) stage_simulate ;;
+    cvode-test) stage_cvode_test ;;
+    fit-*) stage_fit "${s#fit-}" ;;
+    evaluate) stage_evaluate ;;
+    assemble) stage_assemble ;;
+  esac
+  if [ "$unfinished" = 1 ]; then log "not finished: run the same command again"; exit 3; fi
+done
+if [ "$unfinished" = 1 ]; then log "not finished: run the same command again"; exit 3; fi
+log "all stages done"

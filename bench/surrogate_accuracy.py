@@ -1,0 +1,158 @@
+"""Assemble bench/results/surrogate_accuracy.json from the outputs of bench/neuronio_scale.sh.
+
+    python bench/surrogate_accuracy.py --runs RUNS --data DATA [--cvode-runs DIR --cvode-data DIR] --out JSON
+
+RUNS/<model>/ holds what `fit` and `evaluate` wrote (summary.json, metrics.json,
+evaluation.json: scored on the test split of DATA, the GPU-engine dataset);
+CVODE_RUNS/<model>/evaluation.json the same checkpoints scored on a separate CVode test set
+(`evaluate --all-shards --checkpoint RUNS/<model> --runs CVODE_RUNS`). Per model it keeps
+the published protocol's numbers (windowed inference: 500-ms windows with 150-ms burn-in,
+the first 500 ms of each simulation skipped, 1-ms bins, simulations with more than 24
+spike bins left out; soma RMSE raw and aligned), the parameter count, the training wall
+time and the time to the best validation AUC, plus the dataset sizes and the device.
+Nothing is recomputed: every number is read from a file the pipeline wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.jsonio import write_json  # noqa: E402
+from surrogate.metrics import fp_label  # noqa: E402
+from surrogate.registry import MODEL_KINDS  # noqa: E402
+
+MODE = "windowed"  # the published protocol (spec 7.3)
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def scores_of(evaluation: dict) -> dict:
+    """The published protocol's numbers of one evaluation.json (windowed mode)."""
+    result = evaluation[MODE]
+    return {
+        "test_auc": result["spike"]["auc"],
+        "test_tp_at_1pct_fp": result["spike"]["tp_at_fp"].get(fp_label(0.01)),
+        "test_rmse_aligned_mV": result["soma"]["aligned"]["rmse_mV"],
+        "test_rmse_raw_mV": result["soma"]["raw"]["rmse_mV"],
+        "test_simulations": evaluation["test"]["simulations"],
+        "test_simulations_kept": result["simulations_kept"],
+        "test_spike_bins": result["spike_bins_evaluated"],
+        "test_shards": evaluation["test"]["shards"],
+    }
+
+
+def _count_simulations(data_dir: Path, shard_names: list[str]) -> int:
+    import h5py
+
+    total = 0
+    for name in shard_names:
+        with h5py.File(data_dir / name, "r") as f:
+            total += int(f["input_spikes"].shape[0])
+    return total
+
+
+def model_entry(run_dir: Path, cvode_dir: Path | None) -> dict:
+    """One model: size, training time, and its scores on each test set present."""
+    summary = _read(run_dir / "summary.json")
+    entry = {
+        "model_kind": summary["model_kind"],
+        "num_parameters": summary["num_parameters"],
+        "model_config": summary.get("model_config"),
+        "train_wall_s": summary["training_time_s"],  # epochs' wall time, training and validation, over all resumptions
+        "time_to_best_valid_s": summary.get("time_to_best_valid_s"),
+        "best_epoch": summary["best_epoch"],
+        "best_valid_auc": summary["best_valid_auc"],
+        "epochs_completed": summary["epochs_completed"],
+        "finished": summary["finished"],
+        "windows_seen": summary["windows_seen"],
+        "training_simulations": summary["training_simulations"],
+        "device": summary["device"],
+        "amp": summary.get("amp"),
+        "test_sets": {},
+    }
+    if entry["time_to_best_valid_s"] is None and (run_dir / "metrics.json").is_file():  # a run from before the key
+        best = next((row for row in _read(run_dir / "metrics.json") if row["epoch"] == summary["best_epoch"]), None)
+        entry["time_to_best_valid_s"] = best["elapsed_s"] if best else None
+    if (run_dir / "evaluation.json").is_file():
+        entry["test_sets"]["gpu_engine"] = scores_of(_read(run_dir / "evaluation.json"))
+    if cvode_dir is not None and (cvode_dir / "evaluation.json").is_file():
+        entry["test_sets"]["cvode"] = scores_of(_read(cvode_dir / "evaluation.json"))
+    return entry
+
+
+def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data: Path | None = None,
+             device: str | None = None, models=MODEL_KINDS) -> dict:
+    """The whole result: every model of `models` that has a finished-or-not run under `runs`."""
+    entries = {}
+    for kind in models:
+        run_dir = runs / kind
+        if (run_dir / "summary.json").is_file():
+            entries[kind] = model_entry(run_dir, cvode_runs / kind if cvode_runs else None)
+    if not entries:
+        raise SystemExit(f"error: no run with a summary.json under {runs} (models: {', '.join(models)})")
+    first = _read(runs / next(iter(entries)) / "summary.json")
+    shards = first["shards"]
+    evaluation = next((_read(runs / k / "evaluation.json") for k in entries if (runs / k / "evaluation.json").is_file()), None)
+    datasets = {
+        "train": {"simulations": first["training_simulations"], "simulated_ms": first["training_simulated_ms"],
+                  "shards": len(shards["train"]), "data_dir": str(data)},
+        "valid": {"simulations": _count_simulations(data, shards["valid"]), "shards": len(shards["valid"])},
+        "test_gpu_engine": {"simulations": _count_simulations(data, shards["test"]), "shards": len(shards["test"])},
+    }
+    if cvode_data is not None and cvode_data.is_dir():
+        cvode_shards = sorted(p.name for p in cvode_data.glob("shard_*.h5"))
+        datasets["test_cvode"] = {"simulations": _count_simulations(cvode_data, cvode_shards),
+                                  "shards": len(cvode_shards), "data_dir": str(cvode_data)}
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device or first.get("device"),
+        "python": platform.python_version(),
+        "protocol": {
+            "mode": MODE,
+            "settings": evaluation.get("settings") if evaluation else None,
+            "test_sets": "gpu_engine: the test split of the GPU-engine dataset; cvode: a separate dataset "
+                         "simulated with NEURON's CVode (NeuronIO's solver)",
+        },
+        "datasets": datasets,
+        "models": entries,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, required=True, help="run directories RUNS/<model>/ (fit + evaluate)")
+    parser.add_argument("--data", type=Path, required=True, help="the training dataset (GPU engine)")
+    parser.add_argument("--cvode-runs", type=Path, default=None, help="evaluations on the CVode test set, DIR/<model>/")
+    parser.add_argument("--cvode-data", type=Path, default=None, help="the CVode test set")
+    parser.add_argument("--device", default=None, help="the device, in words (default: the runs' device)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "surrogate_accuracy.json")
+    args = parser.parse_args(argv)
+    result = assemble(args.runs, args.data, args.cvode_runs, args.cvode_data, args.device)
+    write_json(args.out, result)
+    def number(value, spec):  # NaN metrics (a test set without spikes) are null in the JSON
+        return "n/a" if value is None else format(value, spec)
+
+    print(f"{'model':<11} {'params':>9} {'train s':>8} {'to best s':>9} | test set   AUC     TP@1%FP  RMSE aligned / raw (mV)")
+    for kind, entry in result["models"].items():
+        for name, scores in entry["test_sets"].items():
+            print(f"{kind:<11} {entry['num_parameters']:>9,} {number(entry['train_wall_s'], '8.0f')} "
+                  f"{number(entry['time_to_best_valid_s'], '9.0f')} | {name:<10} {number(scores['test_auc'], '.4f')}  "
+                  f"{number(scores['test_tp_at_1pct_fp'], '.3f')}    {number(scores['test_rmse_aligned_mV'], '.3f')} / "
+                  f"{number(scores['test_rmse_raw_mV'], '.3f')}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

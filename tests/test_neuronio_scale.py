@@ -1,0 +1,75 @@
+"""bench/neuronio_scale.sh --dry-run: every stage of the NeuronIO-scale benchmark, tiny, on the CPU.
+
+The GPU engine's CPU twin simulates the training data, NEURON's CVode the separate test set;
+the four models train one short epoch each, are evaluated on both test sets and
+bench/surrogate_accuracy.py assembles the JSON. A second run of the same command skips
+every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "neuronio_scale.sh"
+
+
+def run_script(work: Path, morphology: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WORK": str(work), "L5PC_MORPHOLOGY": str(morphology), "PYTHON": sys.executable, **env_vars}
+    return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1800)
+
+
+def test_unknown_stage_or_option_is_one_line(tmp_path, morphology_path):
+    for args, message in ((("simulte",), "unknown stage simulte"), (("--fast",), "unknown option --fast")):
+        result = run_script(tmp_path / "work", morphology_path, *args)
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_call_without_time_left_stops_with_exit_3(tmp_path, morphology_path):
+    """A stage that cannot finish in this call's BUDGET_S is not started: exit 3, "run the same command again"."""
+    result = run_script(tmp_path / "work", morphology_path, "simulate", BUDGET_S="30")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "simulate: not started" in result.stdout and "run the same command again" in result.stdout
+    assert not (tmp_path / "work" / "data").exists()
+
+
+@pytest.mark.slow
+def test_dry_run_end_to_end(tmp_path, morphology_path):
+    work = tmp_path / "work"
+    result = run_script(work, morphology_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "all stages done" in result.stdout
+
+    out = json.loads((work / "surrogate_accuracy.json").read_text())
+    assert out["datasets"]["train"]["simulations"] == 4 and out["datasets"]["test_gpu_engine"]["simulations"] == 2
+    assert out["datasets"]["test_cvode"]["simulations"] == 2
+    assert set(out["models"]) == {"elm", "branch-elm", "tcn", "lstm"}
+    for kind, entry in out["models"].items():
+        summary = json.loads((work / "runs" / kind / "summary.json").read_text())
+        assert entry["num_parameters"] == summary["num_parameters"] > 0
+        assert entry["train_wall_s"] == summary["training_time_s"] > 0
+        assert 0 < entry["time_to_best_valid_s"] <= entry["train_wall_s"]
+        assert set(entry["test_sets"]) == {"gpu_engine", "cvode"}
+        for name, scores in entry["test_sets"].items():
+            evaluation_dir = work / ("runs" if name == "gpu_engine" else "eval_cvode") / kind
+            evaluation = json.loads((evaluation_dir / "evaluation.json").read_text())
+            assert scores["test_rmse_raw_mV"] == evaluation["windowed"]["soma"]["raw"]["rmse_mV"]
+            assert scores["test_rmse_aligned_mV"] == evaluation["windowed"]["soma"]["aligned"]["rmse_mV"]
+            for key in ("test_auc", "test_tp_at_1pct_fp"):
+                assert key in scores  # NaN (JSON null) when a tiny test set has no spike
+        assert entry["test_sets"]["cvode"]["test_shards"] == ["shard_00000.h5"]
+    tcn = json.loads((work / "runs" / "tcn" / "summary.json").read_text())["train_config"]
+    assert tcn["optimizer"] == "nadam" and tcn["lr_schedule"] == "step"
+
+    again = run_script(work, morphology_path)
+    assert again.returncode == 0 and "all stages done" in again.stdout
+    for stage in ("simulate", "cvode-test", "fit-elm", "fit-lstm"):
+        assert any(line.startswith(f"[") and f"{stage}:" in line and "skipped" in line
+                   for line in again.stdout.splitlines()), stage
