@@ -14,7 +14,7 @@ REPORTS ?= reports
 MORPHOLOGY_ARG := $(if $(MORPHOLOGY),--morphology $(MORPHOLOGY),)
 PIPE := $(PY) -m pipelines
 
-.PHONY: all install morphology mechanisms simulate fit-elm fit-branch-elm fit-tcn evaluate report validate \
+.PHONY: all install morphology mechanisms simulate fit-elm fit-branch-elm fit-tcn fit-lstm evaluate report validate \
         test test-slow bench clean
 
 all: report
@@ -45,6 +45,10 @@ fit-branch-elm: simulate
 
 fit-tcn: simulate
 	$(PIPE) fit --model tcn --config $(CONFIG) --data $(DATA) --out $(RUNS)/tcn
+
+# the LSTM baseline (858k parameters) is not part of `make all`; `make fit-lstm evaluate` adds it
+fit-lstm: simulate
+	$(PIPE) fit --model lstm --config $(CONFIG) --data $(DATA) --out $(RUNS)/lstm
 
 evaluate: fit-elm fit-branch-elm fit-tcn
 	$(PIPE) evaluate --config $(CONFIG) --data $(DATA) --runs $(RUNS)

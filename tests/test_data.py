@@ -276,7 +276,13 @@ def test_config_per_model_overrides(tmp_path):
 @pytest.mark.parametrize("name", ["quick.toml", "neuronio.toml"])
 def test_project_configs_load(name):
     root = Path(__file__).resolve().parents[1]
-    for kind in ("elm", "branch-elm", "tcn"):
+    for kind in ("elm", "branch-elm", "tcn", "lstm"):
         config = load_training_config(root / "configs" / name, kind)
         assert config.data.window_ms == 500 and config.data.burn_in_ms == 150
         assert config.train.spike_loss_weight == config.train.voltage_loss_weight == 0.5
+    if name == "neuronio.toml":  # the published TCN recipe: Nadam, 1e-4 stepping down to 1e-6, spike 1 -> 9, voltage 2 -> 0.3
+        tcn = load_training_config(root / "configs" / name, "tcn")
+        assert (tcn.train.optimizer, tcn.train.lr_schedule, tcn.model.spike_bias_init) == ("nadam", "step", -2.0)
+        assert tcn.train.lr_steps[0] == (1, 1e-4) and tcn.train.lr_steps[-1][1] == 1e-6
+        assert tcn.train.loss_weights(1) == (1.0, 2.0) and tcn.train.loss_weights(tcn.train.epochs) == (9.0, 0.3)
+        assert load_training_config(root / "configs" / name, "lstm").model.hidden_size == 150
