@@ -18,7 +18,7 @@ VERBS = {
     "resimulate": ("pipelines.resimulate", "simulate the cell on given input_spikes"),
     "inspect": ("pipelines.inspect", "summarise a dataset (shards, rates, ISI stats)"),
     "import-neuronio": ("pipelines.import_neuronio", "convert original NeuronIO pickles into HDF5 shards"),
-    "fit": ("pipelines.fit", "train a surrogate (elm, branch-elm, tcn)"),
+    "fit": ("pipelines.fit", "train a surrogate (elm, branch-elm, tcn, lstm)"),
     "fit-task": ("pipelines.fit_task", "train ELM / Branch-ELM / LSTM on a long-horizon task (ListOps, Pathfinder, SHD-Adding)"),
     "evaluate": ("pipelines.evaluate", "score checkpoints on the test split, write JSON"),
     "predict": ("pipelines.predict", "run a checkpoint on input_spikes, write predictions"),

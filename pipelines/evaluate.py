@@ -4,7 +4,7 @@
     python -m pipelines evaluate ... --models branch-elm,tcn
     python -m pipelines evaluate ... --checkpoint ../shared/pretrained/elmneuron/num_memory_20
 
-For every run directory RUNS/<model>/ (elm, branch-elm, tcn: those present, or --models),
+For every run directory RUNS/<model>/ (elm, branch-elm, tcn, lstm: those present, or --models),
 the best checkpoint is run over the test shards (the split of [data], by shard) twice: in
 500-ms windows with 150-ms burn-in as published, and in one pass over each whole
 simulation. RUNS/<model>/evaluation.json gets the metrics of both; predictions.h5 the ROC
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="dataset directory of HDF5 shards")
     parser.add_argument("--runs", required=True, type=Path, help="directory of run directories (RUNS/<model>/)")
     parser.add_argument("--models", default=None,
-                        help="comma-separated run names to score (default: every one of elm, branch-elm, tcn present)")
+                        help="comma-separated run names to score (default: every one of elm, branch-elm, tcn, lstm present)")
     parser.add_argument("--checkpoint", action="append", type=Path, default=[], metavar="PATH",
                         help="score this checkpoint file, run directory or published elmneuron folder instead "
                              "(repeatable); results go to RUNS/<its folder name>/")
