@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +49,8 @@ from common.locks import DirectoryLock
 
 from .devices import resolve_device
 from .elm import ELMConfig, num_parameters
+from .tasks import TaskSpec
+from .train import RunMismatchError, TrainingDivergedError, cosine_learning_rate, seed_for
 from .sequence import (SEQUENCE_MODELS, InputEncoding, LSTMConfig, SequenceClassifier, SequenceModelConfig,
                        build_sequence_model, sequence_model_from_dict)
 
@@ -64,14 +65,6 @@ CHECKPOINT_FORMAT = "l5pc-sequence-checkpoint"
 RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size", "max_test_examples"}
 
 Progress = Callable[[str, dict], None]
-
-
-class RunMismatchError(UserInputError):
-    """The output directory holds a run of another task, model or recipe."""
-
-
-class TrainingDivergedError(UserInputError):
-    """The training loss became NaN or infinite."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -112,17 +105,6 @@ class SequenceTrainConfig:
                  f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         _require(self.recurrence in ("auto", "reference", "fused"),
                  f"recurrence must be 'auto', 'reference' or 'fused', got {self.recurrence!r}")
-
-
-@dataclass(frozen=True)
-class TaskSpecLike:
-    """What the model needs to know about a task (surrogate.tasks.TaskSpec has these fields)."""
-
-    name: str
-    input_kind: str
-    input_size: int
-    num_classes: int
-    seq_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,7 +212,7 @@ def load_task_config(paths: list[str | os.PathLike], spec, kind: str) -> TaskRun
 class TaskData:
     """A task's spec and its three splits (torch Datasets of {"inputs", "length", "label"})."""
 
-    spec: Any
+    spec: TaskSpec
     splits: dict[str, torch.utils.data.Dataset]
 
 
@@ -272,18 +254,14 @@ def collate_examples(items: list[dict]) -> dict[str, torch.Tensor]:
     return {"inputs": batch, "length": lengths, "label": labels}
 
 
-def _seed_for(*words: int) -> int:
-    return int(np.random.SeedSequence(list(words)).generate_state(1)[0])
-
-
 def epoch_batches(num_examples: int, batch_size: int, batches: int, seed: int, epoch: int) -> list[list[int]]:
     """The training batches of an epoch (indices), from (seed, epoch) only; batches 0: one pass."""
     if batches == 0:
-        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(_seed_for(seed, epoch, 0)))
+        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed_for(seed, epoch, 0)))
         return [order[i:i + batch_size].tolist() for i in range(0, num_examples, batch_size)]
     needed, parts, k = batches * batch_size, [], 0
     while sum(len(p) for p in parts) < needed:
-        parts.append(torch.randperm(num_examples, generator=torch.Generator().manual_seed(_seed_for(seed, epoch, k))))
+        parts.append(torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed_for(seed, epoch, k))))
         k += 1
     order = torch.cat(parts)[:needed]
     return [order[i:i + batch_size].tolist() for i in range(0, needed, batch_size)]
@@ -368,8 +346,7 @@ class SequenceRun:
 
     def learning_rate(self, step: int) -> float:
         train = self.config.train
-        progress = min(step / max(self.total_steps, 1), 1.0)
-        return train.lr_min + 0.5 * (train.learning_rate - train.lr_min) * (1.0 + math.cos(math.pi * progress))
+        return cosine_learning_rate(step, self.total_steps, train.learning_rate, train.lr_min)
 
     def identity(self) -> dict:
         """What a resumed run must share with the run in its directory."""
@@ -510,7 +487,7 @@ def train_sequence_run(run: SequenceRun, report: Progress) -> dict:
 def train_sequence_epoch(run: SequenceRun, epoch: int, report: Progress) -> tuple[float, float]:
     """One epoch of Adam steps on the cosine schedule; returns (mean training loss, training accuracy)."""
     model, optimizer, train, device, state = run.model, run.optimizer, run.config.train, run.device, run.state
-    torch.manual_seed(_seed_for(train.seed, epoch, 1))  # dropout: the same whether resumed or not
+    torch.manual_seed(seed_for(train.seed, epoch, 1))  # dropout: the same whether resumed or not
     model.train()
     batches = epoch_batches(len(run.train_set), train.batch_size, train.batches_per_epoch, train.seed, epoch)
     loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, collate_fn=collate_examples,

@@ -117,7 +117,8 @@ def spike_auc(spike_target: np.ndarray, spike_probability: np.ndarray) -> float:
     return float(metrics.spike_metrics(spike_target, spike_probability, fp_rates=())[0]["auc"])
 
 
-def _seed_for(*words: int) -> int:
+def seed_for(*words: int) -> int:
+    """A 32-bit seed derived from integers (run seed, epoch, ...): the same on every machine and resume."""
     return int(np.random.SeedSequence(list(words)).generate_state(1)[0])
 
 
@@ -369,7 +370,7 @@ def train_run(run: Run, report: Progress) -> dict:
 def train_epoch(run: Run, epoch: int, batches, num_inputs: int, report: Progress) -> list[float]:
     """One epoch of optimiser steps on the learning-rate schedule; returns the mean (total, spike, soma) training loss."""
     model, optimizer, scaler, train, device, state = run.model, run.optimizer, run.scaler, run.train, run.device, run.state
-    torch.manual_seed(_seed_for(train.seed, epoch))  # dropout: the same whether resumed or not
+    torch.manual_seed(seed_for(train.seed, epoch))  # dropout: the same whether resumed or not
     model.train()
     sync_every = 1 if device.type == "cpu" else 25  # .item() stalls a GPU: read the loss now and then
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16 if run.amp == "bf16" else torch.float16,

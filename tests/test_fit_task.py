@@ -12,12 +12,13 @@ import torch
 
 from common.errors import ConfigError, UserInputError
 from surrogate.sequence import LSTMConfig
-from surrogate.sequence_train import (TaskData, TaskRunConfig, TaskSpecLike, collate_examples,
+from surrogate.tasks import TaskSpec
+from surrogate.sequence_train import (TaskData, TaskRunConfig, collate_examples,
                                       epoch_batches, fit_sequence, load_sequence_checkpoint, load_sequence_model,
                                       load_task_config)
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = TaskSpecLike("sign-of-sum", "tokens", 4, 2, 24)
+SPEC = TaskSpec("sign-of-sum", "tokens", 4, 2, 24)
 SMALL = """
 [task]
 name = "sign-of-sum"
