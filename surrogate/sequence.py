@@ -51,6 +51,7 @@ import torch.nn as nn
 from common.config import require as _require
 
 from .elm import ELM, ELMConfig, num_parameters
+from .lstm import LSTM, LSTMConfig
 
 INPUT_KINDS = ("tokens", "pixels", "spikes", "real")
 READOUTS = ("last", "mean", "per-step")
@@ -79,8 +80,8 @@ class SequenceModelConfig:
 
 
 @dataclass(frozen=True)
-class LSTMConfig:
-    """[lstm]: the baseline. hidden_size 0: sized to the parameter budget."""
+class LSTMBaselineConfig:
+    """[lstm] of a task config: the baseline (surrogate.lstm.LSTM). hidden_size 0: sized to the parameter budget."""
 
     hidden_size: int = 0  # 0: the size whose whole classifier comes closest to parameter_budget
     num_layers: int = 1
@@ -152,28 +153,15 @@ def sequence_elm(config: ELMConfig, routing: str = "windows", routing_seed: int 
     return elm
 
 
-class LSTMCore(nn.Module):
-    """nn.LSTM + a linear readout per step: (B, T, I) -> (B, T, classes)."""
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, num_classes: int):
-        super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True)
-        self.readout = nn.Linear(hidden_size, num_classes)
-
-    def forward(self, x: torch.Tensor, recurrence: str = "auto") -> torch.Tensor:
-        out, _ = self.lstm(x)
-        return self.readout(out)
-
-
 def lstm_parameters(input_size: int, hidden_size: int, num_layers: int, num_classes: int) -> int:
-    """Trainable parameters of LSTMCore (PyTorch's LSTM has two bias vectors per layer)."""
+    """Trainable parameters of surrogate.lstm.LSTM with this input width and readout (PyTorch's LSTM has two bias vectors per layer)."""
     first = 4 * hidden_size * (input_size + hidden_size) + 8 * hidden_size
     later = (num_layers - 1) * (4 * hidden_size * 2 * hidden_size + 8 * hidden_size)
     return first + later + hidden_size * num_classes + num_classes
 
 
 def lstm_hidden_for_budget(budget: int, input_size: int, num_classes: int, num_layers: int = 1, fixed: int = 0) -> int:
-    """The hidden size whose LSTMCore plus `fixed` other parameters (the encoding) comes closest to `budget`."""
+    """The hidden size whose LSTM plus `fixed` other parameters (the encoding) comes closest to `budget`."""
     a = 4 + 8 * (num_layers - 1)
     b = 4 * input_size + 8 + num_classes + 8 * (num_layers - 1)
     c = fixed + num_classes - budget
@@ -207,7 +195,7 @@ class SequenceClassifier(nn.Module):
     """Encoding -> ELM / Branch-ELM / LSTM -> readout. `forward(inputs, lengths)` -> (B, classes) or (B, T, classes)."""
 
     def __init__(self, kind: str, input_kind: str, input_size: int, num_classes: int,
-                 model: SequenceModelConfig, core: ELMConfig | LSTMConfig):
+                 model: SequenceModelConfig, core: ELMConfig | LSTMBaselineConfig):
         super().__init__()
         if kind not in SEQUENCE_MODELS:
             raise ValueError(f"kind must be one of {', '.join(SEQUENCE_MODELS)}, got {kind!r}")
@@ -218,8 +206,9 @@ class SequenceClassifier(nn.Module):
         width = self.encoding.width
         if kind == "lstm":
             if core.hidden_size < 1:
-                raise ValueError("LSTMConfig.hidden_size must be set (see build_sequence_model)")
-            self.core = LSTMCore(width, core.hidden_size, core.num_layers, num_classes)
+                raise ValueError("LSTMBaselineConfig.hidden_size must be set (see build_sequence_model)")
+            self.core = LSTM(LSTMConfig(num_input=width, num_output=num_classes, hidden_size=core.hidden_size,
+                                        num_layers=core.num_layers))
         else:
             if core.num_input != width or core.num_output != num_classes:
                 raise ValueError(f"ELMConfig must have num_input {width}, num_output {num_classes}; "
@@ -228,7 +217,10 @@ class SequenceClassifier(nn.Module):
 
     def per_step(self, inputs: torch.Tensor, recurrence: str = "auto") -> torch.Tensor:
         """Logits at every step, (B, T, classes)."""
-        return self.core(self.dropout(self.encoding(inputs)), recurrence=recurrence)
+        encoded = self.dropout(self.encoding(inputs))
+        if self.kind == "lstm":
+            return self.core(encoded)
+        return self.core(encoded, recurrence=recurrence)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None, recurrence: str = "auto") -> torch.Tensor:
         return pool_readout(self.per_step(inputs, recurrence), lengths, self.model_config.readout)
@@ -249,9 +241,9 @@ def elm_config_for(table: Mapping[str, Any], width: int, num_classes: int) -> EL
 
 
 def build_sequence_model(kind: str, input_kind: str, input_size: int, num_classes: int,
-                         model: SequenceModelConfig | None = None, core: ELMConfig | LSTMConfig | None = None,
+                         model: SequenceModelConfig | None = None, core: ELMConfig | LSTMBaselineConfig | None = None,
                          budget_core: ELMConfig | None = None) -> SequenceClassifier:
-    """A fresh SequenceClassifier. `core`: ELMConfig (its num_input / num_output are set from the task) or LSTMConfig.
+    """A fresh SequenceClassifier. `core`: ELMConfig (its num_input / num_output are set from the task) or LSTMBaselineConfig.
 
     An LSTM with hidden_size 0 is sized to parameter_budget, or, when that is 0, to the
     parameter count of the classifier with the ELM `budget_core` (same encoding and readout).
@@ -259,7 +251,7 @@ def build_sequence_model(kind: str, input_kind: str, input_size: int, num_classe
     model = model or SequenceModelConfig()
     width = InputEncoding(input_kind, input_size, model.embedding_dim).width
     if kind == "lstm":
-        core = core or LSTMConfig()
+        core = core or LSTMBaselineConfig()
         if core.hidden_size == 0:
             budget = core.parameter_budget
             if budget == 0:
@@ -281,7 +273,7 @@ def build_sequence_model(kind: str, input_kind: str, input_size: int, num_classe
 def sequence_model_from_dict(description: Mapping[str, Any]) -> SequenceClassifier:
     """The model `SequenceClassifier.describe()` described (weights not included)."""
     kind = description["kind"]
-    core_type = LSTMConfig if kind == "lstm" else ELMConfig
+    core_type = LSTMBaselineConfig if kind == "lstm" else ELMConfig
     return SequenceClassifier(kind, description["input_kind"], description["input_size"], description["num_classes"],
                               SequenceModelConfig(**description["model"]), core_type(**description["core"]))
 

@@ -21,7 +21,7 @@ Config files (configs/tasks/*.toml; several files may be layered, later keys win
 tables [task] (name: the task the file is for), [train] (SequenceTrainConfig, with
 [train.elm] / [train.branch_elm] / [train.lstm] overrides per model), [model]
 (surrogate.sequence.SequenceModelConfig), [elm] / [branch_elm] (surrogate.elm.ELMConfig
-without num_input and num_output, which the task sets) and [lstm] (LSTMConfig).
+without num_input and num_output, which the task sets) and [lstm] (LSTMBaselineConfig).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from .devices import resolve_device
 from .elm import ELMConfig, num_parameters
 from .tasks import TaskSpec
 from .train import RunMismatchError, TrainingDivergedError, cosine_learning_rate, seed_for
-from .sequence import (SEQUENCE_MODELS, InputEncoding, LSTMConfig, SequenceClassifier, SequenceModelConfig,
+from .sequence import (SEQUENCE_MODELS, InputEncoding, LSTMBaselineConfig, SequenceClassifier, SequenceModelConfig,
                        build_sequence_model, sequence_model_from_dict)
 
 SPLITS = ("train", "valid", "test")
@@ -115,8 +115,8 @@ class TaskRunConfig:
     kind: str
     train: SequenceTrainConfig
     model: SequenceModelConfig
-    core: ELMConfig | LSTMConfig
-    budget_core: ELMConfig | None = None  # the LSTM's parameter budget comes from this ELM (LSTMConfig.match)
+    core: ELMConfig | LSTMBaselineConfig
+    budget_core: ELMConfig | None = None  # the LSTM's parameter budget comes from this ELM (LSTMBaselineConfig.match)
 
 
 def read_task_tables(paths: list[str | os.PathLike]) -> dict[str, dict]:
@@ -196,7 +196,7 @@ def load_task_config(paths: list[str | os.PathLike], spec, kind: str) -> TaskRun
     elms = {name: _elm_config(tables.get(MODEL_TABLES[name]), name, width, spec.num_classes,
                               f"{where} [{MODEL_TABLES[name]}]")
             for name in ("elm", "branch-elm") if name == kind or MODEL_TABLES[name] in tables}
-    lstm = from_table(LSTMConfig, tables.get("lstm"), f"{where} [lstm]")
+    lstm = from_table(LSTMBaselineConfig, tables.get("lstm"), f"{where} [lstm]")
     if kind == "lstm":
         budget_core = None
         if lstm.hidden_size == 0 and lstm.parameter_budget == 0:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError, UserInputError
-from surrogate.sequence import LSTMConfig
+from surrogate.sequence import LSTMBaselineConfig
 from surrogate.tasks import TaskSpec
 from surrogate.sequence_train import (TaskData, TaskRunConfig, collate_examples,
                                       epoch_batches, fit_sequence, load_sequence_checkpoint, load_sequence_model,
@@ -173,7 +173,7 @@ def test_batches_depend_on_seed_and_epoch_only():
 
 def test_task_config_layers_and_checks(config_file, tmp_path):
     lstm = load_task_config([config_file], SPEC, "lstm")
-    assert lstm.train.learning_rate == 0.02 and lstm.core == LSTMConfig(match="elm")
+    assert lstm.train.learning_rate == 0.02 and lstm.core == LSTMBaselineConfig(match="elm")
     assert lstm.budget_core.num_memory == 6 and lstm.budget_core.num_input == 6  # the embedding width
     smoke = tmp_path / "smoke.toml"
     smoke.write_text("[train]\nepochs = 1\n[train.lstm]\nbatch_size = 2\n[elm]\nnum_memory = 3\n[tasks.listops]\nseed = 1\n")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from surrogate.elm import ELMConfig, num_parameters
-from surrogate.sequence import (LSTMConfig, SequenceModelConfig, build_sequence_model, lstm_hidden_for_budget,
+from surrogate.sequence import (LSTMBaselineConfig, SequenceModelConfig, build_sequence_model, lstm_hidden_for_budget,
                                 lstm_parameters, pool_readout, random_routing, saved_activation_bytes,
                                 sequence_model_from_dict, window_routing)
 
@@ -38,7 +38,7 @@ def small_elm(readout: str = "last", kind: str = "elm", input_kind: str = "token
 def test_last_readout_ignores_everything_after_length(kind):
     if kind == "lstm":
         torch.manual_seed(0)
-        model = build_sequence_model("lstm", "tokens", 8, 4, SequenceModelConfig(embedding_dim=12), LSTMConfig(hidden_size=5))
+        model = build_sequence_model("lstm", "tokens", 8, 4, SequenceModelConfig(embedding_dim=12), LSTMBaselineConfig(hidden_size=5))
     else:
         model = small_elm("last", kind)
     model.eval()
@@ -124,7 +124,7 @@ def test_the_neuron_is_surrogate_elm_without_neuronio_signs():
 
 def test_describe_round_trip():
     for model in (small_elm("mean", "branch-elm"),
-                  build_sequence_model("lstm", "spikes", 10, 3, SequenceModelConfig(), LSTMConfig(parameter_budget=2000))):
+                  build_sequence_model("lstm", "spikes", 10, 3, SequenceModelConfig(), LSTMBaselineConfig(parameter_budget=2000))):
         again = sequence_model_from_dict(model.describe())
         again.load_state_dict(model.state_dict())
         x = torch.randint(1, 8, (2, 9)) if model.input_kind == "tokens" else torch.rand(2, 9, 10)
@@ -207,7 +207,7 @@ def test_lstm_hidden_size_meets_a_parameter_budget(budget, width, classes, layer
     count = lstm_parameters(width, hidden, layers, classes)
     assert abs(count - budget) / budget < 0.03, (hidden, count)
     model = build_sequence_model("lstm", "real", width, classes, SequenceModelConfig(),
-                                 LSTMConfig(hidden_size=hidden, num_layers=layers))
+                                 LSTMBaselineConfig(hidden_size=hidden, num_layers=layers))
     assert num_parameters(model) == count  # the formula is PyTorch's count
 
 
@@ -215,6 +215,6 @@ def test_lstm_matches_the_elm_of_the_same_config():
     model_config = SequenceModelConfig(embedding_dim=32)
     elm_config = ELMConfig(num_input=32, num_memory=100)
     elm = build_sequence_model("elm", "tokens", 16, 10, model_config, elm_config)
-    lstm = build_sequence_model("lstm", "tokens", 16, 10, model_config, LSTMConfig(), budget_core=elm_config)
+    lstm = build_sequence_model("lstm", "tokens", 16, 10, model_config, LSTMBaselineConfig(), budget_core=elm_config)
     assert lstm.core_config.parameter_budget == num_parameters(elm)
     assert abs(num_parameters(lstm) - num_parameters(elm)) / num_parameters(elm) < 0.03
