@@ -37,8 +37,8 @@ def known_tables() -> dict[str, str]:
     return owners
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML config file; missing files, bad encoding or syntax and unknown tables become ConfigError."""
+def parse_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file, whatever its tables; a missing file, bad encoding or bad syntax is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -53,6 +53,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
                           f"TOML files must be UTF-8") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
+    return raw
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML config file of the NeuronIO line; missing files, bad encoding or syntax and unknown tables
+    become ConfigError."""
+    raw = parse_toml(path)
     known = known_tables()
     unknown = sorted(set(raw) - set(known))
     if unknown:

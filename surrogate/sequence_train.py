@@ -32,7 +32,6 @@ import io
 import math
 import os
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -40,7 +39,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from common.config import from_table
+from common.config import from_table, parse_toml
 from common.config import require as _require
 from common.errors import ConfigError, DatasetError, UserInputError
 from common.files import as_output_error, check_writable, write_bytes_atomic, write_text_atomic
@@ -123,16 +122,7 @@ def read_task_tables(paths: list[str | os.PathLike]) -> dict[str, dict]:
     """The tables of one or more task config files, later files overriding earlier ones key by key."""
     merged: dict[str, dict] = {}
     for path in map(Path, paths):
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML: {err}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text; TOML files must be UTF-8") from None
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
+        raw = parse_toml(path)
         for name, table in raw.items():
             if name == DATA_TABLE:
                 continue

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from common.config import from_table, require
+from common.config import from_table, parse_toml, require
 from common.errors import ConfigError
 
 # the TOML table that holds one sub-table per task; CONFIG_TABLES in the form common.config.TABLE_OWNERS reads
@@ -200,17 +198,7 @@ def settings_from_file(path: str | Path, name: str):
     A missing file, bad TOML, a [tasks] entry that is not a known task and unknown keys are ConfigError.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; TOML files must be UTF-8") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
+    raw = parse_toml(path)
     tables = raw.get(TABLE, {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: [{TABLE}] must be a table of tables ([{TABLE}.listops], ...)")
