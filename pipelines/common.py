@@ -101,6 +101,53 @@ class ProgressBar:
             self.bar.close()
 
 
+class TrainingBars:
+    """Two tqdm bars for a training run (epochs; batches of the current epoch), driven by the
+    `progress(event, info)` callbacks of surrogate.train.fit and surrogate.sequence_train.fit_sequence.
+
+    The verb says what a line reads: `describe_start(info)` for the first line, and
+    `describe_epoch(info) -> (postfix dict, line)` after every epoch. A context manager: the
+    bars close (inner first, so an error starts on a line of its own) however the run ends.
+    """
+
+    def __init__(self, describe_start, describe_epoch):
+        self.describe_start, self.describe_epoch, self.bars = describe_start, describe_epoch, {}
+
+    def __call__(self, event: str, info: dict) -> None:
+        from tqdm import tqdm
+
+        bars = self.bars
+        if event == "start":
+            done = info["first_epoch"] - 1
+            verb = f"resuming after epoch {done}" if info["resumed"] else "training"
+            tqdm.write(f"{verb}: {self.describe_start(info)}")
+            bars["epochs"] = tqdm(total=info["epochs"], initial=done, desc="epochs", unit="epoch", position=0)
+            bars["steps"] = tqdm(total=info["batches_per_epoch"], desc=f"epoch {done + 1}", unit="batch",
+                                 position=1, leave=False)
+        elif event == "steps":
+            bars["steps"].update(info["steps"])
+            bars["steps"].set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.2e}")
+        elif event == "validate":
+            bars["steps"].set_description(f"epoch {info['epoch']} validating")
+        elif event == "epoch":
+            postfix, line = self.describe_epoch(info)
+            bars["epochs"].update(1)
+            bars["epochs"].set_postfix(**postfix, best="*" if info["improved"] else "")
+            tqdm.write(f"epoch {info['epoch']}/{info['epochs']}: {line}{' (best)' if info['improved'] else ''}")
+            if info["epoch"] < info["epochs"]:
+                bars["steps"].reset()
+                bars["steps"].set_description(f"epoch {info['epoch'] + 1}")
+        elif event == "test":
+            tqdm.write(f"testing epoch {info['epoch']} on {info['examples']} test examples")
+
+    def __enter__(self) -> "TrainingBars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for bar in reversed(self.bars.values()):
+            bar.close()
+
+
 def solver_name(config) -> str:
     """The solver setting in a few words, e.g. "cvode (atol 0.001)" or "coreneuron dt 0.05 ms"."""
     solver = config.solver

@@ -33,8 +33,7 @@ def _format(value, spec: str = ".4f") -> str:
 def main(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from tqdm import tqdm
-
+    from pipelines.common import TrainingBars
     from simulation.errors import ConfigError
     from surrogate.config import DataConfig, TrainConfig, load_training_config
     from surrogate.train import fit
@@ -49,40 +48,20 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ConfigError(f"command-line override: {err}") from None
 
-    bars: dict[str, tqdm] = {}
+    def describe_start(info: dict) -> str:
+        return (f"{info['model_kind']} ({info['num_parameters']:,} parameters) on {info['device']}"
+                f"{'' if info['amp'] == 'off' else ' with ' + info['amp'] + ' autocast'}; "
+                f"{info['training_simulations']} training simulations "
+                f"({len(info['shards']['train'])} shards), {info['valid_simulations']} validation simulations")
 
-    def progress(event: str, info: dict) -> None:
-        if event == "start":
-            done = info["first_epoch"] - 1
-            verb = f"resuming after epoch {done}" if info["resumed"] else "training"
-            tqdm.write(f"{verb}: {info['model_kind']} ({info['num_parameters']:,} parameters) on {info['device']}"
-                       f"{'' if info['amp'] == 'off' else ' with ' + info['amp'] + ' autocast'}; "
-                       f"{info['training_simulations']} training simulations "
-                       f"({len(info['shards']['train'])} shards), {info['valid_simulations']} validation simulations")
-            bars["epochs"] = tqdm(total=info["epochs"], initial=done, desc="epochs", unit="epoch", position=0)
-            bars["steps"] = tqdm(total=info["batches_per_epoch"], desc=f"epoch {done + 1}", unit="batch",
-                                 position=1, leave=False)
-        elif event == "steps":
-            bars["steps"].update(info["steps"])
-            bars["steps"].set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.2e}")
-        elif event == "validate":
-            bars["steps"].set_description(f"epoch {info['epoch']} validating")
-        elif event == "epoch":
-            bars["epochs"].update(1)
-            bars["epochs"].set_postfix(valid_auc=_format(info["valid_auc"]), best="*" if info["improved"] else "")
-            tqdm.write(f"epoch {info['epoch']}/{info['epochs']}: train loss {info['train_loss']:.4f}, "
-                       f"valid loss {_format(info['valid_loss'])}, valid AUC {_format(info['valid_auc'])}, "
-                       f"soma RMSE {_format(info['valid_soma_rmse_mV'], '.2f')} mV, "
-                       f"{info['windows_per_s']:.0f} windows/s{' (best)' if info['improved'] else ''}")
-            if info["epoch"] < info["epochs"]:
-                bars["steps"].reset()
-                bars["steps"].set_description(f"epoch {info['epoch'] + 1}")
+    def describe_epoch(info: dict) -> tuple[dict, str]:
+        return {"valid_auc": _format(info["valid_auc"])}, (
+            f"train loss {info['train_loss']:.4f}, valid loss {_format(info['valid_loss'])}, "
+            f"valid AUC {_format(info['valid_auc'])}, soma RMSE {_format(info['valid_soma_rmse_mV'], '.2f')} mV, "
+            f"{info['windows_per_s']:.0f} windows/s")
 
-    try:
+    with TrainingBars(describe_start, describe_epoch) as progress:
         summary = fit(args.model, train, config.model, args.data, args.out, data_config=data, progress=progress)
-    finally:
-        for bar in reversed(bars.values()):  # the inner bar first: an error then starts on a line of its own
-            bar.close()
 
     if summary.get("already_finished"):
         print(f"{args.out}: already finished ({summary['epochs_completed']} epochs); nothing to do "

@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TASK_NAMES = ("listops", "pathfinder32", "pathfinder128", "shd-adding")  # surrogate.tasks.TASKS (no torch import here)
-MODEL_NAMES = ("elm", "branch-elm", "lstm")  # surrogate.sequence.SEQUENCE_MODELS
+from surrogate.tasks import TASKS  # light: no torch, no h5py
+
+MODEL_NAMES = ("elm", "branch-elm", "lstm")  # surrogate.sequence.SEQUENCE_MODELS (that module imports torch; a test checks they agree)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, choices=TASK_NAMES, help="which long-horizon task")
+    parser.add_argument("--task", required=True, choices=list(TASKS), help="which long-horizon task")
     parser.add_argument("--config", required=True, type=Path, action="append",
                         help="task config TOML (configs/tasks/<task>.toml); repeat to layer overrides")
     parser.add_argument("--data-dir", required=True, type=Path, help="directory prepare-task wrote the task data to")
@@ -34,9 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from tqdm import tqdm
-
     from common.errors import ConfigError
+    from pipelines.common import TrainingBars
     from surrogate.sequence_train import fit_sequence, load_task_config, open_task_data, task_spec
 
     config = load_task_config(args.config, task_spec(args.task), args.model)  # a config mistake before any data is read
@@ -48,40 +48,18 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"command-line override: {err}") from None
 
     data = open_task_data(args.task, args.data_dir)
-    bars: dict[str, tqdm] = {}
+    def describe_start(info: dict) -> str:
+        return (f"{info['model_kind']} ({info['num_parameters']:,} parameters) on {info['task']}, {info['device']}; "
+                f"{info['train_examples']} training, {info['valid_examples']} validation examples")
 
-    def progress(event: str, info: dict) -> None:
-        if event == "start":
-            done = info["first_epoch"] - 1
-            verb = f"resuming after epoch {done}" if info["resumed"] else "training"
-            tqdm.write(f"{verb}: {info['model_kind']} ({info['num_parameters']:,} parameters) on {info['task']}, "
-                       f"{info['device']}; {info['train_examples']} training, {info['valid_examples']} validation examples")
-            bars["epochs"] = tqdm(total=info["epochs"], initial=done, desc="epochs", unit="epoch", position=0)
-            bars["steps"] = tqdm(total=info["batches_per_epoch"], desc=f"epoch {done + 1}", unit="batch",
-                                 position=1, leave=False)
-        elif event == "steps":
-            bars["steps"].update(info["steps"])
-            bars["steps"].set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.2e}")
-        elif event == "validate":
-            bars["steps"].set_description(f"epoch {info['epoch']} validating")
-        elif event == "epoch":
-            bars["epochs"].update(1)
-            bars["epochs"].set_postfix(valid_acc=f"{info['valid_accuracy']:.4f}", best="*" if info["improved"] else "")
-            tqdm.write(f"epoch {info['epoch']}/{info['epochs']}: train loss {info['train_loss']:.4f}, "
-                       f"train acc {info['train_accuracy']:.4f}, valid loss {info['valid_loss']:.4f}, "
-                       f"valid acc {info['valid_accuracy']:.4f}, {info['examples_per_s']:.0f} examples/s"
-                       f"{' (best)' if info['improved'] else ''}")
-            if info["epoch"] < info["epochs"]:
-                bars["steps"].reset()
-                bars["steps"].set_description(f"epoch {info['epoch'] + 1}")
-        elif event == "test":
-            tqdm.write(f"testing epoch {info['epoch']} on {info['examples']} test examples")
+    def describe_epoch(info: dict) -> tuple[dict, str]:
+        return {"valid_acc": f"{info['valid_accuracy']:.4f}"}, (
+            f"train loss {info['train_loss']:.4f}, train acc {info['train_accuracy']:.4f}, "
+            f"valid loss {info['valid_loss']:.4f}, valid acc {info['valid_accuracy']:.4f}, "
+            f"{info['examples_per_s']:.0f} examples/s")
 
-    try:
+    with TrainingBars(describe_start, describe_epoch) as progress:
         summary = fit_sequence(data, config, args.out, progress=progress)
-    finally:
-        for bar in reversed(bars.values()):
-            bar.close()
 
     if summary.get("already_finished"):
         print(f"{args.out}: already finished ({summary['epochs_completed']} epochs); nothing to do")

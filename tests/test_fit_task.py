@@ -272,3 +272,10 @@ def test_per_step_readout_trains_on_every_valid_step(data, config_file, tmp_path
     config = load_task_config([config_file, per_step], SPEC, "elm")
     summary = fit_sequence(data, config, tmp_path / "run")
     assert summary["finished"] and 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+def test_fit_task_verb_lists_the_sequence_models_of_surrogate_sequence():
+    from pipelines.fit_task import MODEL_NAMES
+    from surrogate.sequence import SEQUENCE_MODELS
+
+    assert tuple(MODEL_NAMES) == tuple(SEQUENCE_MODELS)
