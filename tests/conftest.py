@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,39 @@ def cli_on_a_full_disk():
         assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr[-3000:]
         return errors[0]
     return run
+
+
+@pytest.fixture
+def external_dask_cluster(tmp_path):
+    """address = start(*worker_options): docs/cluster.md's recipe for real, a `dask scheduler` and one
+    `dask worker --nthreads 1 [worker_options]` as subprocesses on 127.0.0.1, both logging to
+    tmp_path / "cluster.log"; stopped (terminated, killed if they linger) after the test."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, NEURON_MODULE_OPTIONS="-nogui",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    processes = []
+
+    def start(*worker_options: str) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        address = f"tcp://127.0.0.1:{port}"
+        log = open(tmp_path / "cluster.log", "w")
+        processes.append(subprocess.Popen(
+            [dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
+        processes.append(subprocess.Popen(
+            [dask_cli, "worker", address, "--nthreads", "1", "--host", "127.0.0.1", *worker_options],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
+        return address
+
+    yield start
+    for process in reversed(processes):
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -207,10 +207,9 @@ def test_a_killed_gpu_worker_loses_no_shard(reference, tmp_path, morphology_path
         np.testing.assert_array_equal(read_shard(a).soma_voltage, read_shard(b).soma_voltage)
 
 
-def test_gpu_workers_on_an_external_scheduler(reference, tmp_path):
+def test_gpu_workers_on_an_external_scheduler(reference, tmp_path, external_dask_cluster):
     """docs/cluster.md's recipe: `dask scheduler`, `dask worker --nthreads 1 --resources GPU=1`, then --scheduler."""
     import os
-    import socket
     import subprocess
     import sys
 
@@ -218,28 +217,10 @@ def test_gpu_workers_on_an_external_scheduler(reference, tmp_path):
     project = Path(__file__).resolve().parents[1]
     env = dict(os.environ, NEURON_MODULE_OPTIONS="-nogui",
                PYTHONPATH=os.pathsep.join([str(project), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
-    dask_cli = str(Path(sys.executable).parent / "dask")
-    log = open(tmp_path / "cluster.log", "w")
-    processes = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
-                                  env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)]
-    processes.append(subprocess.Popen([dask_cli, "worker", address, "--nthreads", "1", "--resources", "GPU=1",
-                                       "--host", "127.0.0.1"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        config_path = write_config(tmp_path, n_shards=1)
-        out = tmp_path / "data"
-        result = subprocess.run([sys.executable, "-m", "pipelines", "simulate", "--config", str(config_path), "--out", str(out),
-                                 "--scheduler", address], cwd=project, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr + (tmp_path / "cluster.log").read_text()
-        np.testing.assert_array_equal(read_shard(out / "shard_00000.h5").soma_voltage, read_shard(paths[0]).soma_voltage)
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    address = external_dask_cluster("--resources", "GPU=1")
+    config_path = write_config(tmp_path, n_shards=1)
+    out = tmp_path / "data"
+    result = subprocess.run([sys.executable, "-m", "pipelines", "simulate", "--config", str(config_path), "--out", str(out),
+                             "--scheduler", address], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr + (tmp_path / "cluster.log").read_text()
+    np.testing.assert_array_equal(read_shard(out / "shard_00000.h5").soma_voltage, read_shard(paths[0]).soma_voltage)

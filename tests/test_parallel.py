@@ -379,38 +379,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_cli_on_an_external_scheduler_and_worker(reference, tmp_path):
+def test_cli_on_an_external_scheduler_and_worker(reference, tmp_path, external_dask_cluster):
     """docs/cluster.md, for real: `dask scheduler` + `dask worker --nthreads 1`, then --scheduler."""
     _, _, reference_paths = reference
-    dask_cli = Path(sys.executable).parent / "dask"
-    address = f"tcp://127.0.0.1:{free_port()}"
-    port = address.rsplit(":", 1)[1]
-    env = subprocess_env()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    processes = []
-    try:
-        processes.append(subprocess.Popen(
-            [str(dask_cli), "scheduler", "--host", "127.0.0.1", "--port", port, "--dashboard-address", ":0"],
-            env=env, cwd=tmp_path, stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT))
-        processes.append(subprocess.Popen(
-            [str(dask_cli), "worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1"],
-            env=env, cwd=tmp_path, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT))
-        config_path = write_config(tmp_path, n_shards=1, name="one_shard.toml")
-        out = tmp_path / "data"
-        result = run_cli("simulate", "--config", str(config_path), "--out", str(out), "--scheduler", address)
-        assert result.returncode == 0, result.stderr + (logs / "worker.log").read_text()
-        assert f"scheduler {address}: 1 workers, 1 threads" in result.stdout
-        assert_same_shards(sorted(out.glob("shard_*.h5")), reference_paths[:1])
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    address = external_dask_cluster("--nworkers", "1")
+    config_path = write_config(tmp_path, n_shards=1, name="one_shard.toml")
+    out = tmp_path / "data"
+    result = run_cli("simulate", "--config", str(config_path), "--out", str(out), "--scheduler", address)
+    assert result.returncode == 0, result.stderr + (tmp_path / "cluster.log").read_text()
+    assert f"scheduler {address}: 1 workers, 1 threads" in result.stdout
+    assert_same_shards(sorted(out.glob("shard_*.h5")), reference_paths[:1])
 
 
 def test_cli_reports_an_unreachable_scheduler(tmp_path, capsys):
