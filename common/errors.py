@@ -24,3 +24,9 @@ class InputShapeError(UserInputError):
 
 class OutputError(UserInputError):
     """The output location cannot be written: read-only, full, missing permissions."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one short line (its message's first line, or its type): for one-line errors."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+

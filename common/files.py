@@ -5,6 +5,7 @@
     write_text_atomic(path, text)        the same for text; write_bytes_atomic for bytes
     check_writable(directory)            OutputError unless a file can be created there
     with as_output_error(path): ...      an OSError while writing `path` becomes the one-line OutputError
+    with read_hdf5(path, what) as f: ... an HDF5 file to read; missing, truncated or corrupt -> one-line DatasetError
     temporaries(directory, pattern)      what writers killed mid-write left behind
     sha256_hex(data), file_sha256(path)  hex digests
 
@@ -25,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import OutputError
+from .errors import DatasetError, OutputError, first_line
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -110,6 +111,29 @@ def atomic_hdf5(path: str | os.PathLike):
 
 
 KEPT = "earlier outputs are intact: make room (or fix the permissions) and run the same command again"
+
+
+@contextlib.contextmanager
+def read_hdf5(path: str | os.PathLike, what: str, hint: str = "", **h5py_options):
+    """An HDF5 file open for reading. A missing, truncated or unreadable file, and a damaged chunk
+    (which shows only when it is read), are one-line DatasetErrors naming `path` and `what`
+    ("shard", "listops train split"), ending with `hint` (what to run) when given."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{what} not found: {path}" + (f" ({hint})" if hint else ""))
+    tail = f"; {hint}" if hint else ""
+    try:
+        f = h5py.File(path, "r", **h5py_options)
+    except OSError as err:
+        raise DatasetError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {first_line(err)}{tail}") from None
+    try:
+        yield f
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read {what} (corrupt?): {first_line(err)}{tail}") from None
+    finally:
+        f.close()
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import h5py
 import numpy as np
 
-from common.files import atomic_hdf5
+from common.files import atomic_hdf5, read_hdf5
 from common.jsonio import dumps_json, plain
 
 from .errors import DatasetError, InputShapeError
@@ -182,25 +182,8 @@ def write_shard(
 
 # --------------------------------------------------------------------------- opening and checking
 
-@contextlib.contextmanager
-def _open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"shard not found: {path}")
-    try:
-        f = h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
-    except OSError as err:
-        raise DatasetError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {_short(err)}") from None
-    try:
-        yield f
-    except OSError as err:  # a damaged chunk surfaces only when it is read
-        raise DatasetError(f"{path}: cannot read shard data (corrupt?): {_short(err)}") from None
-    finally:
-        f.close()
-
-
-def _short(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+def _open_h5(path: str | os.PathLike):
+    return read_hdf5(path, "shard", rdcc_nbytes=CHUNK_CACHE_BYTES)
 
 
 def _check_structure(f: h5py.File, path: Path) -> tuple[int, int]:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from common.config import from_table, known_tables, read_toml, require
-from common.errors import ConfigError, OutputError
-from common.files import (as_output_error, atomic_path, check_writable, file_sha256, sha256_hex, temporaries,
-                          temporary_path, write_text_atomic)
+from common.errors import ConfigError, DatasetError, OutputError
+from common.files import (as_output_error, atomic_hdf5, atomic_path, check_writable, file_sha256, read_hdf5, sha256_hex,
+                          temporaries, temporary_path, write_text_atomic)
 from common.locks import DirectoryLock, DirectoryLocked
 from common.jsonio import dumps_json, plain, write_json
 from common.spikes import spike_raster
@@ -217,3 +217,19 @@ def test_a_failed_write_becomes_one_line_naming_the_file_and_other_errors_pass(t
     with pytest.raises(ValueError, match="not a write error"):  # only OSError is a failed write
         with as_output_error(target):
             raise ValueError("not a write error")
+
+
+def test_read_hdf5_names_a_missing_truncated_or_foreign_file_in_one_line(tmp_path):
+    path = tmp_path / "split.h5"
+    with pytest.raises(DatasetError, match=r"^listops test split not found: .*split\.h5 \(run prepare-task\)$"):
+        with read_hdf5(path, "listops test split", "run prepare-task"):
+            pass
+    with atomic_hdf5(path) as f:
+        f["x"] = np.arange(1000.0)
+    with read_hdf5(path, "listops test split") as f:
+        assert f["x"][-1] == 999.0
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(DatasetError, match=r"split\.h5: not a readable HDF5 file \(truncated or corrupt\?\): .*; run prepare-task$") as err:
+        with read_hdf5(path, "listops test split", "run prepare-task"):
+            pass
+    assert "\n" not in str(err.value)

@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import DatasetError
+from common.files import read_hdf5
 
-from .storage import FORMAT_VERSION, check_rows, open_h5, read_settings_attr
+from .storage import FORMAT_VERSION, check_rows, read_settings_attr
 
 
 class GeneratedSplit(Dataset):
@@ -26,7 +27,7 @@ class GeneratedSplit(Dataset):
 
     def __init__(self, path: str | os.PathLike, task: str, split: str, hint: str):
         self.path, self.task, self.split, self.hint = Path(path), task, split, hint
-        with open_h5(self.path, f"{task} {split} split", hint) as f:
+        with read_hdf5(self.path, f"{task} {split} split", hint) as f:
             n = check_rows(f, self.path, hint)
             stored_task = f.attrs.get("task")
             if isinstance(stored_task, bytes):

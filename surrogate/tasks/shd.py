@@ -29,10 +29,10 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import DatasetError, UserInputError
-from common.files import as_output_error, atomic_hdf5
+from common.files import as_output_error, atomic_hdf5, read_hdf5
 
 from .settings import SPLITS, ShdAddingSettings, fingerprint
-from .storage import FORMAT_VERSION, SPLIT_CODES, open_h5
+from .storage import FORMAT_VERSION, SPLIT_CODES
 
 N_CHANNELS = 700
 N_LABELS = 20
@@ -51,7 +51,7 @@ def check_shd_file(path: Path, deep: bool = True) -> np.ndarray:
     spike arrays that are not ragged per sample, channels outside 0..699, labels outside
     0..19) is one UserInputError naming the file and the problem.
     """
-    with open_h5(path, "SHD file", DOWNLOAD_HINT) as f:
+    with read_hdf5(path, "SHD file", DOWNLOAD_HINT) as f:
         for name in ("spikes/times", "spikes/units", "labels"):
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise DatasetError(f"{path}: not in the SHD layout: no dataset '{name}' "
@@ -189,7 +189,7 @@ class ShdAddingSplit(Dataset):
 
     def __init__(self, path: str | os.PathLike, split: str, hint: str):
         self.path, self.split = Path(path), split
-        with open_h5(self.path, f"shd-adding {split} pair index", hint) as f:
+        with read_hdf5(self.path, f"shd-adding {split} pair index", hint) as f:
             for name in ("first", "second", "labels", "lengths"):
                 if name not in f:
                     raise DatasetError(f"{self.path}: missing dataset '{name}' (not an shd-adding pair index?); {hint}")

@@ -16,10 +16,9 @@ result does not depend on the chunk size: the same seed gives byte-identical fil
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import h5py
 import numpy as np
 
 from common.errors import DatasetError
-from common.files import as_output_error, atomic_hdf5, atomic_path
+from common.files import as_output_error, atomic_hdf5, atomic_path, read_hdf5
 from common.jsonio import dumps_json
 
 FORMAT_VERSION = 1
@@ -44,27 +43,6 @@ def split_path(task_dir: str | os.PathLike, split: str) -> Path:
 
 def _part_path(task_dir: Path, split: str, start: int, stop: int) -> Path:
     return task_dir / f".{split}.part-{start:09d}-{stop:09d}.h5"
-
-
-def _short(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-@contextlib.contextmanager
-def open_h5(path: Path, what: str, hint: str) -> Iterator[h5py.File]:
-    """An HDF5 file for reading; a missing, truncated or unreadable file is a one-line DatasetError."""
-    if not path.is_file():
-        raise DatasetError(f"{what} not found: {path} ({hint})")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DatasetError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {_short(err)}; {hint}") from None
-    try:
-        yield f
-    except OSError as err:  # a damaged chunk shows only when it is read
-        raise DatasetError(f"{path}: cannot read {what} (corrupt?): {_short(err)}; {hint}") from None
-    finally:
-        f.close()
 
 
 def expected_attrs(task: str, split: str, size: int, settings_fp: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +88,7 @@ def split_status(path: Path, attrs: dict[str, Any], width: int, hint: str) -> bo
     """
     if not path.exists():
         return False
-    with open_h5(path, "task split", hint) as f:
+    with read_hdf5(path, "task split", hint) as f:
         check_rows(f, path, hint, size=attrs["size"], width=width)
         if not _matches(f, attrs):
             stored = f.attrs.get("settings", "?")
