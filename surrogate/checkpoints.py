@@ -106,7 +106,9 @@ def save_checkpoint(
     return write_bytes_atomic(path, buffer.getbuffer())
 
 
-def _torch_load(path: Path) -> Any:
+def load_weights_only(path: Path) -> Any:
+    """torch.load with weights_only=True; a missing, truncated or refused file (a pickle asking for
+    an unsupported global) is a one-line CheckpointError saying what was refused and why."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -208,7 +210,7 @@ def _weights_only_globals() -> tuple[set[str], tuple[str, ...]]:
 def load_checkpoint(path: str | Path) -> dict:
     """Read a project checkpoint (weights only); anything else raises CheckpointError."""
     path = Path(path)
-    payload = _torch_load(path)
+    payload = load_weights_only(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} file")
     if payload.get("version") != CHECKPOINT_VERSION:
@@ -253,7 +255,7 @@ def _published_config(folder: Path) -> dict:
 def _published_elm(folder: Path) -> tuple[ELM, dict]:
     """Map a published elmneuron folder (Spieler et al. 2024) onto our ELM."""
     raw = _published_config(folder)
-    state = _torch_load(folder / PUBLISHED_STATE)
+    state = load_weights_only(folder / PUBLISHED_STATE)
     if not isinstance(state, dict) or "mlp.network.0.weight" not in state:
         raise CheckpointError(f"{folder / PUBLISHED_STATE}: not an elmneuron state dict")
     needed = ["tau_s", "_proto_w_s", "_proto_tau_m", "mlp.network.0.bias", "mlp.network.2.weight",

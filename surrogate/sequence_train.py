@@ -46,6 +46,7 @@ from common.files import as_output_error, check_writable, write_bytes_atomic, wr
 from common.jsonio import write_json
 from common.locks import DirectoryLock
 
+from .checkpoints import load_weights_only
 from .devices import resolve_device
 from .elm import ELMConfig, num_parameters
 from .tasks import TaskSpec
@@ -525,10 +526,7 @@ def save_sequence_checkpoint(path: Path, **fields) -> None:
 
 def load_sequence_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
-    try:
-        checkpoint = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise UserInputError(f"{path}: not a readable fit-task checkpoint ({type(err).__name__}: {err})") from None
+    checkpoint = load_weights_only(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserInputError(f"{path}: not a fit-task checkpoint")
     return checkpoint

@@ -279,3 +279,32 @@ def test_fit_task_verb_lists_the_sequence_models_of_surrogate_sequence():
     from surrogate.sequence import SEQUENCE_MODELS
 
     assert tuple(MODEL_NAMES) == tuple(SEQUENCE_MODELS)
+
+
+class _RunsACommand:
+    """What a malicious checkpoint pickles: unpickling it would call os.system."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def test_a_refused_fit_task_checkpoint_is_one_line_naming_what_was_refused(tmp_path):
+    import os
+
+    from surrogate.checkpoints import CheckpointError
+
+    marker = tmp_path / "payload_ran"
+    malicious = tmp_path / "checkpoint_last.pt"
+    torch.save({"format": "l5pc-sequence-checkpoint", "hook": _RunsACommand(f"touch {marker}")}, malicious)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(malicious.read_bytes()[:200])
+    for path, reason in ((malicious, f"{os.system.__module__}.system"), (truncated, "truncated or corrupt")):
+        with pytest.raises(CheckpointError) as err:
+            load_sequence_checkpoint(path)
+        assert "\n" not in str(err.value) and path.name in str(err.value) and reason in str(err.value), str(err.value)
+    assert not marker.exists()  # no payload ran
