@@ -26,7 +26,6 @@ without num_input and num_output, which the task sets) and [lstm] (LSTMBaselineC
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import math
@@ -42,15 +41,18 @@ import torch.nn.functional as F
 from common.config import from_table, parse_toml
 from common.config import require as _require
 from common.errors import ConfigError, DatasetError, UserInputError
-from common.files import as_output_error, check_writable, write_bytes_atomic, write_text_atomic
+from common.files import as_output_error, check_writable, write_bytes_atomic
 from common.jsonio import write_json
 from common.locks import DirectoryLock
 
+from .checkpoints import BEST_CHECKPOINT as BEST
+from .checkpoints import LAST_CHECKPOINT as LAST
 from .checkpoints import load_weights_only
 from .devices import resolve_device
 from .elm import ELMConfig, num_parameters
 from .tasks import TaskSpec
-from .train import RunMismatchError, TrainingDivergedError, cosine_learning_rate, seed_for
+from .train import (SUMMARY_JSON, RunMismatchError, TrainingDivergedError, cosine_learning_rate, seed_for,
+                    write_metrics)
 from .sequence import (SEQUENCE_MODELS, InputEncoding, LSTMBaselineConfig, SequenceClassifier, SequenceModelConfig,
                        build_sequence_model, sequence_model_from_dict)
 
@@ -58,8 +60,6 @@ SPLITS = ("train", "valid", "test")
 MODEL_TABLES = {"elm": "elm", "branch-elm": "branch_elm", "lstm": "lstm"}
 TASK_CONFIG_TABLES = ("task", "train", "model", *MODEL_TABLES.values())
 DATA_TABLE = "tasks"  # [tasks.<name>]: surrogate.tasks' data settings (prepare-task), passed over here
-LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
-METRICS_CSV, METRICS_JSON, SUMMARY_JSON = "metrics.csv", "metrics.json", "summary.json"
 CHECKPOINT_FORMAT = "l5pc-sequence-checkpoint"
 # [train] keys that may change between a run and its resumption (they change neither the data order nor the model)
 RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size", "max_test_examples"}
@@ -548,15 +548,7 @@ def save_sequence_run(run: SequenceRun, improved: bool) -> None:
                   train_config=dataclasses.asdict(run.config.train), device=str(run.device))
     for name in ((BEST, LAST) if improved else (LAST,)):
         save_sequence_checkpoint(run.out_dir / name, **fields)
-    history = run.state.history
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    with as_output_error(run.out_dir / METRICS_CSV):
-        write_text_atomic(run.out_dir / METRICS_CSV, buffer.getvalue())
-    with as_output_error(run.out_dir / METRICS_JSON):
-        write_json(run.out_dir / METRICS_JSON, history)
+    write_metrics(run.out_dir, run.state.history)
 
 
 def summarise_sequence_run(run: SequenceRun, test: dict) -> dict:

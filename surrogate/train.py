@@ -176,7 +176,8 @@ def _write_json(path: Path, value) -> None:
         write_json(path, value)
 
 
-def _write_metrics(out_dir: Path, history: list[dict]) -> None:
+def write_metrics(out_dir: Path, history: list[dict]) -> None:
+    """metrics.csv (non-finite numbers left blank) and metrics.json of a run's per-epoch history, atomically."""
     with as_output_error(out_dir / METRICS_CSV):
         write_text_atomic(out_dir / METRICS_CSV, _metrics_csv(history))
     _write_json(out_dir / METRICS_JSON, history)
@@ -469,7 +470,7 @@ def save_run(run: Run, improved: bool) -> None:
     for name in ((BEST_CHECKPOINT, LAST_CHECKPOINT) if improved else (LAST_CHECKPOINT,)):
         with as_output_error(run.out_dir / name):
             save_checkpoint(run.out_dir / name, **fields)
-    _write_metrics(run.out_dir, state.history)
+    write_metrics(run.out_dir, state.history)
 
 
 def summarise_run(run: Run) -> dict:
