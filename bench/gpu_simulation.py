@@ -78,13 +78,30 @@ def build_cell(morphology: str):
 
 
 NODE_GROUPS = {"value": 32}  # warps per block; the run's first measurement picks it
+NODE_ARRAYS = {"value": "auto"}  # where the kernel keeps v, rhs, d (backends.NODE_ARRAYS); --node-arrays
 
 
-def make_engine(cell, solver: SolverConfig, backend: str):
+def make_engine(cell, solver: SolverConfig, backend: str, node_arrays: str | None = None):
     from simulation.gpu.engine import GPUEngine
 
     return GPUEngine(cell, solver, RecordingConfig(), backend=backend, cpu_threads=os.cpu_count() or 1,
-                     node_groups=NODE_GROUPS["value"])
+                     node_groups=NODE_GROUPS["value"], node_arrays=node_arrays or NODE_ARRAYS["value"])
+
+
+def node_arrays_ratio(cell, solver: SolverConfig, events, log) -> dict:
+    """The kernel with its node arrays in shared memory against the same kernel with them in device memory."""
+    out = {}
+    for where in ("global", "shared"):
+        engine = make_engine(cell, solver, "cuda", node_arrays=where)
+        engine.run([e.head(5) for e in events[:64]])  # compile and warm up (5 ms: a small batch is slow per step)
+        started = time.perf_counter()
+        engine.run(events)
+        seconds = time.perf_counter() - started
+        out[where] = {"wall_s": seconds, "sim_seconds_per_wall_second": len(events) * events[0].duration_ms / 1000 / seconds}
+        log(f"node arrays in {where} memory: {out[where]['sim_seconds_per_wall_second']:.1f} sim-s/s")
+    out["shared_over_global"] = out["shared"]["sim_seconds_per_wall_second"] / out["global"]["sim_seconds_per_wall_second"]
+    out["cells"], out["duration_ms"] = len(events), events[0].duration_ms
+    return out
 
 
 # --------------------------------------------------------------------------- 1. fidelity
@@ -155,7 +172,7 @@ def speed_sweep(cell, events, backend: str, log) -> dict:
     out = {}
     for name, solver in SETTINGS.items():
         engine = make_engine(cell, solver, backend)
-        engine.run(events[:64], chunk_ms=5)  # compile and warm up
+        engine.run([e.head(5) for e in events[:64]])  # compile and warm up (5 ms: a small batch is slow per step)
         started = time.perf_counter()
         engine.run(events)
         seconds = time.perf_counter() - started
@@ -192,8 +209,9 @@ def floor_estimate(engine, cells: int, duration_ms: int, wall_s: float) -> dict:
     values = engine._model_values  # noqa: SLF001  (the bench reads the engine's sizes)
     size = np.dtype(engine.real).itemsize
     slots = values["n_states"] + 4 * values["n_excitatory"] + 2 * values["n_inhibitory"]
-    # every state read and written once per step, v / rhs / d of every node read and written once
-    bytes_per_cell_step = (slots + 3 * values["n_nodes"]) * 2 * size
+    # every state read and written once per step; v / rhs / d of every node too unless they stay in shared memory
+    node_arrays_in_memory = getattr(engine.backend, "node_arrays", "global") != "shared"
+    bytes_per_cell_step = (slots + 3 * values["n_nodes"] * node_arrays_in_memory) * 2 * size
     inserted = engine.cell.inserted
     per_instance = {"CaDynamics_E2": 3, "Ca_HVA": 6, "Ca_LVAst": 6, "Ih": 3, "Im": 3, "K_Pst": 6, "K_Tst": 6,
                     "NaTa_t": 6, "NaTs2_t": 6, "Nap_Et2": 8, "SK_E2": 3, "SKv3_1": 3}  # rates + cnexp (+ Nernst)
@@ -290,6 +308,10 @@ def print_table(result: dict) -> None:
     print(f"\nchosen: {result['setting']} ({result['setting_reason']})")
     print(f"throughput: {t['cells']} x {t['duration_ms']} ms in {t['gpu_wall_s']:.1f} s on the GPU "
           f"(+{t['input_drawing_s']:.1f} s drawing inputs): {result['sim_seconds_per_wall_second']:.1f} sim-s/s")
+    ratio = result["node_arrays"]["ratio"]
+    if ratio:
+        print(f"node arrays in shared memory: {ratio['shared_over_global']:.2f}x the kernel with them in device memory "
+              f"({ratio['cells']} cells x {ratio['duration_ms']} ms)")
     if "cpu" in result:
         for name, v in result["cpu"]["settings"].items():
             print(f"CPU {name:<16} {v['sim_seconds_per_core_second']:.3f} sim-s per core-s ({v['processes']} processes at once)")
@@ -309,6 +331,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-duration-ms", type=int, default=6000, help="duration of each CPU baseline simulation")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU baselines")
     parser.add_argument("--node-groups", type=int, nargs="+", default=[16, 32, 64], help="warps per block to try")
+    parser.add_argument("--node-arrays", choices=("auto", "shared", "global"), default="auto",
+                        help="where the kernel keeps v, rhs and d (auto: shared memory where two blocks fit a multiprocessor)")
     parser.add_argument("--fidelity-budget-s", type=float, default=150.0, help="skip fidelity settings slower than this")
     parser.add_argument("--throughput-budget-s", type=float, default=150.0, help="shorten the throughput run to fit this")
     parser.add_argument("--backend", choices=("cuda", "cpu"), default="cuda")
@@ -326,6 +350,7 @@ def main(argv=None) -> int:
     def log(message):
         print(f"[{time.perf_counter() - t0:7.1f} s] {message}", flush=True)
 
+    NODE_ARRAYS["value"] = args.node_arrays
     simulator, cell = build_cell(morphology)
     reference = load_reference(args.reference, args.reference_limit or None, args.reference_ms or None)
     reference_ms = reference[0][0].duration_ms
@@ -338,7 +363,7 @@ def main(argv=None) -> int:
     for value in args.node_groups:
         NODE_GROUPS["value"] = value
         engine = make_engine(cell, SETTINGS["gpu_cn_0.025_float64"], args.backend)
-        engine.run(sweep_events[:64], chunk_ms=5)
+        engine.run([e.head(5) for e in sweep_events[:64]])
         started = time.perf_counter()
         engine.run(sweep_events)
         groups[value] = time.perf_counter() - started
@@ -360,6 +385,8 @@ def main(argv=None) -> int:
             "gpu_cn_0.025_float64", "no setting's fidelity run fitted the time budget")
     log(f"chosen: {setting} ({reason})")
 
+    arrays_ratio = node_arrays_ratio(cell, SETTINGS[setting], sweep_events, log) if args.backend == "cuda" else None
+
     check_events = draw_inputs(simulator, 16, args.check_ms, INPUT_SEED + 1)
     checks = {name: check_against_twin(cell, SETTINGS[name], check_events, args.backend)
               for name in dict.fromkeys([setting, "gpu_cn_0.025_float64"])}
@@ -377,7 +404,7 @@ def main(argv=None) -> int:
     log(f"drew {args.cells} x {duration_ms} ms inputs in {drawing_s:.1f} s")
 
     engine = make_engine(cell, SETTINGS[setting], args.backend)
-    engine.run(events[:64], chunk_ms=10)  # compile and warm up
+    engine.run([e.head(10) for e in events[:64]])  # compile and warm up: 10 ms, not the whole duration
     wait_cpu = None if args.no_cpu else cpu_baselines(morphology, args.cpu_duration_ms)
     peak = {"bytes": 0}
     if args.backend == "cuda":
@@ -408,6 +435,7 @@ def main(argv=None) -> int:
         "setting": setting, "setting_reason": reason, "solver": dataclasses.asdict(SETTINGS[setting]),
         "sim_seconds_per_wall_second": simulated_s / gpu_wall,
         "node_groups": {"chosen": NODE_GROUPS["value"], "sweep_wall_s": groups},
+        "node_arrays": {"chosen": engine.backend.node_arrays if args.backend == "cuda" else "cpu", "ratio": arrays_ratio},
         "kernel_vs_cpu_twin": checks,
         "throughput": {"cells": args.cells, "duration_ms": duration_ms, "gpu_wall_s": gpu_wall,
                        "input_drawing_s": drawing_s, "end_to_end_sim_seconds_per_wall_second": simulated_s / (gpu_wall + drawing_s),

@@ -1,8 +1,9 @@
 """The CUDA kernel against its CPU twin (run on a GPU machine: `python -m pytest -m gpu`).
 
 The twin is checked against NEURON in tests/test_gpu_engine.py; here the kernel, the same
-source compiled by NVRTC, must compute what the twin computes, and a cell's result must not
-depend on the batch it ran in (so a dataset is the same whatever GPUs made it).
+source compiled by NVRTC, must compute what the twin computes, with its node arrays in shared
+or in device memory, and a cell's result must not depend on the batch it ran in (so a dataset
+is the same whatever GPUs made it).
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ def rasters(segments, n, duration_ms=300, seed=3):
                      for i in range(n)])
 
 
+@pytest.mark.parametrize("node_arrays", ["shared", "global"])
 @pytest.mark.parametrize("scheme", ["backward-euler", "crank-nicolson"])
-def test_kernel_matches_twin_float64(scheme, exported):
+def test_kernel_matches_twin_float64(scheme, node_arrays, exported):
     segments, cell = exported
     inputs = rasters(segments, 40)  # padded to 64 cells on the GPU
     solver = SolverConfig(method="gpu", dt_ms=0.025, scheme=scheme)
     recording = RecordingConfig(segment_voltages=True)
-    gpu = GPUEngine(cell, solver, recording, backend="cuda").run(inputs, chunk_ms=70)
+    gpu = GPUEngine(cell, solver, recording, backend="cuda", node_arrays=node_arrays).run(inputs, chunk_ms=70)
     cpu = GPUEngine(cell, solver, recording, backend="cpu", cpu_threads=4).run(inputs)
     assert sum(len(r.output_spike_times) for r in cpu) >= 20
     for ours, twin in zip(gpu, cpu):
@@ -53,23 +55,25 @@ def test_kernel_matches_twin_float64(scheme, exported):
         assert np.array_equal(ours.output_spike_times, twin.output_spike_times)
 
 
-def test_kernel_matches_twin_float32(exported):
+@pytest.mark.parametrize("node_arrays", ["shared", "global"])
+def test_kernel_matches_twin_float32(node_arrays, exported):
     segments, cell = exported
     inputs = rasters(segments, 32, seed=4)
     solver = SolverConfig(method="gpu", dt_ms=0.025, gpu_precision="float32")
-    gpu = GPUEngine(cell, solver, RecordingConfig(), backend="cuda").run(inputs)
+    gpu = GPUEngine(cell, solver, RecordingConfig(), backend="cuda", node_arrays=node_arrays).run(inputs)
     cpu = GPUEngine(cell, solver, RecordingConfig(), backend="cpu", cpu_threads=4).run(inputs)
     difference = np.concatenate([np.abs(a.soma_voltage - b.soma_voltage) for a, b in zip(gpu, cpu)])
     assert np.median(difference) < 1e-3
     assert [len(a.output_spike_times) for a in gpu] == [len(b.output_spike_times) for b in cpu]
 
 
-def test_results_do_not_depend_on_the_batch(exported):
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_results_do_not_depend_on_the_batch(precision, exported):
     """Bit for bit: alone, in another position, in a larger batch, in another chunking."""
     segments, cell = exported
     inputs = rasters(segments, 70, duration_ms=120, seed=5)
-    solver = SolverConfig(method="gpu", dt_ms=0.025)
-    engine = GPUEngine(cell, solver, RecordingConfig(), backend="cuda")
+    solver = SolverConfig(method="gpu", dt_ms=0.025, gpu_precision=precision)
+    engine = GPUEngine(cell, solver, RecordingConfig(), backend="cuda", node_arrays="shared")
     everything = engine.run(inputs, chunk_ms=120)
     alone = engine.run(inputs[[37]], chunk_ms=50)[0]
     again = engine.run(inputs[::-1].copy(), chunk_ms=45)

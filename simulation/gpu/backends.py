@@ -117,13 +117,22 @@ class CPUBackend:
 
 # --------------------------------------------------------------------------- CUDA
 
+NODE_ARRAYS = ("auto", "shared", "global")  # where the CUDA kernel keeps v, rhs and d (timestep.h)
+
+
 class CUDABackend:
-    """One GPU through CuPy: the program compiled by NVRTC, one thread per cell."""
+    """One GPU through CuPy: the program compiled by NVRTC, CELLS_PER_BLOCK cells per block.
+
+    node_arrays: "shared" keeps each block's node arrays (v, rhs, d: 3 x n_nodes x
+    CELLS_PER_BLOCK values) in shared memory during a launch, "global" in device memory,
+    "auto" shared where two blocks' fit one multiprocessor (float32 on an H100 / H200).
+    """
 
     name = "cuda"
     cell_multiple = CELLS_PER_BLOCK  # batches are padded to whole blocks
 
-    def __init__(self, precision: str, class_masks=(0,), device: int = 0, node_groups: int = NODE_GROUPS):
+    def __init__(self, precision: str, class_masks=(0,), device: int = 0, node_groups: int = NODE_GROUPS,
+                 n_nodes: int = 0, node_arrays: str = "auto"):
         try:
             import cupy
         except ImportError:
@@ -140,11 +149,25 @@ class CUDABackend:
         if node_groups % (32 // CELLS_PER_BLOCK):
             raise ValueError(f"node_groups must be a multiple of {32 // CELLS_PER_BLOCK} (node groups per warp)")
         self.warps = node_groups // (32 // CELLS_PER_BLOCK)
+        if node_arrays not in NODE_ARRAYS:
+            raise ValueError(f"node_arrays must be one of {NODE_ARRAYS}, got {node_arrays!r}")
+        shared_bytes = 3 * n_nodes * CELLS_PER_BLOCK * (8 if precision == "float64" else 4)
+        properties = cupy.cuda.runtime.getDeviceProperties(device)
+        if node_arrays == "shared" and shared_bytes > properties["sharedMemPerBlockOptin"]:
+            raise ValueError(f"the node arrays need {shared_bytes} bytes of shared memory per block; "
+                             f"{name} has {properties['sharedMemPerBlockOptin']}")
+        if node_arrays == "auto":  # shared where two blocks still fit one multiprocessor (else occupancy halves)
+            node_arrays = "shared" if 2 * shared_bytes <= properties["sharedMemPerMultiprocessor"] - 2048 else "global"
+        self.node_arrays = node_arrays
+        self.shared_bytes = shared_bytes if self.node_arrays == "shared" else 0
         # the engine's own stream: several engines (settings) can run side by side
         self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.module = cupy.RawModule(code=source(precision, class_masks), options=("-std=c++17",))
+        code = source(precision, class_masks, nodes_in_shared_memory=self.node_arrays == "shared")
+        self.module = cupy.RawModule(code=code, options=("-std=c++17",))
         self.initialize_kernel = self.module.get_function("gpu_initialize")
         self.advance_kernel = self.module.get_function("gpu_advance")
+        if self.shared_bytes:
+            self.advance_kernel.max_dynamic_shared_size_bytes = self.shared_bytes  # above 48 KiB needs opting in
 
     def to_device(self, array):
         with self.stream:
@@ -186,7 +209,8 @@ class CUDABackend:
 
         self._set_constant("c_model", model)
         self._set_constant("c_batch", batch)
-        self.advance_kernel(*self._grid(n_cells), (np.int64(ms_begin), np.int64(ms_end)), stream=self.stream)
+        self.advance_kernel(*self._grid(n_cells), (np.int64(ms_begin), np.int64(ms_end)), stream=self.stream,
+                            shared_mem=self.shared_bytes)
 
     def synchronize(self):
         self.stream.synchronize()
@@ -195,10 +219,11 @@ class CUDABackend:
         return self.stream  # CuPy's current stream is per thread: engines in threads run side by side
 
 
-def make_backend(kind: str, precision: str, class_masks, node_groups: int = NODE_GROUPS):
+def make_backend(kind: str, precision: str, class_masks, node_groups: int = NODE_GROUPS, n_nodes: int = 0,
+                 node_arrays: str = "auto"):
     """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin), compiled for a cell's node classes."""
     if kind == "cuda":
-        return CUDABackend(precision, class_masks, node_groups=node_groups)
+        return CUDABackend(precision, class_masks, node_groups=node_groups, n_nodes=n_nodes, node_arrays=node_arrays)
     if kind == "cpu":
         return CPUBackend(precision, class_masks)
     raise ValueError(f"backend must be 'cuda' or 'cpu', got {kind!r}")

@@ -48,6 +48,11 @@ class EventList:
         np.cumsum(np.bincount(ms, minlength=input_spikes.shape[1]), out=offsets[1:])
         return cls(offsets=offsets, rows=rows.astype(np.uint16))
 
+    def head(self, duration_ms: int) -> "EventList":
+        """The events of the first `duration_ms` ms (a short warm-up run, say)."""
+        duration_ms = min(duration_ms, self.duration_ms)
+        return EventList(offsets=self.offsets[:duration_ms + 1], rows=self.rows[:self.offsets[duration_ms]])
+
     def to_raster(self, n_inputs: int) -> np.ndarray:
         raster = np.zeros((n_inputs, self.duration_ms), dtype=bool)
         ms = np.repeat(np.arange(self.duration_ms), np.diff(self.offsets))
@@ -152,12 +157,12 @@ class GPUEngine:
     """The exported cell on a device ("cuda", or "cpu" for the CPU twin), ready to run batches."""
 
     def __init__(self, cell: CellExport, solver: SolverConfig, recording: RecordingConfig,
-                 backend: str = "cuda", cpu_threads: int = 1, node_groups: int = NODE_GROUPS):
+                 backend: str = "cuda", cpu_threads: int = 1, node_groups: int = NODE_GROUPS, node_arrays: str = "auto"):
         self.cell, self.solver, self.recording = cell, solver, recording
         self.precision = solver.gpu_precision
         self.real = real_dtype(self.precision)
         self.layout = NodeLayout.of(depth_first(cell))
-        self.backend = make_backend(backend, self.precision, self.layout.class_masks, node_groups)
+        self.backend = make_backend(backend, self.precision, self.layout.class_masks, node_groups, cell.n_nodes, node_arrays)
         if backend == "cpu":
             self.backend.threads = max(1, cpu_threads)
         self.last_run_seconds = 0.0

@@ -22,9 +22,24 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_initi
     initialize_cell(&c_model, &c_batch, cell);
 }
 
+// With NODES_IN_SHARED_MEMORY, the launch's dynamic shared memory holds the block's node
+// arrays (timestep.h's NodeArrays): v is read from the Batch at the start and written back at
+// the end, rhs and d live only within a step.
 extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_advance(long long ms_begin, long long ms_end) {
     const long long cell = (long long)blockIdx.x * CELLS_PER_BLOCK + threadIdx.x % CELLS_PER_BLOCK;
-    advance_cell(&c_model, &c_batch, cell, ms_begin, ms_end);
+#if NODES_IN_SHARED_MEMORY
+    extern __shared__ real block_nodes[];  // 3 x n_nodes x CELLS_PER_BLOCK
+    const long long n_cells = c_batch.n_cells, n_nodes = c_model.n_nodes;
+    const NodeArrays N = {block_nodes, block_nodes + n_nodes * CELLS_PER_BLOCK, block_nodes + 2 * n_nodes * CELLS_PER_BLOCK};
+    for (long long k = NODE_GROUP; k < n_nodes; k += NODE_GROUPS) NODE_AT(N.v, k) = AT(c_batch.v, k);
+    SYNC();
+    advance_cell(&c_model, &c_batch, N, cell, ms_begin, ms_end);
+    SYNC();
+    for (long long k = NODE_GROUP; k < n_nodes; k += NODE_GROUPS) AT(c_batch.v, k) = NODE_AT(N.v, k);
+#else
+    const NodeArrays N = {c_batch.v, c_batch.rhs, c_batch.d};
+    advance_cell(&c_model, &c_batch, N, cell, ms_begin, ms_end);
+#endif
 }
 
 #else
@@ -36,7 +51,8 @@ extern "C" void cpu_initialize(const Model* M, const Batch* B, long long cell_be
 
 extern "C" void cpu_advance(const Model* M, const Batch* B, long long cell_begin, long long cell_end,
                             long long ms_begin, long long ms_end) {
-    for (long long cell = cell_begin; cell < cell_end; ++cell) advance_cell(M, B, cell, ms_begin, ms_end);
+    const NodeArrays N = {B->v, B->rhs, B->d};
+    for (long long cell = cell_begin; cell < cell_end; ++cell) advance_cell(M, B, N, cell, ms_begin, ms_end);
 }
 
 // For tests: one mechanism's steady states and time constants at (v, cai), as NEURON's rates

@@ -116,7 +116,7 @@ def _class_macros(class_masks: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _prelude(precision: str) -> str:
+def _prelude(precision: str, nodes_in_shared_memory: bool) -> str:
     double = precision == "float64"
     suffix = "" if double else "f"
     math = "\n".join(f"#define r_{f} {f}{suffix}" for f in ("exp", "expm1", "log", "pow", "fabs"))
@@ -132,6 +132,7 @@ def _prelude(precision: str) -> str:
         f"typedef {'double' if double else 'float'} real;",
         f"#define REAL_IS_DOUBLE {1 if double else 0}",
         f"#define CELLS_PER_BLOCK {CELLS_PER_BLOCK}",
+        f"#define NODES_IN_SHARED_MEMORY {int(nodes_in_shared_memory)}",
         math,
         _c_struct("Model", MODEL_FIELDS, const=True),
         _c_struct("Batch", BATCH_FIELDS, const=False),
@@ -143,8 +144,11 @@ def _prelude(precision: str) -> str:
 _FLOAT_LITERAL = re.compile(r"(?<![\w.])((?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])")
 
 
-def source(precision: str, class_masks: list[int] = (0,)) -> str:
+def source(precision: str, class_masks: list[int] = (0,), nodes_in_shared_memory: bool = False) -> str:
     """The engine's C/CUDA program for `precision` ("float64" or "float32") and a cell's node classes.
+
+    `nodes_in_shared_memory`: the CUDA kernel keeps the node arrays (v, rhs, d) of its block's
+    cells in shared memory for a whole launch (timestep.h, NodeArrays); the CPU twin ignores it.
 
     In float32, every floating-point literal gets an `f` suffix, so that no expression is
     silently promoted to double (which would cost a GPU its float throughput).
@@ -154,7 +158,7 @@ def source(precision: str, class_masks: list[int] = (0,)) -> str:
     body = "\n".join((SOURCE_DIR / name).read_text() for name in SOURCE_FILES)
     if precision == "float32":
         body = _FLOAT_LITERAL.sub(lambda m: m.group(1) + "f", body)
-    return _prelude(precision) + _class_macros(list(class_masks)) + "\n" + body
+    return _prelude(precision, nodes_in_shared_memory) + _class_macros(list(class_masks)) + "\n" + body
 
 
 def pack(fields: list[tuple[str, str]], values: dict, real, address_of) -> np.ndarray:

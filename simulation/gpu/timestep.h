@@ -44,6 +44,23 @@
 #define SYNC()
 #endif
 
+// The node arrays, v, rhs and d of every node, are what the step touches most, and the tree
+// solve walks them node after node. On a GPU, gpu_advance keeps them in shared memory for the
+// whole launch (node i of the block's cell x % CELLS_PER_BLOCK at [i * CELLS_PER_BLOCK + x %
+// CELLS_PER_BLOCK]; v is loaded from and stored back to the Batch's array), so each access
+// costs tens of cycles instead of a round trip to device memory. On the CPU, and on a GPU
+// where they do not fit (NODES_IN_SHARED_MEMORY 0), they are the Batch's arrays.
+struct NodeArrays {
+    real* v;
+    real* rhs;
+    real* d;
+};
+#if defined(__CUDACC__) && NODES_IN_SHARED_MEMORY
+#define NODE_AT(array, k) (array)[(long long)(k) * CELLS_PER_BLOCK + threadIdx.x % CELLS_PER_BLOCK]
+#else
+#define NODE_AT(array, k) AT(array, k)
+#endif
+
 // -------------------------------------------------------------------------------- init
 
 #define SLOT(channel) (s + STATE_OFFSET_##channel(MASK))
@@ -142,19 +159,19 @@ HD void deliver_events(const Model* __restrict__ M, const Batch* __restrict__ B,
 //    threads write one node): rhs_i -= b_i (v_parent - v_i) and, for every child c,
 //    rhs_i += a_c (v_i - v_c). Their part of the diagonal, -b_i and -a_c, is Model.d_axial.
 template <unsigned MASK>
-HD void class_currents(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
+HD void class_currents(const Model* __restrict__ M, const Batch* __restrict__ B, NodeArrays N, long long cell, int c) {
     const long long n_cells = B->n_cells;
-    const real* __restrict__ v_ = B->v;
+    const real* __restrict__ v_ = N.v;
     real* __restrict__ state_ = B->state;
-    real* __restrict__ rhs_ = B->rhs;
-    real* __restrict__ d_ = B->d;
+    real* __restrict__ rhs_ = N.rhs;
+    real* __restrict__ d_ = N.d;
     const real* __restrict__ exc_ = B->excitatory_state;
     const real* __restrict__ inh_ = B->inhibitory_state;
     const int begin = M->class_begin[c], end = M->class_begin[c + 1];
     for (long long k = begin + NODE_GROUP; k < end; k += NODE_GROUPS) {
         const int i = M->class_nodes[k];
         const long long s = M->class_state_base[c] + (k - begin) * NODE_STATES(MASK);
-        const real v = AT(v_, i);
+        const real v = NODE_AT(v_, i);
         real current = 0.0, conductance = 0.0;
         if constexpr ((MASK & MEMBRANE) != 0) {
             const real g = M->pas_g[i];
@@ -207,13 +224,13 @@ HD void class_currents(const Model* __restrict__ M, const Batch* __restrict__ B,
             conductance += gmax * (b - a) * to_density;
         }
         real rhs = -current;
-        if (i > 0) rhs -= M->b[i] * (AT(v_, M->parent[i]) - v);
+        if (i > 0) rhs -= M->b[i] * (NODE_AT(v_, M->parent[i]) - v);
         for (int j = M->child_begin[i]; j < M->child_begin[i + 1]; ++j) {
             const int child = M->children[j];
-            rhs += M->a[child] * (v - AT(v_, child));
+            rhs += M->a[child] * (v - NODE_AT(v_, child));
         }
-        AT(rhs_, i) = rhs;
-        AT(d_, i) = M->cfac * M->cm[i] + conductance + M->d_axial[i];
+        NODE_AT(rhs_, i) = rhs;
+        NODE_AT(d_, i) = M->cfac * M->cm[i] + conductance + M->d_axial[i];
     }
 }
 
@@ -235,10 +252,10 @@ HD int chain_owner(const Model* __restrict__ M, int c) {
     return p < 0 ? 0 : (int)(p % NODE_GROUPS);
 }
 
-HD void eliminate_chain(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
+HD void eliminate_chain(const Model* __restrict__ M, const Batch* __restrict__ B, NodeArrays N, long long cell, int c) {
     const long long n_cells = B->n_cells;
-    real* __restrict__ rhs_ = B->rhs;
-    real* __restrict__ d_ = B->d;
+    real* __restrict__ rhs_ = N.rhs;
+    real* __restrict__ d_ = N.d;
     const int first = M->chain_first[c];
     real carry_d = 0.0, carry_rhs = 0.0;  // the elimination of the node below into this one
     for (int top = M->chain_last[c]; top >= first; top -= CHUNK) {
@@ -246,7 +263,7 @@ HD void eliminate_chain(const Model* __restrict__ M, const Batch* __restrict__ B
 #pragma unroll
         for (int u = 0; u < CHUNK; ++u) {
             if (top - u >= first) {
-                d[u] = AT(d_, top - u); rhs[u] = AT(rhs_, top - u);
+                d[u] = NODE_AT(d_, top - u); rhs[u] = NODE_AT(rhs_, top - u);
                 a[u] = M->a[top - u]; b[u] = M->b[top - u];
             }
         }
@@ -255,8 +272,8 @@ HD void eliminate_chain(const Model* __restrict__ M, const Batch* __restrict__ B
             if (top - u >= first) {
                 const real inverse = 1.0 / (d[u] + carry_d);
                 const real r = rhs[u] + carry_rhs;
-                AT(d_, top - u) = inverse;
-                AT(rhs_, top - u) = r;
+                NODE_AT(d_, top - u) = inverse;
+                NODE_AT(rhs_, top - u) = r;
                 const real factor = a[u] * inverse;  // a = 0 at the root
                 carry_d = -factor * b[u];
                 carry_rhs = -factor * r;
@@ -265,48 +282,48 @@ HD void eliminate_chain(const Model* __restrict__ M, const Batch* __restrict__ B
     }
     if (first > 0) {
         const int p = M->parent[first];
-        AT(d_, p) += carry_d;
-        AT(rhs_, p) += carry_rhs;
+        NODE_AT(d_, p) += carry_d;
+        NODE_AT(rhs_, p) += carry_rhs;
     }
 }
 
-HD void substitute_chain(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
+HD void substitute_chain(const Model* __restrict__ M, const Batch* __restrict__ B, NodeArrays N, long long cell, int c) {
     const long long n_cells = B->n_cells;
-    real* __restrict__ rhs_ = B->rhs;
-    const real* __restrict__ d_ = B->d;
+    real* __restrict__ rhs_ = N.rhs;
+    const real* __restrict__ d_ = N.d;
     const int first = M->chain_first[c], last = M->chain_last[c];
-    real dv_previous = first > 0 ? AT(rhs_, M->parent[first]) : 0.0;  // the parent's dv, solved already
+    real dv_previous = first > 0 ? NODE_AT(rhs_, M->parent[first]) : 0.0;  // the parent's dv, solved already
     for (int bottom = first; bottom <= last; bottom += CHUNK) {
         real inverse[CHUNK], rhs[CHUNK], b[CHUNK];
 #pragma unroll
         for (int u = 0; u < CHUNK; ++u) {
             if (bottom + u <= last) {
-                inverse[u] = AT(d_, bottom + u); rhs[u] = AT(rhs_, bottom + u); b[u] = M->b[bottom + u];
+                inverse[u] = NODE_AT(d_, bottom + u); rhs[u] = NODE_AT(rhs_, bottom + u); b[u] = M->b[bottom + u];
             }
         }
 #pragma unroll
         for (int u = 0; u < CHUNK; ++u) {
             if (bottom + u <= last) {
                 const real dv = (rhs[u] - b[u] * dv_previous) * inverse[u];  // b = 0 at the root
-                AT(rhs_, bottom + u) = dv;
+                NODE_AT(rhs_, bottom + u) = dv;
                 dv_previous = dv;
             }
         }
     }
 }
 
-HD void solve(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
+HD void solve(const Model* __restrict__ M, const Batch* __restrict__ B, NodeArrays N, long long cell) {
     for (int level = 0; level < (int)M->n_levels; ++level) {
         for (int j = M->level_begin[level]; j < M->level_begin[level + 1]; ++j) {
             const int c = M->level_chains[j];
-            if (chain_owner(M, c) == NODE_GROUP) eliminate_chain(M, B, cell, c);
+            if (chain_owner(M, c) == NODE_GROUP) eliminate_chain(M, B, N, cell, c);
         }
         SYNC();
     }
     for (int level = (int)M->n_levels - 1; level >= 0; --level) {
         for (int j = M->level_begin[level]; j < M->level_begin[level + 1]; ++j) {
             const int c = M->level_chains[j];
-            if (chain_owner(M, c) == NODE_GROUP) substitute_chain(M, B, cell, c);
+            if (chain_owner(M, c) == NODE_GROUP) substitute_chain(M, B, N, cell, c);
         }
         SYNC();
     }
@@ -330,10 +347,10 @@ HD void solve(const Model* __restrict__ M, const Batch* __restrict__ B, long lon
 //    v(t + dt), mechanisms in NEURON's type order: CaDynamics_E2 integrates cai with this
 //    step's ica before SK_E2 reads it.
 template <unsigned MASK>
-HD void class_states(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell, int c) {
+HD void class_states(const Model* __restrict__ M, const Batch* __restrict__ B, NodeArrays N, long long cell, int c) {
     const long long n_cells = B->n_cells;
-    real* __restrict__ v_ = B->v;
-    const real* __restrict__ rhs_ = B->rhs;
+    real* __restrict__ v_ = N.v;
+    const real* __restrict__ rhs_ = N.rhs;
     real* __restrict__ state_ = B->state;
     const real dt = M->dt;
     real x_inf, tau_x, y_inf, tau_y;
@@ -341,9 +358,9 @@ HD void class_states(const Model* __restrict__ M, const Batch* __restrict__ B, l
     for (long long k = begin + NODE_GROUP; k < end; k += NODE_GROUPS) {
         const int i = M->class_nodes[k];
         const long long s = M->class_state_base[c] + (k - begin) * NODE_STATES(MASK);
-        const real dv = AT(rhs_, i);
-        const real v = AT(v_, i) + M->voltage_step_factor * dv;
-        AT(v_, i) = v;
+        const real dv = NODE_AT(rhs_, i);
+        const real v = NODE_AT(v_, i) + M->voltage_step_factor * dv;
+        NODE_AT(v_, i) = v;
         if constexpr ((MASK & HAS_CaDynamics_E2) != 0) {
             if (M->second_order == 2) AT(state_, s + CA_ION_OFFSET(MASK)) += AT(state_, s + CA_ION_OFFSET(MASK) + 1) * dv;
         }
@@ -406,34 +423,34 @@ HD void sample_soma(const Model* __restrict__ M, const Batch* __restrict__ B, lo
 }
 
 // Advance one cell from ms_begin to ms_end (whole ms), recording at every whole ms.
-HD void advance_cell(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell,
+HD void advance_cell(const Model* __restrict__ M, const Batch* __restrict__ B, NodeArrays N, long long cell,
                      long long ms_begin, long long ms_end) {
     const long long n_cells = B->n_cells;
     for (long long ms = ms_begin; ms < ms_end; ++ms) {
         const long long slot = ms - B->chunk_begin_ms;
         if (LEADER) {
-            B->soma_out[slot * n_cells + cell] = (float)AT(B->v, M->soma_node);
-            B->nexus_out[slot * n_cells + cell] = (float)AT(B->v, M->nexus_node);
+            B->soma_out[slot * n_cells + cell] = (float)NODE_AT(N.v, M->soma_node);
+            B->nexus_out[slot * n_cells + cell] = (float)NODE_AT(N.v, M->nexus_node);
             deliver_events(M, B, cell, ms);
         }
         if (B->segment_out) {
             for (long long k = NODE_GROUP; k < M->n_record; k += NODE_GROUPS)
-                B->segment_out[(slot * M->n_record + k) * n_cells + cell] = (float)AT(B->v, M->record_nodes[k]);
+                B->segment_out[(slot * M->n_record + k) * n_cells + cell] = (float)NODE_AT(N.v, M->record_nodes[k]);
         }
         SYNC();
         for (long long k = 0; k < M->steps_per_ms; ++k) {
-            const real v_before = AT(B->v, M->soma_node);
-#define CURRENTS(c, mask) class_currents<mask>(M, B, cell, c);
+            const real v_before = NODE_AT(N.v, M->soma_node);
+#define CURRENTS(c, mask) class_currents<mask>(M, B, N, cell, c);
             FOR_EACH_CLASS(CURRENTS)
 #undef CURRENTS
             SYNC();
-            solve(M, B, cell);  // ends with SYNC()
-#define STATES(c, mask) class_states<mask>(M, B, cell, c);
+            solve(M, B, N, cell);  // ends with SYNC()
+#define STATES(c, mask) class_states<mask>(M, B, N, cell, c);
             FOR_EACH_CLASS(STATES)
 #undef STATES
             synapse_states(M, B, cell);
             SYNC();
-            if (LEADER) sample_soma(M, B, cell, ms * M->steps_per_ms + k + 1, v_before, AT(B->v, M->soma_node));
+            if (LEADER) sample_soma(M, B, cell, ms * M->steps_per_ms + k + 1, v_before, NODE_AT(N.v, M->soma_node));
         }
     }
 }
