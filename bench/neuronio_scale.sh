@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # NeuronIO-scale surrogate accuracy on one GPU machine (issue 8, deliverable 1), in resumable stages:
 #   setup       wheels (if .whl/ is there), the NMODL mechanisms
-#   simulate    configs/neuronio_gpu.toml with the GPU engine: 20 shards x 128 x 6 s = 2560 simulations,
-#               split by shard into 2304 training, 128 validation and 128 test simulations
+#   simulate    configs/neuronio_gpu.toml with the GPU engine: 18 shards x 128 x 6 s = 2304 simulations,
+#               split by shard into 2048 training, 128 validation and 128 test simulations
 #   cvode-test  a separate test set of 32 x 6 s simulated with NEURON's CVode (NeuronIO's solver) on the CPU cores
 #   fit-MODEL   train each model of $MODELS with configs/neuronio.toml ([train.<model>] recipes), best epoch by
 #               validation AUC; FIT_TIME_S bounds one call, and the next call resumes from the last finished epoch
 #   evaluate    every model on both test sets with the published protocol (500-ms windows, 150-ms burn-in, first
 #               500 ms skipped, 1-ms bins, soma RMSE raw and aligned)
-#   assemble    bench/results/surrogate_accuracy.json (bench/surrogate_accuracy.py)
+#   assemble    bench/results/surrogate_accuracy.json (bench/surrogate_accuracy.py), and the ELM-family models
+#               without training state in bench/results/checkpoints/<kind>-d<memory>/ (to commit under checkpoints/)
 # Every stage skips when its outputs exist, and a stage cut short resumes (simulate: finished shards; fit: finished
 # epochs). One call runs for at most BUDGET_S seconds (default 570: the device's 10-minute limit per command) and
 # stops after the first stage it could not finish, so the same command is re-run until it prints
@@ -21,7 +22,8 @@
 # results go to $WORK/surrogate_accuracy.json, not bench/results.
 # Environment: WORK (default data/neuronio_scale, or data/neuronio_scale_small; ignored by git), MODELS
 # (default "elm branch-elm tcn lstm"), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S),
-# EPOCHS_<MODEL> (e.g. EPOCHS_TCN=20: fewer epochs than the config's recipe), CONFIG / SIM_CONFIG (the training
+# EPOCHS_<MODEL> (e.g. EPOCHS_TCN=20: fewer epochs than the config's recipe), CVODE_WORKERS (processes of the
+# CVode test set, default one per core: fewer leave cores to a GPU stage running beside it), CONFIG / SIM_CONFIG (the training
 # and simulation configs), OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
 # from .whl/ on the GPU machine (bench/README.md); the morphology in $L5PC_MORPHOLOGY (default .carry/cell1.asc,
 # else data/morphology/cell1.asc).
@@ -137,7 +139,7 @@ else
   CVODE_CONFIG="${CVODE_CONFIG:-$WORK/cvode_test.toml}"
   CONFIG="${CONFIG:-configs/neuronio.toml}"
   if [ ! -f "$CVODE_CONFIG" ]; then
-    cat > "$CVODE_CONFIG" <<'TOML'
+    cat > "$CVODE_CONFIG" <<TOML
 # 32 x 6 s under CVode (NeuronIO's solver), inputs from another master seed than the training data
 [cell]
 biophysics = "neuronio"
@@ -151,7 +153,7 @@ n_shards = 1
 simulations_per_shard = 32
 seed = 4242
 [parallel]
-workers = 0                  # one per core
+workers = ${CVODE_WORKERS:-0}                  # 0: one per core
 TOML
   fi
 fi
@@ -253,7 +255,7 @@ stage_assemble() {
   if [ "$unfinished" = 1 ]; then log "assemble: waiting for the stages above"; return; fi
   "$PY" bench/surrogate_accuracy.py --runs "$RUNS" --data "$DATA" --cvode-runs "$CVODE_RUNS" \
     --cvode-data "$CVODE_DATA" --device "$(cat "$WORK/device.txt" 2>/dev/null || echo unknown)" \
-    --out "$OUT/surrogate_accuracy.json"
+    --out "$OUT/surrogate_accuracy.json" --release "$OUT/checkpoints"
 }
 
 for s in "${stages[@]}"; do

@@ -52,9 +52,12 @@ def scores_of(evaluation: dict) -> dict:
     }
 
 
-def _count_simulations(data_dir: Path, shard_names: list[str]) -> int:
+def _count_simulations(data_dir: Path, shard_names: list[str]) -> int | None:
+    """Simulations in the named shards of `data_dir` (None where the dataset is not on this machine)."""
     import h5py
 
+    if not all((data_dir / name).is_file() for name in shard_names):
+        return None
     total = 0
     for name in shard_names:
         with h5py.File(data_dir / name, "r") as f:
@@ -62,9 +65,38 @@ def _count_simulations(data_dir: Path, shard_names: list[str]) -> int:
     return total
 
 
+def summary_of_stopped_run(run_dir: Path) -> dict:
+    """summary.json's fields for a run stopped before it wrote one, read from its last checkpoint.
+
+    (fit writes summary.json after every epoch; a run killed during its first epochs by an older
+    version, or one whose summary was lost, still has its checkpoints.)
+    """
+    from surrogate.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, load_model
+
+    name = LAST_CHECKPOINT if (run_dir / LAST_CHECKPOINT).is_file() else BEST_CHECKPOINT
+    checkpoint = load_checkpoint(run_dir / name)
+    extra, (_, info) = checkpoint["extra"], load_model(run_dir / name)
+    history = extra["history"]
+    best = next((row for row in history if row["epoch"] == extra["best_epoch"]), None)
+    epochs = extra["train_config"]["epochs"]
+    return {
+        "model_kind": checkpoint["model_kind"], "model_config": info["model_config"],
+        "num_parameters": info["num_parameters"], "training_time_s": extra["training_time_s"],
+        "time_to_best_valid_s": best["elapsed_s"] if best else None, "best_epoch": extra["best_epoch"],
+        "best_valid_auc": best["valid_auc"] if best else None, "epochs_completed": checkpoint["epoch"],
+        "finished": checkpoint["epoch"] >= epochs, "epochs_planned": epochs,
+        "windows_seen": checkpoint["global_step"] * extra["train_config"]["batch_size"],
+        "training_simulations": None, "device": extra["device"], "shards": extra["shards"],
+        "summary_from": f"{name} (the run stopped before writing summary.json)",
+    }
+
+
 def model_entry(run_dir: Path, cvode_dir: Path | None) -> dict:
     """One model: size, training time, and its scores on each test set present."""
-    summary = _read(run_dir / "summary.json")
+    if (run_dir / "summary.json").is_file():
+        summary = _read(run_dir / "summary.json")
+    else:
+        summary = summary_of_stopped_run(run_dir)
     entry = {
         "model_kind": summary["model_kind"],
         "num_parameters": summary["num_parameters"],
@@ -81,6 +113,9 @@ def model_entry(run_dir: Path, cvode_dir: Path | None) -> dict:
         "amp": summary.get("amp"),
         "test_sets": {},
     }
+    if "summary_from" in summary:
+        entry |= {"summary_from": summary["summary_from"], "epochs_planned": summary["epochs_planned"],
+                  "shards": summary["shards"]}
     if entry["time_to_best_valid_s"] is None and (run_dir / "metrics.json").is_file():  # a run from before the key
         best = next((row for row in _read(run_dir / "metrics.json") if row["epoch"] == summary["best_epoch"]), None)
         entry["time_to_best_valid_s"] = best["elapsed_s"] if best else None
@@ -97,11 +132,15 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
     entries = {}
     for kind in models:
         run_dir = runs / kind
-        if (run_dir / "summary.json").is_file():
+        if (run_dir / "summary.json").is_file() or any(run_dir.glob("checkpoint_*.pt")):
             entries[kind] = model_entry(run_dir, cvode_runs / kind if cvode_runs else None)
-    if not entries:
+    summaries = [runs / k / "summary.json" for k in entries if (runs / k / "summary.json").is_file()]
+    if not summaries:
         raise SystemExit(f"error: no run with a summary.json under {runs} (models: {', '.join(models)})")
-    first = _read(runs / next(iter(entries)) / "summary.json")
+    first = _read(summaries[0])
+    for entry in entries.values():  # a stopped run on the same shards trained on the same simulations
+        if entry["training_simulations"] is None and entry.pop("shards", None) == first["shards"]:
+            entry["training_simulations"] = first["training_simulations"]
     shards = first["shards"]
     evaluation = next((_read(runs / k / "evaluation.json") for k in entries if (runs / k / "evaluation.json").is_file()), None)
     datasets = {
@@ -110,10 +149,18 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
         "valid": {"simulations": _count_simulations(data, shards["valid"]), "shards": len(shards["valid"])},
         "test_gpu_engine": {"simulations": _count_simulations(data, shards["test"]), "shards": len(shards["test"])},
     }
+    if datasets["test_gpu_engine"]["simulations"] is None and evaluation:  # the data stayed on the GPU machine
+        datasets["test_gpu_engine"]["simulations"] = evaluation["test"]["simulations"]
     if cvode_data is not None and cvode_data.is_dir():
         cvode_shards = sorted(p.name for p in cvode_data.glob("shard_*.h5"))
         datasets["test_cvode"] = {"simulations": _count_simulations(cvode_data, cvode_shards),
                                   "shards": len(cvode_shards), "data_dir": str(cvode_data)}
+    elif cvode_runs is not None:  # the CVode data stayed on the GPU machine: its size as evaluated
+        cvode_evaluation = next((_read(cvode_runs / k / "evaluation.json") for k in entries
+                                 if (cvode_runs / k / "evaluation.json").is_file()), None)
+        if cvode_evaluation:
+            datasets["test_cvode"] = {"simulations": cvode_evaluation["test"]["simulations"],
+                                      "shards": len(cvode_evaluation["test"]["shards"]), "data_dir": str(cvode_data)}
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device or first.get("device"),
@@ -129,6 +176,28 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
     }
 
 
+RELEASED_KINDS = ("elm", "branch-elm")  # small enough to commit (issue 8, deliverable 5)
+
+
+def release(runs: Path, result: dict, directory: Path) -> list[Path]:
+    """Each ELM-family model's best checkpoint, without training state, as DIR/<kind>-d<memory>/."""
+    from surrogate.checkpoints import BEST_CHECKPOINT, inference_checkpoint
+
+    folders = []
+    for kind, entry in result["models"].items():
+        if kind not in RELEASED_KINDS or not (runs / kind / BEST_CHECKPOINT).is_file():
+            continue
+        folder = directory / f"{kind}-d{entry['model_config']['num_memory']}"
+        provenance = {key: entry[key] for key in ("num_parameters", "best_epoch", "epochs_completed", "finished",
+                                                  "windows_seen", "training_simulations", "train_wall_s")}
+        provenance |= {"test_sets": entry["test_sets"], "datasets": result["datasets"], "device": result["device"],
+                       "date": result["date"], "notes": result.get("notes", [])}
+        inference_checkpoint(runs / kind / BEST_CHECKPOINT, folder / BEST_CHECKPOINT, extra=provenance)
+        write_json(folder / "scores.json", provenance)
+        folders.append(folder)
+    return folders
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True, help="run directories RUNS/<model>/ (fit + evaluate)")
@@ -137,9 +206,18 @@ def main(argv=None) -> int:
     parser.add_argument("--cvode-data", type=Path, default=None, help="the CVode test set")
     parser.add_argument("--device", default=None, help="the device, in words (default: the runs' device)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "surrogate_accuracy.json")
+    parser.add_argument("--note", action="append", default=[], help="a sentence on the run, kept in the JSON (repeatable)")
+    parser.add_argument("--release", type=Path, default=None,
+                        help="also write each ELM-family model, inference only, to DIR/<kind>-d<memory>/ "
+                             "(checkpoint_best.pt with its scores), the form committed under checkpoints/")
     args = parser.parse_args(argv)
     result = assemble(args.runs, args.data, args.cvode_runs, args.cvode_data, args.device)
+    if args.note:
+        result["notes"] = args.note
     write_json(args.out, result)
+    if args.release:
+        for folder in release(args.runs, result, args.release):
+            print(f"released {folder}")
     def number(value, spec):  # NaN metrics (a test set without spikes) are null in the JSON
         return "n/a" if value is None else format(value, spec)
 

@@ -225,6 +225,21 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def inference_checkpoint(source: str | Path, destination: str | Path, extra: dict | None = None) -> Path:
+    """Write `source`'s model alone to `destination`: no optimiser, scheduler or history (what `predict` needs).
+
+    The released checkpoints (checkpoints/<name>/) are made with it: a fraction of the run's file size.
+    `extra` (the training summary, say) is kept beside the model.
+    """
+    checkpoint = load_checkpoint(source)
+    return save_checkpoint(
+        destination, model_kind=checkpoint["model_kind"], model_config=checkpoint["model_config"],
+        model_state=checkpoint["model_state"], soma_transform=checkpoint_soma_transform(checkpoint),
+        epoch=checkpoint.get("epoch", 0), global_step=checkpoint.get("global_step", 0),
+        best_metric=checkpoint.get("best_metric"), extra=extra,
+    )
+
+
 def checkpoint_soma_transform(checkpoint: dict) -> SomaTransform:
     """The soma transform a project checkpoint decodes with.
 

@@ -23,7 +23,7 @@ store the [data] soma transform, with which every later stage decodes the model'
 The steps, as named below: `start_run` (validate and split the shards, build the model and
 optimiser once, resume from checkpoint_last.pt) -> `train_run`, per epoch `train_epoch`,
 `validate`, `finish_epoch` (the metrics row and the best epoch, in the run's `RunState`),
-`save_run` -> `summarise_run` (summary.json).
+`save_run`, `summarise_run` (summary.json, after every epoch: "finished" says whether all ran).
 """
 
 from __future__ import annotations
@@ -357,6 +357,9 @@ def train_run(run: Run, report: Progress) -> dict:
             valid = validate(run.model, valid_arrays, run.data, train, run.device, epoch)
             row, improved = finish_epoch(run, epoch, losses, valid, time.perf_counter() - epoch_start, train_seconds)
             save_run(run, improved)
+            # after every epoch, so that a run stopped between epochs (a time limit, a kill) still says how
+            # far it got ("finished": false) and the next call resumes it
+            _write_json(run.out_dir / SUMMARY_JSON, summarise_run(run))
             report("epoch", {**row, "improved": improved, "epochs": train.epochs})
     finally:
         del batches  # stops the loader's workers

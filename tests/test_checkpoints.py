@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from simulation.errors import ConfigError, UserInputError
-from surrogate.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from surrogate.checkpoints import CheckpointError, inference_checkpoint, load_checkpoint, load_model, save_checkpoint
 from surrogate.registry import build_model, model_config_of
 from surrogate.targets import PUBLISHED_SOMA_TRANSFORM, SomaTransform
 from surrogate.elm import neuronio_routing, num_parameters
@@ -144,6 +144,16 @@ def test_round_trip(tmp_path, kind, config):
         assert torch.equal(model(x), loaded(x))
     restored = torch.optim.Adam(loaded.parameters(), lr=1e-3)
     restored.load_state_dict(load_checkpoint(path)["optimizer_state"])
+
+    # the released form: the same model, without the training state, in a smaller file
+    released = inference_checkpoint(path, tmp_path / "release" / "checkpoint_best.pt", extra={"note": "test"})
+    assert released.stat().st_size < path.stat().st_size
+    stripped = load_checkpoint(released)
+    assert stripped["optimizer_state"] is None and stripped["extra"] == {"note": "test"} and stripped["epoch"] == 3
+    again, again_info = load_model(released.parent)
+    assert again_info["soma_transform"] == info["soma_transform"]
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
 
 
 def test_run_directory_falls_back_to_last_checkpoint(tmp_path):
@@ -280,3 +290,26 @@ def test_the_soma_transform_travels_with_the_checkpoint(tmp_path, pretrained_dir
     torch.save(raw, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="soma_transform"):
         load_model(tmp_path / "bad.pt")
+
+
+RELEASED = sorted(p for p in (Path(__file__).resolve().parents[1] / "checkpoints").glob("*/checkpoint_best.pt"))
+
+
+@pytest.mark.parametrize("path", RELEASED, ids=[p.parent.name for p in RELEASED])
+def test_released_checkpoints_load_and_predict_on_the_cpu(path):
+    """checkpoints/<kind>-d<memory>/: inference only, its scores beside it, and it runs on the CPU."""
+    scores = json.loads((path.parent / "scores.json").read_text())
+    model, info = load_model(path.parent, device="cpu")
+    kind, memory = path.parent.name.rsplit("-d", 1)
+    assert info["model_kind"] == kind and info["model_config"]["num_memory"] == int(memory)
+    assert info["num_parameters"] == scores["num_parameters"]
+    assert load_checkpoint(path)["optimizer_state"] is None
+    assert info["soma_transform"] == PUBLISHED_SOMA_TRANSFORM  # trained with the published target transform
+    with torch.no_grad():
+        out = model(torch.rand(1, 300, 1278).lt(0.01).float())
+    assert out.shape == (1, 300, 2) and torch.isfinite(out).all()
+    assert 0.9 < scores["test_sets"]["cvode"]["test_auc"] <= 1.0
+
+
+def test_checkpoints_are_released():
+    assert {p.parent.name for p in RELEASED} >= {"branch-elm-d20", "elm-d100"}

@@ -65,6 +65,16 @@ def test_dry_run_end_to_end(tmp_path, morphology_path):
             for key in ("test_auc", "test_tp_at_1pct_fp"):
                 assert key in scores  # NaN (JSON null) when a tiny test set has no spike
         assert entry["test_sets"]["cvode"]["test_shards"] == ["shard_00000.h5"]
+    # the ELM family released for users: inference-only checkpoints that predict on the CPU
+    from surrogate.checkpoints import load_checkpoint, load_model
+
+    released = sorted(p.name for p in (work / "checkpoints").iterdir())
+    assert released == ["branch-elm-d2", "elm-d2"]
+    for name in released:
+        checkpoint = load_checkpoint(work / "checkpoints" / name / "checkpoint_best.pt")
+        assert checkpoint["optimizer_state"] is None and checkpoint["extra"]["test_sets"].keys() == {"gpu_engine", "cvode"}
+        _, info = load_model(work / "checkpoints" / name)
+        assert info["num_parameters"] == out["models"][name.rsplit("-d", 1)[0]]["num_parameters"]
     tcn = json.loads((work / "runs" / "tcn" / "summary.json").read_text())["train_config"]
     assert tcn["optimizer"] == "nadam" and tcn["lr_schedule"] == "step"
 

@@ -215,7 +215,7 @@ def test_killed_run_resumes_from_the_last_finished_epoch(dataset_dir, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while not (run / "checkpoint_last.pt").exists() and process.poll() is None and time.time() < deadline:
+        while not (run / "summary.json").exists() and process.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)
     finally:
@@ -223,6 +223,9 @@ def test_killed_run_resumes_from_the_last_finished_epoch(dataset_dir, tmp_path):
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     killed_at = load_checkpoint(run / "checkpoint_last.pt")["epoch"]
     assert 1 <= killed_at < epochs
+    # a run stopped between epochs says how far it got
+    stopped = json.loads((run / "summary.json").read_text())
+    assert not stopped["finished"] and 1 <= stopped["epochs_completed"] <= killed_at
 
     result = _cli(*args)
     assert result.returncode == 0, result.stderr
