@@ -176,6 +176,17 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
     }
 
 
+def published_scores(directory: Path) -> dict:
+    """The published checkpoints' scores on the CVode test set: every DIR/<name>/evaluation.json of published weights."""
+    out = {}
+    for path in sorted(directory.glob("*/evaluation.json")):
+        evaluation = _read(path)
+        if evaluation.get("published"):
+            out[path.parent.name] = {"num_parameters": evaluation["num_parameters"], "checkpoint": evaluation["checkpoint"],
+                                     "test_sets": {"cvode": scores_of(evaluation)}}
+    return out
+
+
 RELEASED_KINDS = ("elm", "branch-elm")  # small enough to commit (issue 8, deliverable 5)
 
 
@@ -210,8 +221,13 @@ def main(argv=None) -> int:
     parser.add_argument("--release", type=Path, default=None,
                         help="also write each ELM-family model, inference only, to DIR/<kind>-d<memory>/ "
                              "(checkpoint_best.pt with its scores), the form committed under checkpoints/")
+    parser.add_argument("--published-cvode", type=Path, default=None, metavar="DIR",
+                        help="evaluations of published checkpoints on the same CVode test set, DIR/<name>/evaluation.json "
+                             "(`evaluate --all-shards --checkpoint PUBLISHED_FOLDER --runs DIR`)")
     args = parser.parse_args(argv)
     result = assemble(args.runs, args.data, args.cvode_runs, args.cvode_data, args.device)
+    if args.published_cvode:
+        result["published_checkpoints"] = published_scores(args.published_cvode)
     if args.note:
         result["notes"] = args.note
     write_json(args.out, result)

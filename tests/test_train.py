@@ -366,3 +366,25 @@ def test_a_full_disk_stops_fit_in_one_line_and_the_run_resumes(dataset_dir, tmp_
     assert result.returncode == 0, result.stderr
     assert [row["epoch"] for row in _history(run)] == [1, 2]
     assert json.loads((run / "summary.json").read_text())["resumed_at_epochs"] == [1]
+
+
+def test_a_stopped_runs_summary_is_read_back_from_its_checkpoint(dataset_dir, tmp_path):
+    """bench/surrogate_accuracy.py reports a run without summary.json from its checkpoint, with summary.json's numbers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("surrogate_accuracy", ROOT / "bench" / "surrogate_accuracy.py")
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+
+    config = tmp_path / "fit.toml"
+    config.write_text(CONFIG_TOML.format(epochs=2))
+    cfg = load_training_config(config, "elm")
+    run = tmp_path / "run"
+    fit("elm", cfg.train, cfg.model, dataset_dir, run, data_config=cfg.data)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()
+    read_back = accuracy.summary_of_stopped_run(run)
+    for key in ("model_kind", "num_parameters", "training_time_s", "time_to_best_valid_s", "best_epoch",
+                "best_valid_auc", "epochs_completed", "finished", "windows_seen", "device", "shards"):
+        assert read_back[key] == summary[key], key
+    assert read_back["epochs_planned"] == 2
