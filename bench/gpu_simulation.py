@@ -77,15 +77,38 @@ def build_cell(morphology: str):
     return simulator, export_cell(simulator)
 
 
-NODE_GROUPS = {"value": 32}  # warps per block; the run's first measurement picks it
+LAUNCH = {"value": None}  # the kernel's launch shape (backends.LaunchConfig); the run's first measurement picks it
 NODE_ARRAYS = {"value": "auto"}  # where the kernel keeps v, rhs, d (backends.NODE_ARRAYS); --node-arrays
+LAUNCH_SHAPES = ("8x32/2", "4x64/4", "4x32/4", "2x64/8")  # cells per block x node groups / blocks per multiprocessor
 
 
-def make_engine(cell, solver: SolverConfig, backend: str, node_arrays: str | None = None):
+def make_engine(cell, solver: SolverConfig, backend: str, node_arrays: str | None = None, launch=None):
+    from simulation.gpu.backends import DEFAULT_LAUNCH
     from simulation.gpu.engine import GPUEngine
 
     return GPUEngine(cell, solver, RecordingConfig(), backend=backend, cpu_threads=os.cpu_count() or 1,
-                     node_groups=NODE_GROUPS["value"], node_arrays=node_arrays or NODE_ARRAYS["value"])
+                     launch=launch or LAUNCH["value"] or DEFAULT_LAUNCH, node_arrays=node_arrays or NODE_ARRAYS["value"])
+
+
+def launch_sweep(cell, solver: SolverConfig, events, backend: str, shapes, log) -> dict:
+    """Every launch shape at one setting on the same cells: speed, and whether the results are bit-identical."""
+    from simulation.gpu.backends import LaunchConfig
+
+    out, first = {}, None
+    for label in shapes:
+        engine = make_engine(cell, solver, backend, launch=LaunchConfig.parse(label))
+        engine.run([e.head(5) for e in events[:64]])  # compile and warm up
+        started = time.perf_counter()
+        results = engine.run(events)
+        seconds = time.perf_counter() - started
+        soma = np.stack([r.soma_voltage for r in results])
+        first = soma if first is None else first
+        out[label] = {"wall_s": seconds, "sim_seconds_per_wall_second": len(events) * events[0].duration_ms / 1000 / seconds,
+                      "node_arrays": getattr(engine.backend, "node_arrays", "cpu"),
+                      "identical_to_first": bool(np.array_equal(soma, first))}
+        log(f"launch {label}: {out[label]['sim_seconds_per_wall_second']:.1f} sim-s/s "
+            f"({out[label]['node_arrays']} node arrays; identical to {shapes[0]}: {out[label]['identical_to_first']})")
+    return out
 
 
 def node_arrays_ratio(cell, solver: SolverConfig, events, log) -> dict:
@@ -308,6 +331,10 @@ def print_table(result: dict) -> None:
     print(f"\nchosen: {result['setting']} ({result['setting_reason']})")
     print(f"throughput: {t['cells']} x {t['duration_ms']} ms in {t['gpu_wall_s']:.1f} s on the GPU "
           f"(+{t['input_drawing_s']:.1f} s drawing inputs): {result['sim_seconds_per_wall_second']:.1f} sim-s/s")
+    launch = result["launch"]
+    print(f"\nlaunch shapes at {launch['setting']} ({launch['cells']} cells x {launch['duration_ms']} ms): " + ", ".join(
+        f"{label} {v['sim_seconds_per_wall_second']:.1f}{'' if v['identical_to_first'] else ' (DIFFERENT RESULTS)'}"
+        for label, v in launch["shapes"].items()) + f"; chosen {launch['chosen']}")
     ratio = result["node_arrays"]["ratio"]
     if ratio:
         print(f"node arrays in shared memory: {ratio['shared_over_global']:.2f}x the kernel with them in device memory "
@@ -330,7 +357,9 @@ def main(argv=None) -> int:
     parser.add_argument("--check-ms", type=int, default=300, help="duration of the kernel-vs-twin check (16 cells)")
     parser.add_argument("--cpu-duration-ms", type=int, default=6000, help="duration of each CPU baseline simulation")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU baselines")
-    parser.add_argument("--node-groups", type=int, nargs="+", default=[16, 32, 64], help="warps per block to try")
+    parser.add_argument("--launch", nargs="+", default=list(LAUNCH_SHAPES),
+                        help="kernel launch shapes to try at the chosen setting, CELLSxGROUPS/BLOCKS (cells per block x "
+                             "node groups / blocks per multiprocessor); the fastest runs the rest")
     parser.add_argument("--node-arrays", choices=("auto", "shared", "global"), default="auto",
                         help="where the kernel keeps v, rhs and d (auto: shared memory where two blocks fit a multiprocessor)")
     parser.add_argument("--fidelity-budget-s", type=float, default=150.0, help="skip fidelity settings slower than this")
@@ -357,18 +386,13 @@ def main(argv=None) -> int:
     log(f"cell exported ({cell.n_nodes} nodes); reference: {len(reference[0])} simulations of {reference_ms} ms, "
         f"{sum(len(s) for s in reference[2])} spikes")
 
-    # speed first: it decides the warps per block and what fits in the time budget
+    # speed first: the launch shape (at the setting measured for throughput) and what fits in the time budget
     sweep_events = draw_inputs(simulator, args.cells, args.sweep_ms, INPUT_SEED)
-    groups = {}
-    for value in args.node_groups:
-        NODE_GROUPS["value"] = value
-        engine = make_engine(cell, SETTINGS["gpu_cn_0.025_float64"], args.backend)
-        engine.run([e.head(5) for e in sweep_events[:64]])
-        started = time.perf_counter()
-        engine.run(sweep_events)
-        groups[value] = time.perf_counter() - started
-        log(f"node groups {value}: {args.cells} cells x {args.sweep_ms} ms in {groups[value]:.2f} s")
-    NODE_GROUPS["value"] = min(groups, key=groups.get)
+    sweep_setting = args.setting or "gpu_cn_0.0125_float32"
+    launches = launch_sweep(cell, SETTINGS[sweep_setting], sweep_events, args.backend, args.launch, log)
+    from simulation.gpu.backends import LaunchConfig
+    LAUNCH["value"] = LaunchConfig.parse(max(launches, key=lambda k: launches[k]["sim_seconds_per_wall_second"]))
+    log(f"launch shape: {LAUNCH['value'].label}")
     speed = speed_sweep(cell, sweep_events, args.backend, log)
 
     def seconds_for(name, duration_ms):  # a batch of up to args.cells cells runs in about the sweep's time per ms
@@ -434,7 +458,8 @@ def main(argv=None) -> int:
         "device": device_info(args.backend),
         "setting": setting, "setting_reason": reason, "solver": dataclasses.asdict(SETTINGS[setting]),
         "sim_seconds_per_wall_second": simulated_s / gpu_wall,
-        "node_groups": {"chosen": NODE_GROUPS["value"], "sweep_wall_s": groups},
+        "launch": {"chosen": LAUNCH["value"].label, "setting": sweep_setting, "cells": args.cells,
+                   "duration_ms": args.sweep_ms, "shapes": launches},
         "node_arrays": {"chosen": engine.backend.node_arrays if args.backend == "cuda" else "cpu", "ratio": arrays_ratio},
         "kernel_vs_cpu_twin": checks,
         "throughput": {"cells": args.cells, "duration_ms": duration_ms, "gpu_wall_s": gpu_wall,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -305,3 +307,33 @@ def test_event_lists_round_trip():
     # the first ms of a run, as a shorter event list
     assert np.array_equal(events.head(40).to_raster(1278), raster[:, :40])
     assert events.head(1000).duration_ms == 300
+
+
+def test_launch_shapes_are_checked_and_named():
+    from simulation.gpu.backends import DEFAULT_LAUNCH, LaunchConfig
+
+    shape = LaunchConfig.parse("4x64/4")
+    assert (shape.cells_per_block, shape.node_groups, shape.blocks_per_multiprocessor) == (4, 64, 4)
+    assert shape.threads_per_block == 256 and shape.warps == 8 and shape.label == "4x64/4"
+    assert LaunchConfig.parse(DEFAULT_LAUNCH.label) == DEFAULT_LAUNCH
+    for bad in ("3x32/2", "8x6/2", "8x256/1", "8x32", "eight"):
+        with pytest.raises(ValueError):
+            LaunchConfig.parse(bad)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit), not a GPU")
+@pytest.mark.parametrize("shape,shared", [("8x32/2", True), ("4x64/4", True), ("8x32/2", False)])
+def test_kernel_compiles_for_launch_shapes(exported, tmp_path, shape, shared):
+    """The CUDA source compiles for sm_90 at each launch shape, without a GPU (the kernel runs in test_gpu_engine_cuda.py)."""
+    from simulation.gpu.backends import LaunchConfig
+    from simulation.gpu.engine import NodeLayout, depth_first
+    from simulation.gpu.layout import source
+
+    launch = LaunchConfig.parse(shape)
+    code = source("float32", NodeLayout.of(depth_first(exported)).class_masks, nodes_in_shared_memory=shared,
+                  cells_per_block=launch.cells_per_block, threads_per_block=launch.threads_per_block,
+                  blocks_per_multiprocessor=launch.blocks_per_multiprocessor)
+    (tmp_path / "engine.cu").write_text(code)
+    result = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "engine.cubin"),
+                             str(tmp_path / "engine.cu")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

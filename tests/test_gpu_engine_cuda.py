@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from simulation.config import InputConfig, RecordingConfig, SimulationConfig, SolverConfig
+from simulation.gpu.backends import LaunchConfig
 from simulation.gpu.engine import GPUEngine
 from simulation.gpu.export import export_cell
 from simulation.inputs import generate_input_spikes, simulation_rng
@@ -80,3 +81,16 @@ def test_results_do_not_depend_on_the_batch(precision, exported):
     for result in (alone, again[70 - 1 - 37]):
         assert np.array_equal(result.soma_voltage, everything[37].soma_voltage)
         assert np.array_equal(result.output_spike_times, everything[37].output_spike_times)
+
+
+@pytest.mark.parametrize("shape", ["4x64/4", "4x32/4", "2x64/8"])
+def test_launch_shape_changes_speed_not_results(shape, exported):
+    """Every launch shape computes the same cells bit for bit (the benchmark picks the fastest)."""
+    segments, cell = exported
+    inputs = rasters(segments, 24, duration_ms=150, seed=6)
+    solver = SolverConfig(method="gpu", dt_ms=0.025, gpu_precision="float32")
+    reference = GPUEngine(cell, solver, RecordingConfig(), backend="cuda").run(inputs)
+    other = GPUEngine(cell, solver, RecordingConfig(), backend="cuda", launch=LaunchConfig.parse(shape)).run(inputs)
+    for a, b in zip(reference, other):
+        assert np.array_equal(a.soma_voltage, b.soma_voltage)
+        assert np.array_equal(a.output_spike_times, b.output_spike_times)

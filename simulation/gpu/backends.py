@@ -14,16 +14,65 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..paths import PROJECT_ROOT
-from .layout import CELLS_PER_BLOCK, source
+from .layout import source
 
 BUILD_DIR = PROJECT_ROOT / "build" / "gpu_engine"
 CXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math")
-WARPS_PER_BLOCK = 8  # each split into 32 / CELLS_PER_BLOCK node groups (timestep.h)
-NODE_GROUPS = WARPS_PER_BLOCK * 32 // CELLS_PER_BLOCK
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """The CUDA kernel's launch shape (timestep.h): what it changes is speed, never a result.
+
+    A block serves `cells_per_block` cells; each cell's nodes are shared among `node_groups`
+    threads (a warp holds 32 / cells_per_block node groups, so a block has node_groups x
+    cells_per_block threads); the compiler keeps registers so that `blocks_per_multiprocessor`
+    blocks can be resident at once. Which shape is fastest is measured (bench/gpu_simulation.py).
+    """
+
+    cells_per_block: int = 8
+    node_groups: int = 32
+    blocks_per_multiprocessor: int = 2
+
+    def __post_init__(self):
+        if self.cells_per_block not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"cells_per_block must divide a warp (1, 2, 4, ... 32), got {self.cells_per_block}")
+        if self.node_groups < 1 or self.node_groups % (32 // self.cells_per_block):
+            raise ValueError(f"node_groups must be a multiple of {32 // self.cells_per_block} "
+                             f"(node groups per warp at {self.cells_per_block} cells per block), got {self.node_groups}")
+        if self.threads_per_block > 1024 or self.blocks_per_multiprocessor < 1:
+            raise ValueError(f"a block of {self.threads_per_block} threads, {self.blocks_per_multiprocessor} per "
+                             f"multiprocessor, cannot be launched")
+
+    @property
+    def warps(self) -> int:
+        return self.node_groups * self.cells_per_block // 32
+
+    @property
+    def threads_per_block(self) -> int:
+        return self.node_groups * self.cells_per_block
+
+    @property
+    def label(self) -> str:  # "8x32/2": cells per block x node groups / blocks per multiprocessor
+        return f"{self.cells_per_block}x{self.node_groups}/{self.blocks_per_multiprocessor}"
+
+    @classmethod
+    def parse(cls, text: str) -> "LaunchConfig":
+        """From its label, e.g. "4x64/4"."""
+        try:
+            shape, blocks = text.split("/")
+            cells, groups = shape.split("x")
+            return cls(int(cells), int(groups), int(blocks))
+        except ValueError as err:
+            raise ValueError(f"launch shape {text!r}: expected CELLSxGROUPS/BLOCKS, e.g. 8x32/2 ({err})") from None
+
+
+DEFAULT_LAUNCH = LaunchConfig()
 
 
 # --------------------------------------------------------------------------- CPU twin
@@ -121,17 +170,17 @@ NODE_ARRAYS = ("auto", "shared", "global")  # where the CUDA kernel keeps v, rhs
 
 
 class CUDABackend:
-    """One GPU through CuPy: the program compiled by NVRTC, CELLS_PER_BLOCK cells per block.
+    """One GPU through CuPy: the program compiled by NVRTC for one launch shape (LaunchConfig).
 
     node_arrays: "shared" keeps each block's node arrays (v, rhs, d: 3 x n_nodes x
-    CELLS_PER_BLOCK values) in shared memory during a launch, "global" in device memory,
-    "auto" shared where two blocks' fit one multiprocessor (float32 on an H100 / H200).
+    cells_per_block values) in shared memory during a launch, "global" in device memory,
+    "auto" shared where the launch shape's resident blocks (at least two) fit a
+    multiprocessor's shared memory (float32 at 8 cells per block on an H100 / H200).
     """
 
     name = "cuda"
-    cell_multiple = CELLS_PER_BLOCK  # batches are padded to whole blocks
 
-    def __init__(self, precision: str, class_masks=(0,), device: int = 0, node_groups: int = NODE_GROUPS,
+    def __init__(self, precision: str, class_masks=(0,), device: int = 0, launch: LaunchConfig = DEFAULT_LAUNCH,
                  n_nodes: int = 0, node_arrays: str = "auto"):
         try:
             import cupy
@@ -146,23 +195,26 @@ class CUDABackend:
         except cupy.cuda.runtime.CUDARuntimeError as err:
             raise ConfigError(f"[solver] method = \"gpu\": no usable CUDA device ({err})") from None
         self.device_name = name
-        if node_groups % (32 // CELLS_PER_BLOCK):
-            raise ValueError(f"node_groups must be a multiple of {32 // CELLS_PER_BLOCK} (node groups per warp)")
-        self.warps = node_groups // (32 // CELLS_PER_BLOCK)
+        self.launch = launch
+        self.cell_multiple = launch.cells_per_block  # batches are padded to whole blocks
         if node_arrays not in NODE_ARRAYS:
             raise ValueError(f"node_arrays must be one of {NODE_ARRAYS}, got {node_arrays!r}")
-        shared_bytes = 3 * n_nodes * CELLS_PER_BLOCK * (8 if precision == "float64" else 4)
+        shared_bytes = 3 * n_nodes * launch.cells_per_block * (8 if precision == "float64" else 4)
         properties = cupy.cuda.runtime.getDeviceProperties(device)
         if node_arrays == "shared" and shared_bytes > properties["sharedMemPerBlockOptin"]:
             raise ValueError(f"the node arrays need {shared_bytes} bytes of shared memory per block; "
                              f"{name} has {properties['sharedMemPerBlockOptin']}")
-        if node_arrays == "auto":  # shared where two blocks still fit one multiprocessor (else occupancy halves)
-            node_arrays = "shared" if 2 * shared_bytes <= properties["sharedMemPerMultiprocessor"] - 2048 else "global"
+        if node_arrays == "auto":  # shared where the resident blocks fit (1 KB per block is the system's)
+            resident = max(2, launch.blocks_per_multiprocessor)
+            fits = resident * (shared_bytes + 1024) <= properties["sharedMemPerMultiprocessor"]
+            node_arrays = "shared" if fits else "global"
         self.node_arrays = node_arrays
         self.shared_bytes = shared_bytes if self.node_arrays == "shared" else 0
         # the engine's own stream: several engines (settings) can run side by side
         self.stream = cupy.cuda.Stream(non_blocking=True)
-        code = source(precision, class_masks, nodes_in_shared_memory=self.node_arrays == "shared")
+        code = source(precision, class_masks, nodes_in_shared_memory=self.node_arrays == "shared",
+                      cells_per_block=launch.cells_per_block, threads_per_block=launch.threads_per_block,
+                      blocks_per_multiprocessor=launch.blocks_per_multiprocessor)
         self.module = cupy.RawModule(code=code, options=("-std=c++17",))
         self.initialize_kernel = self.module.get_function("gpu_initialize")
         self.advance_kernel = self.module.get_function("gpu_advance")
@@ -194,9 +246,10 @@ class CUDABackend:
         self._pending = record  # the host bytes must live until the copy ran (synchronize)
 
     def _grid(self, n_cells):
-        if n_cells % CELLS_PER_BLOCK:
-            raise ValueError(f"a CUDA batch holds a multiple of {CELLS_PER_BLOCK} cells, got {n_cells}")
-        return (n_cells // CELLS_PER_BLOCK,), (32, self.warps)
+        cells = self.launch.cells_per_block
+        if n_cells % cells:
+            raise ValueError(f"a CUDA batch holds a multiple of {cells} cells, got {n_cells}")
+        return (n_cells // cells,), (32, self.launch.warps)
 
     def initialize(self, model, batch, n_cells):
         self._set_constant("c_model", model)
@@ -219,11 +272,11 @@ class CUDABackend:
         return self.stream  # CuPy's current stream is per thread: engines in threads run side by side
 
 
-def make_backend(kind: str, precision: str, class_masks, node_groups: int = NODE_GROUPS, n_nodes: int = 0,
+def make_backend(kind: str, precision: str, class_masks, launch: LaunchConfig = DEFAULT_LAUNCH, n_nodes: int = 0,
                  node_arrays: str = "auto"):
     """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin), compiled for a cell's node classes."""
     if kind == "cuda":
-        return CUDABackend(precision, class_masks, node_groups=node_groups, n_nodes=n_nodes, node_arrays=node_arrays)
+        return CUDABackend(precision, class_masks, launch=launch, n_nodes=n_nodes, node_arrays=node_arrays)
     if kind == "cpu":
         return CPUBackend(precision, class_masks)
     raise ValueError(f"backend must be 'cuda' or 'cpu', got {kind!r}")

@@ -22,7 +22,7 @@ import numpy as np
 from ..config import RecordingConfig, SolverConfig
 from ..errors import InputShapeError
 from ..run import SimulationResult, check_input_spikes, spike_raster
-from .backends import NODE_GROUPS, make_backend
+from .backends import DEFAULT_LAUNCH, LaunchConfig, make_backend
 from .export import CellExport
 from .layout import (BATCH_FIELDS, CHANNEL_BITS, HAS_EXCITATORY, HAS_INHIBITORY, MEMBRANE, MODEL_FIELDS, node_states,
                      pack, real_dtype)
@@ -157,12 +157,13 @@ class GPUEngine:
     """The exported cell on a device ("cuda", or "cpu" for the CPU twin), ready to run batches."""
 
     def __init__(self, cell: CellExport, solver: SolverConfig, recording: RecordingConfig,
-                 backend: str = "cuda", cpu_threads: int = 1, node_groups: int = NODE_GROUPS, node_arrays: str = "auto"):
+                 backend: str = "cuda", cpu_threads: int = 1, launch: LaunchConfig = DEFAULT_LAUNCH,
+                 node_arrays: str = "auto"):
         self.cell, self.solver, self.recording = cell, solver, recording
         self.precision = solver.gpu_precision
         self.real = real_dtype(self.precision)
         self.layout = NodeLayout.of(depth_first(cell))
-        self.backend = make_backend(backend, self.precision, self.layout.class_masks, node_groups, cell.n_nodes, node_arrays)
+        self.backend = make_backend(backend, self.precision, self.layout.class_masks, launch, cell.n_nodes, node_arrays)
         if backend == "cpu":
             self.backend.threads = max(1, cpu_threads)
         self.last_run_seconds = 0.0

@@ -10,14 +10,13 @@
 __constant__ Model c_model;
 __constant__ Batch c_batch;
 
-// At most MAX_THREADS_PER_BLOCK threads (32 cells x up to 16 node groups): the compiler keeps
-// registers within what such a block may hold.
-#define MAX_THREADS_PER_BLOCK 512
+// THREADS_PER_BLOCK and BLOCKS_PER_MULTIPROCESSOR come from the launch shape (backends.LaunchConfig):
+// the compiler keeps each thread's registers within what that many resident blocks leave it.
 
 // blockDim = (32, warps): lane x works for cell blockIdx.x * CELLS_PER_BLOCK + x % CELLS_PER_BLOCK
 // (timestep.h's NODE_GROUP says in which node group). The batch is padded to whole blocks
 // (padded cells get no input), so that every thread of a block reaches every __syncthreads.
-extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_initialize() {
+extern "C" __global__ void __launch_bounds__(THREADS_PER_BLOCK, BLOCKS_PER_MULTIPROCESSOR) gpu_initialize() {
     const long long cell = (long long)blockIdx.x * CELLS_PER_BLOCK + threadIdx.x % CELLS_PER_BLOCK;
     initialize_cell(&c_model, &c_batch, cell);
 }
@@ -25,7 +24,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_initi
 // With NODES_IN_SHARED_MEMORY, the launch's dynamic shared memory holds the block's node
 // arrays (timestep.h's NodeArrays): v is read from the Batch at the start and written back at
 // the end, rhs and d live only within a step.
-extern "C" __global__ void __launch_bounds__(MAX_THREADS_PER_BLOCK, 1) gpu_advance(long long ms_begin, long long ms_end) {
+extern "C" __global__ void __launch_bounds__(THREADS_PER_BLOCK, BLOCKS_PER_MULTIPROCESSOR) gpu_advance(long long ms_begin, long long ms_end) {
     const long long cell = (long long)blockIdx.x * CELLS_PER_BLOCK + threadIdx.x % CELLS_PER_BLOCK;
 #if NODES_IN_SHARED_MEMORY
     extern __shared__ real block_nodes[];  // 3 x n_nodes x CELLS_PER_BLOCK

@@ -59,9 +59,6 @@ _C_TYPES = {"int": "long long", "double": "double", "int*": "int*", "real*": "re
             "float*": "float*", "i64*": "const long long*", "u16*": "const unsigned short*"}
 NUMPY_DTYPES = {"int*": np.int32, "float*": np.float32, "i64*": np.int64, "u16*": np.uint16}
 PRECISIONS = {"float64": np.float64, "float32": np.float32}
-# A GPU block serves this many cells; its 32-thread warps are split into 32 / CELLS_PER_BLOCK
-# node groups each (timestep.h). Fewer cells per block give a small batch more blocks.
-CELLS_PER_BLOCK = 8
 
 
 def real_dtype(precision: str):
@@ -116,7 +113,8 @@ def _class_macros(class_masks: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _prelude(precision: str, nodes_in_shared_memory: bool) -> str:
+def _prelude(precision: str, nodes_in_shared_memory: bool, cells_per_block: int, threads_per_block: int,
+             blocks_per_multiprocessor: int) -> str:
     double = precision == "float64"
     suffix = "" if double else "f"
     math = "\n".join(f"#define r_{f} {f}{suffix}" for f in ("exp", "expm1", "log", "pow", "fabs"))
@@ -131,7 +129,9 @@ def _prelude(precision: str, nodes_in_shared_memory: bool) -> str:
         "#endif",
         f"typedef {'double' if double else 'float'} real;",
         f"#define REAL_IS_DOUBLE {1 if double else 0}",
-        f"#define CELLS_PER_BLOCK {CELLS_PER_BLOCK}",
+        f"#define CELLS_PER_BLOCK {cells_per_block}",
+        f"#define THREADS_PER_BLOCK {threads_per_block}",
+        f"#define BLOCKS_PER_MULTIPROCESSOR {blocks_per_multiprocessor}",
         f"#define NODES_IN_SHARED_MEMORY {int(nodes_in_shared_memory)}",
         math,
         _c_struct("Model", MODEL_FIELDS, const=True),
@@ -144,11 +144,15 @@ def _prelude(precision: str, nodes_in_shared_memory: bool) -> str:
 _FLOAT_LITERAL = re.compile(r"(?<![\w.])((?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])")
 
 
-def source(precision: str, class_masks: list[int] = (0,), nodes_in_shared_memory: bool = False) -> str:
+def source(precision: str, class_masks: list[int] = (0,), nodes_in_shared_memory: bool = False,
+           cells_per_block: int = 8, threads_per_block: int = 256, blocks_per_multiprocessor: int = 2) -> str:
     """The engine's C/CUDA program for `precision` ("float64" or "float32") and a cell's node classes.
 
-    `nodes_in_shared_memory`: the CUDA kernel keeps the node arrays (v, rhs, d) of its block's
-    cells in shared memory for a whole launch (timestep.h, NodeArrays); the CPU twin ignores it.
+    The rest is the CUDA kernel's launch shape (backends.LaunchConfig), which the CPU twin ignores:
+    `nodes_in_shared_memory` keeps the node arrays (v, rhs, d) of a block's cells in shared
+    memory for a whole launch (timestep.h, NodeArrays); `cells_per_block` and
+    `threads_per_block` fix the block, and `blocks_per_multiprocessor` the register budget
+    (__launch_bounds__): more resident blocks, fewer registers per thread.
 
     In float32, every floating-point literal gets an `f` suffix, so that no expression is
     silently promoted to double (which would cost a GPU its float throughput).
@@ -158,7 +162,8 @@ def source(precision: str, class_masks: list[int] = (0,), nodes_in_shared_memory
     body = "\n".join((SOURCE_DIR / name).read_text() for name in SOURCE_FILES)
     if precision == "float32":
         body = _FLOAT_LITERAL.sub(lambda m: m.group(1) + "f", body)
-    return _prelude(precision, nodes_in_shared_memory) + _class_macros(list(class_masks)) + "\n" + body
+    prelude = _prelude(precision, nodes_in_shared_memory, cells_per_block, threads_per_block, blocks_per_multiprocessor)
+    return prelude + _class_macros(list(class_masks)) + "\n" + body
 
 
 def pack(fields: list[tuple[str, str]], values: dict, real, address_of) -> np.ndarray:
