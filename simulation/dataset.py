@@ -159,7 +159,9 @@ def write_shard(
     # ---- write under a temporary name, then rename: never a half-written shard
     compressed = {"compression": "gzip", "compression_opts": int(compression_level), "shuffle": True}
     with atomic_hdf5(path) as f:  # built in memory: a full disk is an OSError, never a crash in HDF5
-        f.create_dataset("input_spikes", data=input_spikes, chunks=(1, 2 * n_segments, duration), **compressed)
+        spikes = f.create_dataset("input_spikes", shape=input_spikes.shape, dtype=bool,
+                                  chunks=(1, 2 * n_segments, duration), **compressed)
+        _write_deflated_rows(spikes, input_spikes, int(compression_level))
         f.create_dataset("soma_voltage", data=soma_voltage)
         f.create_dataset("nexus_voltage", data=nexus_voltage)
         f.create_dataset("output_spikes", data=output_spikes)
@@ -178,6 +180,27 @@ def write_shard(
         for key, value in all_attrs.items():
             f.attrs[key] = _attr_value(value)
     return path
+
+
+def _write_deflated_rows(dataset, array: np.ndarray, level: int) -> None:
+    """Fill a (n, ...) bool dataset chunked one row per simulation, its chunks deflated on a pool of threads.
+
+    HDF5 deflates chunk after chunk under h5py's lock, which made writing a 128 x 6 s shard
+    (1 GB of input raster) take seconds on one core. zlib releases the GIL, so the chunks are
+    deflated in parallel here and written as they are (direct chunk write): at levels 1-9 the
+    same bytes as the dataset's own gzip filter, since shuffle leaves 1-byte values unchanged
+    (tests/test_dataset.py checks it), and every reader decodes them through that filter.
+    """
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    def deflate(row: int) -> bytes:
+        return zlib.compress(np.ascontiguousarray(array[row]).view(np.uint8), level)
+
+    threads = min(len(array), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for row, chunk in enumerate(pool.map(deflate, range(len(array)))):
+            dataset.id.write_direct_chunk((row,) + (0,) * (array.ndim - 1), chunk)
 
 
 # --------------------------------------------------------------------------- opening and checking

@@ -188,7 +188,8 @@ def _failure_message(future) -> str:
 def _stack_shard(results: list[dict], duration_ms: int, input_spikes: np.ndarray | None = None) -> dict:
     """Per-simulation results (in shard order) -> the arrays of dataset.write_shard."""
     if input_spikes is None:
-        input_spikes = np.stack([np.unpackbits(r["packed_input_spikes"], axis=-1, count=duration_ms) for r in results]).astype(bool)
+        # unpackbits gives 0/1 bytes, which are bools as they are (a view, not a 1-GB copy per 128 x 6 s shard)
+        input_spikes = np.stack([np.unpackbits(r["packed_input_spikes"], axis=-1, count=duration_ms) for r in results]).view(bool)
     arrays = {
         "input_spikes": input_spikes,
         "soma_voltage": np.stack([r["soma_voltage"] for r in results]),

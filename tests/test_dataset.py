@@ -120,6 +120,25 @@ def test_input_spikes_are_chunked_per_simulation_and_compressed(shard_file):
         assert f["output_spike_times"].dtype.metadata["vlen"] == np.float64
 
 
+@pytest.mark.parametrize("level", [0, 1, 4, 9])
+def test_input_spikes_chunks_are_what_hdf5s_own_gzip_filter_writes(tmp_path, level):
+    """write_shard deflates the rows itself (in threads) and writes the chunks directly: byte for byte
+    what HDF5's shuffle + gzip pipeline writes for the same raster (level 0 stores the bytes in
+    blocks of another size), and decoded by it as usual."""
+    arrays = shard_arrays(3, n=5)
+    path = write_shard(tmp_path / "shard_00003.h5", **arrays, compression_level=level)
+    with h5py.File(tmp_path / "by_hdf5.h5", "w") as f:
+        f.create_dataset("input_spikes", data=arrays["input_spikes"], chunks=(1, 1278, DURATION),
+                         compression="gzip", compression_opts=level, shuffle=True)
+    with h5py.File(path) as ours, h5py.File(tmp_path / "by_hdf5.h5") as theirs:
+        assert ours["input_spikes"].compression_opts == level
+        for row in range(5):
+            mask, chunk = ours["input_spikes"].id.read_direct_chunk((row, 0, 0))
+            assert mask == 0
+            assert level == 0 or chunk == theirs["input_spikes"].id.read_direct_chunk((row, 0, 0))[1]
+        assert np.array_equal(ours["input_spikes"][...], arrays["input_spikes"])
+
+
 def test_open_shard_reads_windows_lazily(shard_file):
     whole = read_shard(shard_file)
     with open_shard(shard_file) as f:

@@ -15,7 +15,8 @@
 // update and before the next step's currents, and so does this code.
 //
 // Memory layout: value k of cell c lives at [k * n_cells + c], so the threads of a warp
-// (consecutive cells) read consecutive addresses. All cells share the Model's arrays.
+// (consecutive cells) read consecutive addresses. All cells share the Model's arrays. The node
+// arrays (v, rhs, d) may live in shared memory instead (NodeArrays below).
 //
 // Node classes. The nodes that carry the same mechanisms form a class (soma, axon, basal,
 // apical, zero-area ...); layout.py writes each class's mask of mechanisms into the program
