@@ -22,7 +22,8 @@
 # results go to $WORK/surrogate_accuracy.json, not bench/results.
 # Environment: WORK (default data/neuronio_scale, or data/neuronio_scale_small; ignored by git), MODELS
 # (default "elm branch-elm tcn lstm"), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S),
-# EPOCHS_<MODEL> (e.g. EPOCHS_TCN=20: fewer epochs than the config's recipe), CVODE_WORKERS (processes of the
+# EPOCHS_<MODEL> (e.g. EPOCHS_TCN=20: fewer epochs than the config's recipe), RECIPE (a config laid over CONFIG for
+# fit, e.g. configs/recipes/one_session.toml), CVODE_WORKERS (processes of the
 # CVode test set, default one per core: fewer leave cores to a GPU stage running beside it), CONFIG / SIM_CONFIG (the training
 # and simulation configs), OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
 # from .whl/ on the GPU machine (bench/README.md); the morphology in $L5PC_MORPHOLOGY (default .carry/cell1.asc,
@@ -222,7 +223,7 @@ stage_fit() {
   if [ "$limit" -lt 60 ]; then log "fit-$model: not started (${left} s left in this call)"; unfinished=1; return; fi
   log "fit-$model: $CONFIG ${epochs[*]} (this call: at most ${limit} s)"
   set +e
-  timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" --data "$DATA" \
+  timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" ${RECIPE:+--config "$RECIPE"} --data "$DATA" \
     --out "$RUNS/$model" "${epochs[@]}" 2>&1 | progress_filter
   code=${PIPESTATUS[0]}
   set -e

@@ -1,6 +1,7 @@
 """Strict configuration: TOML files read into frozen dataclasses, every mistake named.
 
     read_toml(path)              the file's tables; unknown tables, bad syntax, bad encoding -> ConfigError
+    read_toml_layers(paths)      several files, later ones overriding earlier ones key by key
     from_table(cls, table, where)  a dataclass from one table; unknown keys and wrong types -> ConfigError
     require(condition, message)  for dataclass __post_init__ range checks (ValueError -> ConfigError)
 
@@ -20,7 +21,7 @@ import importlib
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import ConfigError
 
@@ -65,6 +66,32 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown table [{unknown[0]}] (known: {', '.join(sorted(known))})")
     return raw
+
+
+def merge_tables(target: dict[str, dict], raw: dict[str, Any], where: str) -> dict[str, dict]:
+    """Layer one file's tables onto `target`, key by key; a sub-table ([train.elm]) layers key by key too."""
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table, got {table!r}")
+        merged = target.setdefault(name, {})
+        for key, value in table.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    return target
+
+
+def read_toml_layers(paths: str | Path | Sequence[str | Path]) -> tuple[dict[str, Any], str]:
+    """read_toml of one file, or of several layered (`--config base.toml --config overlay.toml`: later
+    files override earlier ones key by key); returns the tables and a name for messages ("a + b")."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise ConfigError("no config file given")
+    merged: dict[str, dict] = {}
+    for path in paths:
+        merge_tables(merged, read_toml(path), str(path))
+    return merged, " + ".join(str(p) for p in paths)
 
 
 def require(condition: bool, message: str) -> None:

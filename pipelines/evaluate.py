@@ -23,7 +23,8 @@ from surrogate.registry import MODEL_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, help="TOML config ([data] split and windows, [evaluate])")
+    parser.add_argument("--config", required=True, type=Path, action="append",
+                        help="TOML config ([data] split and windows, [evaluate]); repeat to layer overrides")
     parser.add_argument("--data", required=True, type=Path, help="dataset directory of HDF5 shards")
     parser.add_argument("--runs", required=True, type=Path, help="directory of run directories (RUNS/<model>/)")
     parser.add_argument("--models", default=None,

@@ -18,7 +18,9 @@ from surrogate.registry import MODEL_KINDS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, choices=MODEL_KINDS, help="which surrogate to train")
-    parser.add_argument("--config", required=True, type=Path, help="TOML config with [data], [train] and model tables")
+    parser.add_argument("--config", required=True, type=Path, action="append",
+                        help="TOML config with [data], [train] and model tables; repeat to layer overrides "
+                             "(configs/recipes/*.toml on configs/neuronio.toml)")
     parser.add_argument("--data", required=True, type=Path, help="dataset directory of shard_*.h5 files")
     parser.add_argument("--out", required=True, type=Path, help="run directory (created; an existing run resumes)")
     parser.add_argument("--device", default=None, help="override [train] device: 'auto', 'cpu', 'cuda', 'cuda:N'")

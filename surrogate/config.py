@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from common.config import from_table, read_toml
+from common.config import from_table, read_toml_layers
 from common.config import require as _require
 from simulation.errors import ConfigError
 
@@ -182,11 +182,14 @@ def train_config_for(raw_train: dict[str, Any] | None, kind: str, where: str) ->
     return from_table(TrainConfig, merged, f"{where} [train]")
 
 
-def load_training_config(path: str | Path, kind: str) -> TrainingConfig:
-    """Read [data], [train] (with [train.<model>] overrides) and the model table of `kind`."""
+def load_training_config(path: str | Path | Sequence[str | Path], kind: str) -> TrainingConfig:
+    """Read [data], [train] (with [train.<model>] overrides) and the model table of `kind`.
+
+    `path` may be several files, layered (common.config.read_toml_layers): a recipe overlay on
+    configs/neuronio.toml, say.
+    """
     entry = model_kind(kind)
-    raw = read_toml(path)
-    where = str(path)
+    raw, where = read_toml_layers(path)
     data = from_table(DataConfig, raw.get("data"), f"{where} [data]")
     train = train_config_for(raw.get("train"), kind, where)
     for other in MODELS.values():  # a typo in any model table fails, not only in the one used

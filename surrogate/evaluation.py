@@ -67,13 +67,13 @@ class EvaluateConfig:
             raise ValueError(f"num_threads must be >= 0 (0: torch's default), got {self.num_threads}")
 
 
-def load_evaluation_config(path: str | Path) -> tuple[DataConfig, EvaluateConfig]:
-    """[data] and [evaluate] of a config file (both optional; defaults as published)."""
-    from simulation.config import from_table, read_toml
+def load_evaluation_config(path) -> tuple[DataConfig, EvaluateConfig]:
+    """[data] and [evaluate] of a config file, or of several layered (both optional; defaults as published)."""
+    from common.config import from_table, read_toml_layers
 
-    raw = read_toml(path)
-    return (from_table(DataConfig, raw.get("data"), f"{path} [data]"),
-            from_table(EvaluateConfig, raw.get("evaluate"), f"{path} [evaluate]"))
+    raw, where = read_toml_layers(path)
+    return (from_table(DataConfig, raw.get("data"), f"{where} [data]"),
+            from_table(EvaluateConfig, raw.get("evaluate"), f"{where} [evaluate]"))
 
 
 # --------------------------------------------------------------------------- predictions

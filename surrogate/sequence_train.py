@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from common.config import from_table, parse_toml
+from common.config import from_table, merge_tables, parse_toml
 from common.config import require as _require
 from common.errors import ConfigError, DatasetError, UserInputError
 from common.files import as_output_error, check_writable, write_bytes_atomic
@@ -130,14 +130,7 @@ def read_task_tables(paths: list[str | os.PathLike]) -> dict[str, dict]:
             if name not in TASK_CONFIG_TABLES:
                 known = ", ".join((*TASK_CONFIG_TABLES, DATA_TABLE))
                 raise ConfigError(f"{path}: unknown table [{name}] (known: {known})")
-            if not isinstance(table, dict):
-                raise ConfigError(f"{path}: [{name}] must be a table, got {table!r}")
-            target = merged.setdefault(name, {})
-            for key, value in table.items():
-                if isinstance(value, dict) and isinstance(target.get(key), dict):
-                    target[key] = {**target[key], **value}  # [train.elm] overrides layer too
-                else:
-                    target[key] = value
+        merge_tables(merged, {k: v for k, v in raw.items() if k != DATA_TABLE}, str(path))
     return merged
 
 

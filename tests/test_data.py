@@ -273,6 +273,25 @@ def test_config_per_model_overrides(tmp_path):
     assert (branch.model.num_memory, branch.model.num_branch, branch.model.num_synapse_per_branch) == (7, 45, 100)
 
 
+def test_configs_layer_key_by_key(tmp_path):
+    """`--config base --config overlay`: the overlay's keys win, [train.<model>] included; the rest stays."""
+    base, overlay = tmp_path / "base.toml", tmp_path / "overlay.toml"
+    base.write_text("[data]\nwindow_ms = 400\n[train]\nbatch_size = 8\nepochs = 35\nlearning_rate = 0.0005\n"
+                    "[train.branch_elm]\nepochs = 20\nbatches_per_epoch = 50\n[branch_elm]\nnum_memory = 20\n")
+    overlay.write_text("[train]\nepochs = 4\n[train.branch_elm]\nbatch_size = 64\nlearning_rate = 0.002\n")
+    config = load_training_config([base, overlay], "branch-elm")
+    assert config.data.window_ms == 400 and config.model.num_memory == 20
+    assert (config.train.batch_size, config.train.learning_rate, config.train.batches_per_epoch) == (64, 0.002, 50)
+    assert config.train.epochs == 20  # the base's [train.branch_elm] still overrides the overlay's [train]
+    assert load_training_config([base, overlay], "elm").train.epochs == 4
+    overlay.write_text("[trian]\nepochs = 4\n")
+    with pytest.raises(ConfigError, match="overlay.toml: unknown table \\[trian\\]"):
+        load_training_config([base, overlay], "elm")
+    overlay.write_text("[train.branch_elm]\nbatch_sise = 64\n")
+    with pytest.raises(ConfigError, match="batch_sise"):
+        load_training_config([base, overlay], "branch-elm")
+
+
 @pytest.mark.parametrize("name", ["quick.toml", "neuronio.toml"])
 def test_project_configs_load(name):
     root = Path(__file__).resolve().parents[1]
@@ -286,3 +305,13 @@ def test_project_configs_load(name):
         assert tcn.train.lr_steps[0] == (1, 1e-4) and tcn.train.lr_steps[-1][1] == 1e-6
         assert tcn.train.loss_weights(1) == (1.0, 2.0) and tcn.train.loss_weights(tcn.train.epochs) == (9.0, 0.3)
         assert load_training_config(root / "configs" / name, "lstm").model.hidden_size == 150
+
+
+def test_recipe_overlays_load_on_the_neuronio_config():
+    root = Path(__file__).resolve().parents[1]
+    recipes = sorted((root / "configs" / "recipes").glob("*.toml"))
+    assert recipes
+    for recipe in recipes:
+        for kind in ("elm", "branch-elm", "tcn", "lstm"):
+            layered = load_training_config([root / "configs" / "neuronio.toml", recipe], kind)
+            assert layered.data == load_training_config(root / "configs" / "neuronio.toml", kind).data
