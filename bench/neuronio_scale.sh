@@ -221,7 +221,7 @@ stage_fit() {
   left=$(remaining)
   limit=$(( FIT_TIME_S < left ? FIT_TIME_S : left ))
   if [ "$limit" -lt 60 ]; then log "fit-$model: not started (${left} s left in this call)"; unfinished=1; return; fi
-  log "fit-$model: $CONFIG ${epochs[*]} (this call: at most ${limit} s)"
+  log "fit-$model: $CONFIG${RECIPE:+ + $RECIPE} ${epochs[*]} (this call: at most ${limit} s)"
   set +e
   timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" ${RECIPE:+--config "$RECIPE"} --data "$DATA" \
     --out "$RUNS/$model" "${epochs[@]}" 2>&1 | progress_filter
