@@ -74,11 +74,16 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
         "distributed.scheduler.worker-saturation": 1.0,
         "distributed.scheduler.allowed-failures": int(retries),
     }
+    # The workers' own logs stay quiet (CRITICAL only): whatever goes wrong in a task reaches the
+    # client as its exception or as a lost worker, and the pipeline reports it in one line. What
+    # the logs added was noise, e.g. a heartbeat traceback when a run stopping on an error closed
+    # the scheduler while a worker was still inside a simulation.
+    worker_logs = logging.CRITICAL
     with dask.config.set(settings):
         if gpu_devices is None:
             cluster = LocalCluster(
                 n_workers=n_workers or available_cores(), threads_per_worker=1, processes=True,
-                dashboard_address=":0", silence_logs=logging.ERROR,  # a free port: never clash with another cluster
+                dashboard_address=":0", silence_logs=worker_logs,  # a free port: never clash with another cluster
             )
         else:
             if not gpu_devices:
@@ -87,9 +92,9 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
             for k, device in enumerate(gpu_devices):
                 env = {"CUDA_VISIBLE_DEVICES": device} if device else {}
                 workers[f"gpu-{device or k}"] = {"cls": Nanny, "options": {
-                    "nthreads": 1, "resources": {GPU_RESOURCE: 1}, "env": env, "silence_logs": logging.ERROR}}
+                    "nthreads": 1, "resources": {GPU_RESOURCE: 1}, "env": env, "silence_logs": worker_logs}}
             cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-                                  silence_logs=logging.ERROR)
+                                  silence_logs=worker_logs)
     return Client(cluster)
 
 

@@ -447,7 +447,7 @@ def test_cli_on_a_full_disk_stops_with_one_line_and_keeps_finished_shards(refere
     assert result.returncode == 2, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]  # after the progress bar
     assert error.startswith("error: cannot write ") and "File too large" in error and "intact" in error, error
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     assert identity(out / "shard_00000.h5") == kept
     assert sorted(p.name for p in out.iterdir()) == [".lock", "shard_00000.h5"]  # no temporary file left behind
 
