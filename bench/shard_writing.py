@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import platform
 import sys
 import time
@@ -26,6 +25,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common.jsonio import write_json  # noqa: E402
+from common.machine import available_cores  # noqa: E402
 from simulation.dataset import N_INPUT_ROWS, _write_deflated_rows  # noqa: E402
 
 DENSITY = 0.011  # input spikes per row and ms in NeuronIO-like rasters (data/quick: about 1%)
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         times["hdf5_filter"].append(hdf5_filter(raster, args.level))
         times["threads"].append(threads(raster, args.level))
     best = {name: min(values) for name, values in times.items()}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     result = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cores": cores},
         "shard": {"simulations": args.simulations, "duration_ms": args.duration_ms, "raster_bytes": int(raster.nbytes),

@@ -6,6 +6,7 @@
     jsonio.py   strict JSON: numpy values made plain, NaN and infinities as null, atomic write
     config.py   strict TOML tables -> frozen dataclasses; which tables a config file may hold
     spikes.py   spike times -> 1-ms raster (the NeuronIO bin rule)
+    machine.py  available_cores: the cores this process may run on
 
 Nothing here imports NEURON, torch or dask (h5py only inside files.atomic_hdf5); simulation/,
 surrogate/ and pipelines/ import from here, never the other way round (common.config's one

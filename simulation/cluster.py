@@ -16,15 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.machine import available_cores  # noqa: F401  (pipelines and benchmarks import it from here)
 from .config import SimulationConfig
 from .errors import UserInputError
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 # The dask resource a GPU worker offers and a GPU task asks for (one GPU each).

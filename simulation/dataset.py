@@ -28,6 +28,7 @@ import numpy as np
 
 from common.files import atomic_hdf5, read_hdf5
 from common.jsonio import dumps_json, plain
+from common.machine import available_cores
 
 from .errors import DatasetError, InputShapeError
 
@@ -197,8 +198,7 @@ def _write_deflated_rows(dataset, array: np.ndarray, level: int) -> None:
     def deflate(row: int) -> bytes:
         return zlib.compress(np.ascontiguousarray(array[row]).view(np.uint8), level)
 
-    threads = min(len(array), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max(1, threads)) as pool:
+    with ThreadPoolExecutor(max(1, min(len(array), available_cores()))) as pool:
         for row, chunk in enumerate(pool.map(deflate, range(len(array)))):
             dataset.id.write_direct_chunk((row,) + (0,) * (array.ndim - 1), chunk)
 

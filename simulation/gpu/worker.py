@@ -14,21 +14,17 @@ dataset is the same whatever the number of GPUs or the batch size.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from common.machine import available_cores
+
 from ..config import SimulationConfig
 
 _cached: tuple[tuple, object] | None = None
-
-
-def input_threads() -> int:
-    """CPU threads for drawing inputs (and for the CPU twin): the cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def get_engine(config: SimulationConfig, morphology: str | Path):
@@ -43,7 +39,7 @@ def get_engine(config: SimulationConfig, morphology: str | Path):
         _cached = None
         simulator = get_simulator(config, morphology)
         engine = GPUEngine(export_cell(simulator), config.solver, config.recording,
-                           backend=config.solver.gpu_backend, cpu_threads=input_threads())
+                           backend=config.solver.gpu_backend, cpu_threads=available_cores())  # the CPU twin's threads
         _cached = (key, engine)
     return _cached[1]
 
@@ -71,7 +67,7 @@ def simulate_seeded_batch(config: SimulationConfig, morphology: str, simulation_
                                        simulation_rng(config.dataset.seed, i))
         return EventList.from_raster(raster), np.packbits(raster, axis=-1)
 
-    with ThreadPoolExecutor(input_threads()) as pool:  # numpy's generators and FFTs release the GIL
+    with ThreadPoolExecutor(available_cores()) as pool:  # numpy's generators and FFTs release the GIL
         drawn = list(pool.map(draw, simulation_indices))
     return _results(engine, simulation_indices, [d[0] for d in drawn], [d[1] for d in drawn])
 
