@@ -212,8 +212,8 @@ def test_build_model_rejects_bad_configs():
     assert build_model("branch-elm", {}).config.num_branch == 45
 
 
-class _RunsACommand:
-    """What a malicious checkpoint pickles: unpickling it would call os.system."""
+class RunsACommand:
+    """What a malicious checkpoint pickles: unpickling it would call os.system (test_fit_task.py uses it too)."""
 
     def __init__(self, command: str):
         self.command = command
@@ -227,11 +227,11 @@ def test_refused_checkpoints_say_what_was_refused_and_why(tmp_path):
     marker = tmp_path / "payload_ran"
     command = f"touch {marker}"
     torch_pickle = tmp_path / "malicious.pt"
-    torch.save({"model_state": {}, "hook": _RunsACommand(command)}, torch_pickle)
+    torch.save({"model_state": {}, "hook": RunsACommand(command)}, torch_pickle)
     plain_pickle = tmp_path / "malicious.pkl"
-    plain_pickle.write_bytes(pickle.dumps(_RunsACommand(command), protocol=4))
+    plain_pickle.write_bytes(pickle.dumps(RunsACommand(command), protocol=4))
     old_pickle = tmp_path / "malicious_protocol0.pt"
-    old_pickle.write_bytes(pickle.dumps(_RunsACommand(command), protocol=0))
+    old_pickle.write_bytes(pickle.dumps(RunsACommand(command), protocol=0))
     random_bytes = tmp_path / "random.pt"
     random_bytes.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     model = build_model("elm", {"num_memory": 3})

@@ -16,6 +16,7 @@ from surrogate.tasks import TaskSpec
 from surrogate.sequence_train import (TaskData, TaskRunConfig, collate_examples,
                                       epoch_batches, fit_sequence, load_sequence_checkpoint, load_sequence_model,
                                       load_task_config)
+from test_checkpoints import RunsACommand  # tests/ is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = TaskSpec("sign-of-sum", "tokens", 4, 2, 24)
@@ -281,18 +282,6 @@ def test_fit_task_verb_lists_the_sequence_models_of_surrogate_sequence():
     assert tuple(MODEL_NAMES) == tuple(SEQUENCE_MODELS)
 
 
-class _RunsACommand:
-    """What a malicious checkpoint pickles: unpickling it would call os.system."""
-
-    def __init__(self, command: str):
-        self.command = command
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (self.command,)
-
-
 def test_a_refused_fit_task_checkpoint_is_one_line_naming_what_was_refused(tmp_path):
     import os
 
@@ -300,7 +289,7 @@ def test_a_refused_fit_task_checkpoint_is_one_line_naming_what_was_refused(tmp_p
 
     marker = tmp_path / "payload_ran"
     malicious = tmp_path / "checkpoint_last.pt"
-    torch.save({"format": "l5pc-sequence-checkpoint", "hook": _RunsACommand(f"touch {marker}")}, malicious)
+    torch.save({"format": "l5pc-sequence-checkpoint", "hook": RunsACommand(f"touch {marker}")}, malicious)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(malicious.read_bytes()[:200])
     for path, reason in ((malicious, f"{os.system.__module__}.system"), (truncated, "truncated or corrupt")):
