@@ -90,6 +90,16 @@ def make_engine(cell, solver: SolverConfig, backend: str, node_arrays: str | Non
                      launch=launch or LAUNCH["value"] or DEFAULT_LAUNCH, node_arrays=node_arrays or NODE_ARRAYS["value"])
 
 
+def timed_run(engine, events) -> tuple[list, dict]:
+    """Compile and warm up on 5 ms of 64 cells (a small batch is slow per step), then time a run of `events`."""
+    engine.run([e.head(5) for e in events[:64]])
+    started = time.perf_counter()
+    results = engine.run(events)
+    seconds = time.perf_counter() - started
+    return results, {"cells": len(events), "duration_ms": events[0].duration_ms, "wall_s": seconds,
+                     "sim_seconds_per_wall_second": len(events) * events[0].duration_ms / 1000 / seconds}
+
+
 def launch_sweep(cell, solver: SolverConfig, events, backend: str, shapes, log) -> dict:
     """Every launch shape at one setting on the same cells: speed, and whether the results are bit-identical."""
     from simulation.gpu.backends import LaunchConfig
@@ -97,15 +107,11 @@ def launch_sweep(cell, solver: SolverConfig, events, backend: str, shapes, log) 
     out, first = {}, None
     for label in shapes:
         engine = make_engine(cell, solver, backend, launch=LaunchConfig.parse(label))
-        engine.run([e.head(5) for e in events[:64]])  # compile and warm up
-        started = time.perf_counter()
-        results = engine.run(events)
-        seconds = time.perf_counter() - started
+        results, out[label] = timed_run(engine, events)
         soma = np.stack([r.soma_voltage for r in results])
         first = soma if first is None else first
-        out[label] = {"wall_s": seconds, "sim_seconds_per_wall_second": len(events) * events[0].duration_ms / 1000 / seconds,
-                      "node_arrays": getattr(engine.backend, "node_arrays", "cpu"),
-                      "identical_to_first": bool(np.array_equal(soma, first))}
+        out[label] |= {"node_arrays": getattr(engine.backend, "node_arrays", "cpu"),
+                       "identical_to_first": bool(np.array_equal(soma, first))}
         log(f"launch {label}: {out[label]['sim_seconds_per_wall_second']:.1f} sim-s/s "
             f"({out[label]['node_arrays']} node arrays; identical to {shapes[0]}: {out[label]['identical_to_first']})")
     return out
@@ -115,12 +121,7 @@ def node_arrays_ratio(cell, solver: SolverConfig, events, log) -> dict:
     """The kernel with its node arrays in shared memory against the same kernel with them in device memory."""
     out = {}
     for where in ("global", "shared"):
-        engine = make_engine(cell, solver, "cuda", node_arrays=where)
-        engine.run([e.head(5) for e in events[:64]])  # compile and warm up (5 ms: a small batch is slow per step)
-        started = time.perf_counter()
-        engine.run(events)
-        seconds = time.perf_counter() - started
-        out[where] = {"wall_s": seconds, "sim_seconds_per_wall_second": len(events) * events[0].duration_ms / 1000 / seconds}
+        _, out[where] = timed_run(make_engine(cell, solver, "cuda", node_arrays=where), events)
         log(f"node arrays in {where} memory: {out[where]['sim_seconds_per_wall_second']:.1f} sim-s/s")
     out["shared_over_global"] = out["shared"]["sim_seconds_per_wall_second"] / out["global"]["sim_seconds_per_wall_second"]
     out["cells"], out["duration_ms"] = len(events), events[0].duration_ms
@@ -194,14 +195,7 @@ def draw_inputs(simulator, n: int, duration_ms: int, seed: int):
 def speed_sweep(cell, events, backend: str, log) -> dict:
     out = {}
     for name, solver in SETTINGS.items():
-        engine = make_engine(cell, solver, backend)
-        engine.run([e.head(5) for e in events[:64]])  # compile and warm up (5 ms: a small batch is slow per step)
-        started = time.perf_counter()
-        engine.run(events)
-        seconds = time.perf_counter() - started
-        duration_s = events[0].duration_ms / 1000
-        out[name] = {"cells": len(events), "duration_ms": events[0].duration_ms, "wall_s": seconds,
-                     "sim_seconds_per_wall_second": len(events) * duration_s / seconds}
+        _, out[name] = timed_run(make_engine(cell, solver, backend), events)
         log(f"speed {name}: {out[name]['sim_seconds_per_wall_second']:.1f} sim-s/s ({len(events)} cells x {events[0].duration_ms} ms)")
     return out
 
