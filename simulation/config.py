@@ -89,6 +89,7 @@ class InputConfig:
 SOLVER_METHODS = ("cvode", "fixed", "coreneuron", "gpu")
 TIME_STEP_SCHEMES = ("backward-euler", "crank-nicolson")
 GPU_PRECISIONS = ("float64", "float32")
+GPU_MATH = ("exact", "fast")  # the GPU engine's math functions and division (SolverConfig.gpu_math)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ class SolverConfig:
     default, secondorder = 0) or "crank-nicolson" (NEURON's secondorder = 2: second-order
     voltages, ionic currents corrected to the half step).
     gpu_precision: floating point of the GPU engine's state and arithmetic.
+    gpu_math: "exact" (IEEE division and the CUDA math library: bit for bit the CPU twin's
+    results in float64) or "fast" (the GPU's hardware approximations of exp, log and division,
+    nvcc's --use_fast_math: a few ulp per operation; judged by its fidelity to CVode, README).
+    gpu_launch: the CUDA kernel's launch shape, CELLSxGROUPS/BLOCKS (simulation/gpu/backends.py,
+    LaunchConfig; "" = the fastest measured for gpu_precision). It changes speed, never results.
     """
 
     # The default is NeuronIO's own setting: against it no fixed-step CPU setting faster than it
@@ -113,6 +119,8 @@ class SolverConfig:
     cvode_rtol: float = 0.0
     gpu_precision: str = "float64"
     gpu_backend: str = "cuda"  # "cuda", or "cpu": the engine's CPU twin (same numerics on CPU threads; tests, no GPU)
+    gpu_math: str = "exact"
+    gpu_launch: str = ""
 
     def __post_init__(self):
         require(self.method in SOLVER_METHODS, f"method must be one of {', '.join(repr(m) for m in SOLVER_METHODS)}, got {self.method!r}")
@@ -122,6 +130,14 @@ class SolverConfig:
         require(self.cvode_atol > 0, f"cvode_atol must be positive, got {self.cvode_atol}")
         require(self.gpu_precision in GPU_PRECISIONS, f"gpu_precision must be one of {', '.join(repr(p) for p in GPU_PRECISIONS)}, got {self.gpu_precision!r}")
         require(self.gpu_backend in ("cuda", "cpu"), f"gpu_backend must be 'cuda' or 'cpu', got {self.gpu_backend!r}")
+        require(self.gpu_math in GPU_MATH, f"gpu_math must be one of {', '.join(repr(m) for m in GPU_MATH)}, got {self.gpu_math!r}")
+        if self.gpu_launch:
+            from simulation.gpu.backends import LaunchConfig
+
+            try:
+                LaunchConfig.parse(self.gpu_launch)
+            except ValueError as err:
+                require(False, f"gpu_launch: {err}")
 
     @property
     def steps_per_ms(self) -> int:

@@ -315,7 +315,8 @@ def test_launch_shapes_are_checked_and_named():
     shape = LaunchConfig.parse("4x64/4")
     assert (shape.cells_per_block, shape.node_groups, shape.blocks_per_multiprocessor) == (4, 64, 4)
     assert shape.threads_per_block == 256 and shape.warps == 8 and shape.label == "4x64/4"
-    assert LaunchConfig.parse(DEFAULT_LAUNCH.label) == DEFAULT_LAUNCH
+    for default in DEFAULT_LAUNCH.values():
+        assert LaunchConfig.parse(default.label) == default
     for bad in ("3x32/2", "8x6/2", "8x256/1", "8x32", "eight"):
         with pytest.raises(ValueError):
             LaunchConfig.parse(bad)

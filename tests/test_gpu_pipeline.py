@@ -142,13 +142,16 @@ def test_no_visible_gpu_is_a_one_line_error(tmp_path, morphology_path, monkeypat
     assert len(error) == 1 and "needs an NVIDIA GPU" in error[0]
 
 
-def test_bad_gpu_settings_are_config_errors(tmp_path, morphology_path, capsys):
+@pytest.mark.parametrize("line,named", [('gpu_precision = "float16"', "gpu_precision"), ('gpu_math = "fastest"', "gpu_math"),
+                                        ('gpu_launch = "3x32/2"', "gpu_launch")])
+def test_bad_gpu_settings_are_config_errors(tmp_path, morphology_path, capsys, line, named):
     config_path = write_config(tmp_path)
-    config_path.write_text(config_path.read_text().replace('gpu_backend = "cpu"', 'gpu_backend = "cpu"\ngpu_precision = "float16"'))
+    config_path.write_text(config_path.read_text().replace('gpu_backend = "cpu"', f'gpu_backend = "cpu"\n{line}'))
     code = dispatcher.main(["simulate", "--config", str(config_path), "--out", str(tmp_path / "data"),
                             "--morphology", str(morphology_path)])
     assert code == 2
-    assert "gpu_precision" in capsys.readouterr().err
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and named in error[0]
 
 
 def test_gpu_pipeline_matches_neuron_fixed_step(reference, tmp_path, morphology_path):

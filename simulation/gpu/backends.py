@@ -72,7 +72,12 @@ class LaunchConfig:
             raise ValueError(f"launch shape {text!r}: expected CELLSxGROUPS/BLOCKS, e.g. 8x32/2 ({err})") from None
 
 
-DEFAULT_LAUNCH = LaunchConfig()
+# The fastest shape measured at each precision (bench/results/gpu_simulation.json, "launch"):
+# in float32, 8 cells x 64 node groups at 2 blocks per multiprocessor keep twice the warps of
+# 8x32/2 resident, which hides more of the latency of the state loads, the kernel's main stall
+# (Nsight Compute: 54 % of stalls wait on device memory at 8x32/2); in float64 the node arrays of
+# such blocks do not fit shared memory, and 8x32/2 is the shape measured.
+DEFAULT_LAUNCH = {"float32": LaunchConfig(8, 64, 2), "float64": LaunchConfig(8, 32, 2)}
 
 
 # --------------------------------------------------------------------------- CPU twin
@@ -172,6 +177,9 @@ NODE_ARRAYS = ("auto", "shared", "global")  # where the CUDA kernel keeps v, rhs
 class CUDABackend:
     """One GPU through CuPy: the program compiled by NVRTC for one launch shape (LaunchConfig).
 
+    fast_math compiles with --use_fast_math (SolverConfig.gpu_math = "fast"): exp, log, pow and
+    division by the hardware's approximations, which cut the kernel's instructions by about a third.
+
     node_arrays: "shared" keeps each block's node arrays (v, rhs, d: 3 x n_nodes x
     cells_per_block values) in shared memory during a launch, "global" in device memory,
     "auto" shared where the launch shape's resident blocks (at least two) fit a
@@ -180,8 +188,8 @@ class CUDABackend:
 
     name = "cuda"
 
-    def __init__(self, precision: str, class_masks=(0,), device: int = 0, launch: LaunchConfig = DEFAULT_LAUNCH,
-                 n_nodes: int = 0, node_arrays: str = "auto"):
+    def __init__(self, precision: str, class_masks=(0,), device: int = 0, launch: LaunchConfig | None = None,
+                 n_nodes: int = 0, node_arrays: str = "auto", fast_math: bool = False):
         try:
             import cupy
         except ImportError:
@@ -195,7 +203,8 @@ class CUDABackend:
         except cupy.cuda.runtime.CUDARuntimeError as err:
             raise ConfigError(f"[solver] method = \"gpu\": no usable CUDA device ({err})") from None
         self.device_name = name
-        self.launch = launch
+        self.launch = launch = launch or DEFAULT_LAUNCH[precision]
+        self.fast_math = fast_math
         self.cell_multiple = launch.cells_per_block  # batches are padded to whole blocks
         if node_arrays not in NODE_ARRAYS:
             raise ValueError(f"node_arrays must be one of {NODE_ARRAYS}, got {node_arrays!r}")
@@ -215,7 +224,7 @@ class CUDABackend:
         code = source(precision, class_masks, nodes_in_shared_memory=self.node_arrays == "shared",
                       cells_per_block=launch.cells_per_block, threads_per_block=launch.threads_per_block,
                       blocks_per_multiprocessor=launch.blocks_per_multiprocessor)
-        self.module = cupy.RawModule(code=code, options=("-std=c++17",))
+        self.module = cupy.RawModule(code=code, options=("-std=c++17",) + (("--use_fast_math",) if fast_math else ()))
         self.initialize_kernel = self.module.get_function("gpu_initialize")
         self.advance_kernel = self.module.get_function("gpu_advance")
         if self.shared_bytes:
@@ -272,11 +281,15 @@ class CUDABackend:
         return self.stream  # CuPy's current stream is per thread: engines in threads run side by side
 
 
-def make_backend(kind: str, precision: str, class_masks, launch: LaunchConfig = DEFAULT_LAUNCH, n_nodes: int = 0,
-                 node_arrays: str = "auto"):
-    """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin), compiled for a cell's node classes."""
+def make_backend(kind: str, precision: str, class_masks, launch: LaunchConfig | None = None, n_nodes: int = 0,
+                 node_arrays: str = "auto", fast_math: bool = False):
+    """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin), compiled for a cell's node classes.
+
+    The CPU twin has no fast math: with fast_math it computes exactly, as "exact" does.
+    """
     if kind == "cuda":
-        return CUDABackend(precision, class_masks, launch=launch, n_nodes=n_nodes, node_arrays=node_arrays)
+        return CUDABackend(precision, class_masks, launch=launch, n_nodes=n_nodes, node_arrays=node_arrays,
+                           fast_math=fast_math)
     if kind == "cpu":
         return CPUBackend(precision, class_masks)
     raise ValueError(f"backend must be 'cuda' or 'cpu', got {kind!r}")

@@ -157,13 +157,16 @@ class GPUEngine:
     """The exported cell on a device ("cuda", or "cpu" for the CPU twin), ready to run batches."""
 
     def __init__(self, cell: CellExport, solver: SolverConfig, recording: RecordingConfig,
-                 backend: str = "cuda", cpu_threads: int = 1, launch: LaunchConfig = DEFAULT_LAUNCH,
+                 backend: str = "cuda", cpu_threads: int = 1, launch: LaunchConfig | None = None,
                  node_arrays: str = "auto"):
         self.cell, self.solver, self.recording = cell, solver, recording
         self.precision = solver.gpu_precision
         self.real = real_dtype(self.precision)
         self.layout = NodeLayout.of(depth_first(cell))
-        self.backend = make_backend(backend, self.precision, self.layout.class_masks, launch, cell.n_nodes, node_arrays)
+        if launch is None:  # the config's shape, else the fastest measured at this precision
+            launch = LaunchConfig.parse(solver.gpu_launch) if solver.gpu_launch else DEFAULT_LAUNCH[self.precision]
+        self.backend = make_backend(backend, self.precision, self.layout.class_masks, launch, cell.n_nodes, node_arrays,
+                                    fast_math=solver.gpu_math == "fast")
         if backend == "cpu":
             self.backend.threads = max(1, cpu_threads)
         self.last_run_seconds = 0.0

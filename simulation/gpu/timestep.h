@@ -166,8 +166,8 @@ HD void class_currents(const Model* __restrict__ M, const Batch* __restrict__ B,
     real* __restrict__ state_ = B->state;
     real* __restrict__ rhs_ = N.rhs;
     real* __restrict__ d_ = N.d;
-    const real* __restrict__ exc_ = B->excitatory_state;
-    const real* __restrict__ inh_ = B->inhibitory_state;
+    real* __restrict__ exc_ = B->excitatory_state;
+    real* __restrict__ inh_ = B->inhibitory_state;
     const int begin = M->class_begin[c], end = M->class_begin[c + 1];
     for (long long k = begin + NODE_GROUP; k < end; k += NODE_GROUPS) {
         const int i = M->class_nodes[k];
@@ -215,6 +215,11 @@ HD void class_currents(const Model* __restrict__ M, const Batch* __restrict__ B,
             const real i1 = AmpaNmda_current(v + 0.001, a_ampa, b_ampa, a_nmda, b_nmda, gmax, reversal, mg);
             current += i0 * to_density;
             conductance += (i1 - i0) / 0.001 * to_density;
+            // 5 (synapses), done here while the states are in registers: see synapse decay below
+            AT(exc_, 4 * e) = a_ampa * M->exc_decay_rise_ampa[e];
+            AT(exc_, 4 * e + 1) = b_ampa * M->exc_decay_decay_ampa[e];
+            AT(exc_, 4 * e + 2) = a_nmda * M->exc_decay_rise_nmda[e];
+            AT(exc_, 4 * e + 3) = b_nmda * M->exc_decay_decay_nmda[e];
         }
         if constexpr ((MASK & HAS_INHIBITORY) != 0) {
             const int e = M->node_inhibitory[i];
@@ -223,6 +228,8 @@ HD void class_currents(const Model* __restrict__ M, const Batch* __restrict__ B,
             const real to_density = 100.0 / M->area[i];
             current += GabaA_current(v, a, b, gmax, M->inh_e[e]) * to_density;
             conductance += gmax * (b - a) * to_density;
+            AT(inh_, 2 * e) = a * M->inh_decay_rise[e];
+            AT(inh_, 2 * e + 1) = b * M->inh_decay_decay[e];
         }
         real rhs = -current;
         if (i > 0) rhs -= M->b[i] * (NODE_AT(v_, M->parent[i]) - v);
@@ -385,21 +392,9 @@ HD void class_states(const Model* __restrict__ M, const Batch* __restrict__ B, N
 }
 
 // 5 (synapses). A' = -A / tau: exactly exp(-dt / tau) per step (the Model's *_decay_* factors).
-HD void synapse_states(const Model* __restrict__ M, const Batch* __restrict__ B, long long cell) {
-    const long long n_cells = B->n_cells;
-    real* __restrict__ exc_ = B->excitatory_state;
-    real* __restrict__ inh_ = B->inhibitory_state;
-    for (long long k = NODE_GROUP; k < M->n_excitatory; k += NODE_GROUPS) {
-        AT(exc_, 4 * k + 0) *= M->exc_decay_rise_ampa[k];
-        AT(exc_, 4 * k + 1) *= M->exc_decay_decay_ampa[k];
-        AT(exc_, 4 * k + 2) *= M->exc_decay_rise_nmda[k];
-        AT(exc_, 4 * k + 3) *= M->exc_decay_decay_nmda[k];
-    }
-    for (long long k = NODE_GROUP; k < M->n_inhibitory; k += NODE_GROUPS) {
-        AT(inh_, 2 * k + 0) *= M->inh_decay_rise[k];
-        AT(inh_, 2 * k + 1) *= M->inh_decay_decay[k];
-    }
-}
+//    Synapse states do not depend on v, so class_currents decays each synapse right after it
+//    has read the state for the step's current (export.py puts at most one synapse of a kind
+//    on a node): the same values as a pass after the voltage update, one pass fewer over them.
 
 // 6. The soma trace on the grid of samples_per_ms samples/ms, linearly interpolated within
 //    the step (as NeuronIO resampled its traces, spec 6.3), and the NeuronIO spike rule on it
@@ -449,7 +444,6 @@ HD void advance_cell(const Model* __restrict__ M, const Batch* __restrict__ B, N
 #define STATES(c, mask) class_states<mask>(M, B, N, cell, c);
             FOR_EACH_CLASS(STATES)
 #undef STATES
-            synapse_states(M, B, cell);
             SYNC();
             if (LEADER) sample_soma(M, B, cell, ms * M->steps_per_ms + k + 1, v_before, NODE_AT(N.v, M->soma_node));
         }
