@@ -51,6 +51,10 @@ SETTINGS = {
     "gpu_cn_0.025_float32": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson", gpu_precision="float32"),
     "gpu_cn_0.0125_float64": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson"),
     "gpu_cn_0.0125_float32": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson", gpu_precision="float32"),
+    "gpu_cn_0.025_float32_fast": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson", gpu_precision="float32",
+                                              gpu_math="fast"),
+    "gpu_cn_0.0125_float32_fast": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson", gpu_precision="float32",
+                                               gpu_math="fast"),
 }
 # CPU settings timed beside the GPU run: one CVode core (NeuronIO's setting) and NEURON's fixed
 # step at the settings item 4 weighs for the CPU default; processes per setting
@@ -79,15 +83,15 @@ def build_cell(morphology: str):
 
 LAUNCH = {"value": None}  # the kernel's launch shape (backends.LaunchConfig); the run's first measurement picks it
 NODE_ARRAYS = {"value": "auto"}  # where the kernel keeps v, rhs, d (backends.NODE_ARRAYS); --node-arrays
-LAUNCH_SHAPES = ("8x32/2", "4x64/4", "4x32/4", "2x64/8")  # cells per block x node groups / blocks per multiprocessor
+LAUNCH_SHAPES = ("4x64/4", "8x32/2", "4x32/4", "8x64/2")  # cells per block x node groups / blocks per multiprocessor
 
 
 def make_engine(cell, solver: SolverConfig, backend: str, node_arrays: str | None = None, launch=None):
-    from simulation.gpu.backends import DEFAULT_LAUNCH
     from simulation.gpu.engine import GPUEngine
 
+    launch = launch or (LAUNCH["value"] if solver.gpu_precision == "float32" else None)  # the sweep runs in float32
     return GPUEngine(cell, solver, RecordingConfig(), backend=backend, cpu_threads=os.cpu_count() or 1,
-                     launch=launch or LAUNCH["value"] or DEFAULT_LAUNCH, node_arrays=node_arrays or NODE_ARRAYS["value"])
+                     launch=launch, node_arrays=node_arrays or NODE_ARRAYS["value"])
 
 
 def timed_run(engine, events) -> tuple[list, dict]:
@@ -313,11 +317,11 @@ def _f(value, spec: str) -> str:
 def print_table(result: dict) -> None:
     print(f"\nfidelity against CVode ({result['fidelity_reference']['simulations']} simulations, "
           f"{result['fidelity_reference']['spikes']} CVode spikes)")
-    print(f"{'setting':<24}{'sim-s/s':>10}{'RMSE clip med/max':>20}{'within 1ms':>12}{'|shift|':>9}{'lag':>8}{'max':>7}{'miss/extra':>12}{'targets':>9}")
+    print(f"{'setting':<28}{'sim-s/s':>10}{'RMSE clip med/max':>20}{'within 1ms':>12}{'|shift|':>9}{'lag':>8}{'max':>7}{'miss/extra':>12}{'targets':>9}")
     for name, f in result["fidelity"].items():
         speed = result["speed"][name]["sim_seconds_per_wall_second"]
         ok = "yes" if all(v is not False for v in f["meets_targets"].values()) else "no"
-        print(f"{name:<24}{speed:>10.1f}{_f(f['soma_rmse_clipped_median_mV'], '>10.4f')}/{_f(f['soma_rmse_clipped_max_mV'], '<9.3f')}"
+        print(f"{name:<28}{speed:>10.1f}{_f(f['soma_rmse_clipped_median_mV'], '>10.4f')}/{_f(f['soma_rmse_clipped_max_mV'], '<9.3f')}"
               f"{_f(f['spike_fraction_within_1ms'], '>12.3f')}{_f(f['spike_shift_mean_abs_ms'], '>9.3f')}"
               f"{_f(f['spike_shift_mean_signed_ms'], '>8.3f')}{_f(f['spike_shift_max_abs_ms'], '>7.2f')}"
               f"{f['missed_spikes']:>6}/{f['extra_spikes']:<5}{ok:>9}")
@@ -357,6 +361,8 @@ def main(argv=None) -> int:
     parser.add_argument("--node-arrays", choices=("auto", "shared", "global"), default="auto",
                         help="where the kernel keeps v, rhs and d (auto: shared memory where two blocks fit a multiprocessor)")
     parser.add_argument("--fidelity-budget-s", type=float, default=150.0, help="skip fidelity settings slower than this")
+    parser.add_argument("--fidelity-settings", nargs="+", choices=list(SETTINGS), default=None,
+                        help="run the fidelity comparison for these settings only (default: every one within the budget)")
     parser.add_argument("--throughput-budget-s", type=float, default=150.0, help="shorten the throughput run to fit this")
     parser.add_argument("--backend", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--setting", choices=list(SETTINGS), default=None,
@@ -392,8 +398,20 @@ def main(argv=None) -> int:
     def seconds_for(name, duration_ms):  # a batch of up to args.cells cells runs in about the sweep's time per ms
         return speed[name]["wall_s"] * duration_ms / args.sweep_ms
 
+    def throughput_duration(setting):  # the run's duration: args.duration_ms, shortened to fit the budget
+        if seconds_for(setting, args.duration_ms) <= args.throughput_budget_s:
+            return args.duration_ms
+        return max(args.sweep_ms, int(args.throughput_budget_s / seconds_for(setting, 1)) // 100 * 100)
+
+    def timed_draw(n, duration_ms):
+        started = time.perf_counter()
+        return draw_inputs(simulator, n, duration_ms, INPUT_SEED), time.perf_counter() - started
+
+    # with --setting the throughput run's inputs are drawn on the CPUs while the GPU runs the fidelity
+    drawing = ThreadPoolExecutor(1).submit(timed_draw, args.cells, throughput_duration(args.setting)) if args.setting else None
+
     # fidelity: every setting whose run fits the budget (they run side by side)
-    fits = [n for n in SETTINGS if seconds_for(n, reference_ms) <= args.fidelity_budget_s]
+    fits = [n for n in (args.fidelity_settings or SETTINGS) if seconds_for(n, reference_ms) <= args.fidelity_budget_s]
     log(f"fidelity settings within {args.fidelity_budget_s:.0f} s: {fits}")
     fidelity_figures = fidelity(cell, reference, args.backend, log, fits) if fits else {}
     if args.setting:
@@ -412,14 +430,11 @@ def main(argv=None) -> int:
         log(f"kernel vs CPU twin, {name}: max |soma difference| {check['soma_max_abs_difference_mV']:.2e} mV, "
             f"same spike times: {check['same_spike_times']} ({check['spikes']} spikes)")
 
-    duration_ms = args.duration_ms
-    if seconds_for(setting, duration_ms) > args.throughput_budget_s:
-        duration_ms = max(args.sweep_ms, int(args.throughput_budget_s / seconds_for(setting, 1)) // 100 * 100)
+    duration_ms = throughput_duration(setting)
+    if duration_ms < args.duration_ms:
         log(f"throughput run shortened to {duration_ms} ms to fit {args.throughput_budget_s:.0f} s")
-    started = time.perf_counter()
-    events = draw_inputs(simulator, args.cells, duration_ms, INPUT_SEED)
-    drawing_s = time.perf_counter() - started
-    log(f"drew {args.cells} x {duration_ms} ms inputs in {drawing_s:.1f} s")
+    events, drawing_s = drawing.result() if drawing else timed_draw(args.cells, duration_ms)
+    log(f"drew {args.cells} x {duration_ms} ms inputs in {drawing_s:.1f} s" + (" (beside the fidelity runs)" if drawing else ""))
 
     engine = make_engine(cell, SETTINGS[setting], args.backend)
     engine.run([e.head(10) for e in events[:64]])  # compile and warm up: 10 ms, not the whole duration
