@@ -104,8 +104,9 @@ class SolverConfig:
     voltages, ionic currents corrected to the half step).
     gpu_precision: floating point of the GPU engine's state and arithmetic.
     gpu_math: "exact" (IEEE division and the CUDA math library: bit for bit the CPU twin's
-    results in float64) or "fast" (the GPU's hardware approximations of exp, log and division,
-    nvcc's --use_fast_math: a few ulp per operation; judged by its fidelity to CVode, README).
+    results in float64) or "fast" (nvcc's --use_fast_math: the GPU's hardware approximations of
+    float32 exp, log and division, a few ulp each; judged by its fidelity to CVode, README;
+    float64 and the CPU twin compute as "exact").
     gpu_launch: the CUDA kernel's launch shape, CELLSxGROUPS/BLOCKS (simulation/gpu/backends.py,
     LaunchConfig; "" = the fastest measured for gpu_precision). It changes speed, never results.
     """
