@@ -263,17 +263,25 @@ def save_figure(fig, path: Path) -> None:
 
 def plot_roc(runs: list[RunResult], path: Path) -> bool:
     """ROC curves on a linear and a log FPR axis; solid: windowed (as published), dotted: whole simulation."""
-    drawable = [r for r in runs if any(not np.isnan(fpr).any() for fpr, _ in r.rocs.values())]
+    def curve(run, mode):  # (fpr, tpr, auc), or None where the test split has no spike (or only spikes)
+        if mode not in run.rocs:
+            return None
+        fpr, tpr = run.rocs[mode]
+        auc = run.evaluation[mode]["spike"]["auc"]
+        if auc is None or np.isnan(auc) or np.isnan(fpr).any() or np.isnan(tpr).any():
+            return None
+        return fpr, tpr, auc
+
+    drawable = [r for r in runs if any(curve(r, mode) for mode in r.rocs)]
     if not drawable:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for run in drawable:
         for mode, style in (("windowed", "-"), ("whole", ":")):
-            if mode not in run.rocs or np.isnan(run.rocs[mode][0]).any():
+            if curve(run, mode) is None:
                 continue
-            fpr, tpr = run.rocs[mode]
-            auc = run.evaluation[mode]["spike"]["auc"]
+            fpr, tpr, auc = curve(run, mode)
             label = f"{run.name}, {mode} (AUC {auc:.4f})"
             axes[0].plot(fpr, tpr, style, color=run.colour, lw=1.6, label=label)
             positive = fpr > 0

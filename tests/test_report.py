@@ -160,3 +160,22 @@ def test_no_data_efficiency_figure_from_one_training_set_size(reported):
     assert not (reported["out"] / "data_efficiency.png").exists()
     assert not (reported["out"] / "data_efficiency.json").exists()
     assert "Data efficiency" not in (reported["out"] / "report.md").read_text()
+
+
+def test_report_on_a_test_split_without_spikes(tmp_path):
+    """No output spike in the test split: AUC is undefined (null), the ROC figure is left out with a note, and the
+    rest of the report is written (it used to fail formatting the missing AUC)."""
+    import h5py
+
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "reports"
+    shards = write_fake_dataset(data, duration_ms=1500, seed=6)
+    with h5py.File(shards[-1], "r+") as f:  # the test split: no spike bin at all
+        f["output_spikes"][...] = False
+    write_fake_run(runs / "elm", "elm", seed=0)
+    config = tmp_path / "config.toml"
+    config.write_text("[evaluate]\ndevice = \"cpu\"\n")
+    assert cli(["evaluate", "--config", str(config), "--data", str(data), "--runs", str(runs)]) == 0
+    assert json.loads((runs / "elm" / "evaluation.json").read_text())["whole"]["spike"]["auc"] is None
+    assert cli(["report", "--runs", str(runs), "--data", str(data), "--out", str(out)]) == 0
+    assert not (out / "roc.png").exists() and (out / "traces.png").is_file()
+    assert "| elm |" in (out / "report.md").read_text()
