@@ -6,10 +6,13 @@
 #   cvode-test  a separate test set of 32 x 6 s simulated with NEURON's CVode (NeuronIO's solver) on the CPU cores
 #   fit-MODEL   train each model of $MODELS with configs/neuronio.toml ([train.<model>] recipes), best epoch by
 #               validation AUC; FIT_TIME_S bounds one call, and the next call resumes from the last finished epoch
+#   fit-branch-elm-nN  Branch-ELM again on the first N training simulations only ([data] max_train_simulations),
+#               for each N of $DATA_SIZES: the data-efficiency curve (deliverable 4)
 #   evaluate    every model on both test sets with the published protocol (500-ms windows, 150-ms burn-in, first
 #               500 ms skipped, 1-ms bins, soma RMSE raw and aligned)
-#   assemble    bench/results/surrogate_accuracy.json (bench/surrogate_accuracy.py), and the ELM-family models
-#               without training state in bench/results/checkpoints/<kind>-d<memory>/ (to commit under checkpoints/)
+#   assemble    bench/results/surrogate_accuracy.json (bench/surrogate_accuracy.py), the ELM-family models
+#               without training state in bench/results/checkpoints/<kind>-d<memory>/ (to commit under checkpoints/),
+#               and the report of every run (bench/results/report/: report.md, figures, data_efficiency.json/png)
 # Every stage skips when its outputs exist, and a stage cut short resumes (simulate: finished shards; fit: finished
 # epochs). One call runs for at most BUDGET_S seconds (default 570: the device's 10-minute limit per command) and
 # stops after the first stage it could not finish, so the same command is re-run until it prints
@@ -21,7 +24,8 @@
 # 4 shards x 2 simulations x 1.2 s, a 2-simulation CVode test set, one short epoch of small models; its
 # results go to $WORK/surrogate_accuracy.json, not bench/results.
 # Environment: WORK (default data/neuronio_scale, or data/neuronio_scale_small; ignored by git), MODELS
-# (default "elm branch-elm tcn lstm"), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S),
+# (default "elm branch-elm tcn lstm"), DATA_SIZES (training-set sizes of the data-efficiency fits, default "128 512";
+# "" skips them), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S),
 # EPOCHS_<MODEL> (e.g. EPOCHS_TCN=20: fewer epochs than the config's recipe), RECIPE (a config laid over CONFIG for
 # fit, e.g. configs/recipes/one_session.toml), CVODE_WORKERS (processes of the
 # CVode test set, default one per core: fewer leave cores to a GPU stage running beside it), CONFIG / SIM_CONFIG (the training
@@ -37,14 +41,17 @@ stages=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) SMALL=1 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     -*) echo "error: unknown option $arg (expected --dry-run)" >&2; exit 2 ;;
     *) stages+=("$arg") ;;
   esac
 done
 MODELS="${MODELS:-elm branch-elm tcn lstm}"
+if [ "$SMALL" = 1 ]; then DATA_SIZES="${DATA_SIZES-2}"; else DATA_SIZES="${DATA_SIZES-128 512}"; fi
+EFFICIENCY_RUNS=""
+for n in $DATA_SIZES; do EFFICIENCY_RUNS+=" branch-elm-n$n"; done
 all_stages=(setup simulate cvode-test)
-for m in $MODELS; do all_stages+=("fit-$m"); done
+for m in $MODELS $EFFICIENCY_RUNS; do all_stages+=("fit-$m"); done
 all_stages+=(evaluate assemble)
 [ ${#stages[@]} -eq 0 ] && stages=("${all_stages[@]}")
 for s in "${stages[@]}"; do
@@ -211,34 +218,40 @@ simulate_into() {  # simulate CONFIG into DIR within this call's time; finished 
 stage_simulate() { simulate_into simulate "$SIM_CONFIG" "$DATA"; }
 stage_cvode_test() { simulate_into cvode-test "$CVODE_CONFIG" "$CVODE_DATA"; }
 
-stage_fit() {
-  local model=$1
-  if fit_done "$model"; then log "fit-$model: finished, skipped"; return; fi
+stage_fit() {  # a model of $MODELS, or MODEL-nN: the same model on the first N training simulations
+  local run=$1 model=$1 sized=()
+  if fit_done "$run"; then log "fit-$run: finished, skipped"; return; fi
+  if [[ "$run" =~ ^(.+)-n([0-9]+)$ ]]; then
+    model=${BASH_REMATCH[1]}
+    mkdir -p "$WORK/configs"
+    printf '[data]\nmax_train_simulations = %s\n' "${BASH_REMATCH[2]}" > "$WORK/configs/train_n${BASH_REMATCH[2]}.toml"
+    sized=(--config "$WORK/configs/train_n${BASH_REMATCH[2]}.toml")
+  fi
   local var="EPOCHS_$(echo "$model" | tr 'a-z-' 'A-Z_')"
   local epochs=()
   if [ -n "${!var:-}" ]; then epochs=(--epochs "${!var}"); fi
   local limit left code
   left=$(remaining)
   limit=$(( FIT_TIME_S < left ? FIT_TIME_S : left ))
-  if [ "$limit" -lt 60 ]; then log "fit-$model: not started (${left} s left in this call)"; unfinished=1; return; fi
-  log "fit-$model: $CONFIG${RECIPE:+ + $RECIPE} ${epochs[*]} (this call: at most ${limit} s)"
+  if [ "$limit" -lt 60 ]; then log "fit-$run: not started (${left} s left in this call)"; unfinished=1; return; fi
+  log "fit-$run: $CONFIG${RECIPE:+ + $RECIPE}${sized[1]:+ + ${sized[1]}} ${epochs[*]} (this call: at most ${limit} s)"
   set +e
-  timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" ${RECIPE:+--config "$RECIPE"} --data "$DATA" \
-    --out "$RUNS/$model" "${epochs[@]}" 2>&1 | progress_filter
+  timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" ${RECIPE:+--config "$RECIPE"} \
+    "${sized[@]}" --data "$DATA" --out "$RUNS/$run" "${epochs[@]}" 2>&1 | progress_filter
   code=${PIPESTATUS[0]}
   set -e
-  if fit_done "$model"; then return; fi
+  if fit_done "$run"; then return; fi
   if [ "$code" = 124 ]; then
-    log "fit-$model: stopped after ${limit} s; the next call continues from the last finished epoch"
+    log "fit-$run: stopped after ${limit} s; the next call continues from the last finished epoch"
     unfinished=1
   else
-    echo "error: fit-$model failed (exit $code)" >&2; exit 1
+    echo "error: fit-$run failed (exit $code)" >&2; exit 1
   fi
 }
 
 stage_evaluate() {
   local model
-  for model in $MODELS; do
+  for model in $MODELS $EFFICIENCY_RUNS; do
     if ! fit_done "$model"; then log "evaluate: $model not trained to the end yet, skipped"; unfinished=1; continue; fi
     if [ ! -f "$RUNS/$model/evaluation.json" ] || [ "$RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
       log "evaluate: $model on the GPU-engine test split"
@@ -257,6 +270,8 @@ stage_assemble() {
   "$PY" bench/surrogate_accuracy.py --runs "$RUNS" --data "$DATA" --cvode-runs "$CVODE_RUNS" \
     --cvode-data "$CVODE_DATA" --device "$(cat "$WORK/device.txt" 2>/dev/null || echo unknown)" \
     --out "$OUT/surrogate_accuracy.json" --release "$OUT/checkpoints"
+  log "assemble: the report of every run -> $OUT/report"
+  "$PY" -m pipelines report --runs "$RUNS" --data "$DATA" --out "$OUT/report" 2>&1 | tail -n 2
 }
 
 for s in "${stages[@]}"; do

@@ -1,8 +1,9 @@
 """bench/neuronio_scale.sh --dry-run: every stage of the NeuronIO-scale benchmark, tiny, on the CPU.
 
 The GPU engine's CPU twin simulates the training data, NEURON's CVode the separate test set;
-the four models train one short epoch each, are evaluated on both test sets and
-bench/surrogate_accuracy.py assembles the JSON. A second run of the same command skips
+the four models train one short epoch each (and Branch-ELM again on 2 of the 4 training
+simulations, the data-efficiency curve), are evaluated on both test sets, and
+bench/surrogate_accuracy.py assembles the JSON and `report` the report. A second run of the same command skips
 every stage.
 """
 
@@ -77,9 +78,15 @@ def test_dry_run_end_to_end(tmp_path, morphology_path):
         assert info["num_parameters"] == out["models"][name.rsplit("-d", 1)[0]]["num_parameters"]
     tcn = json.loads((work / "runs" / "tcn" / "summary.json").read_text())["train_config"]
     assert tcn["optimizer"] == "nadam" and tcn["lr_schedule"] == "step"
+    # the data-efficiency fit (DATA_SIZES, default 2 in a dry run) and the report's curve over both Branch-ELM runs
+    assert json.loads((work / "runs" / "branch-elm-n2" / "summary.json").read_text())["training_simulations"] == 2
+    assert (work / "eval_cvode" / "branch-elm-n2" / "evaluation.json").is_file()
+    curves = json.loads((work / "report" / "data_efficiency.json").read_text())
+    assert [(p["run"], p["training_simulations"]) for p in curves["branch-elm"]] == [("branch-elm-n2", 2), ("branch-elm", 4)]
+    assert (work / "report" / "data_efficiency.png").is_file() and (work / "report" / "report.md").is_file()
 
     again = run_script(work, morphology_path)
     assert again.returncode == 0 and "all stages done" in again.stdout
-    for stage in ("simulate", "cvode-test", "fit-elm", "fit-lstm"):
+    for stage in ("simulate", "cvode-test", "fit-elm", "fit-lstm", "fit-branch-elm-n2"):
         assert any(line.startswith(f"[") and f"{stage}:" in line and "skipped" in line
                    for line in again.stdout.splitlines()), stage
