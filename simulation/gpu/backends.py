@@ -35,9 +35,9 @@ class LaunchConfig:
     blocks can be resident at once. Which shape is fastest is measured (bench/gpu_simulation.py).
     """
 
-    cells_per_block: int = 8
-    node_groups: int = 32
-    blocks_per_multiprocessor: int = 2
+    cells_per_block: int
+    node_groups: int
+    blocks_per_multiprocessor: int
 
     def __post_init__(self):
         if self.cells_per_block not in (1, 2, 4, 8, 16, 32):
@@ -189,7 +189,7 @@ class CUDABackend:
 
     name = "cuda"
 
-    def __init__(self, precision: str, class_masks=(0,), device: int = 0, launch: LaunchConfig | None = None,
+    def __init__(self, precision: str, launch: LaunchConfig, class_masks=(0,), device: int = 0,
                  n_nodes: int = 0, node_arrays: str = "auto", fast_math: bool = False):
         try:
             import cupy
@@ -204,8 +204,7 @@ class CUDABackend:
         except cupy.cuda.runtime.CUDARuntimeError as err:
             raise ConfigError(f"[solver] method = \"gpu\": no usable CUDA device ({err})") from None
         self.device_name = name
-        self.launch = launch = launch or DEFAULT_LAUNCH[precision]
-        self.fast_math = fast_math
+        self.launch = launch
         self.cell_multiple = launch.cells_per_block  # batches are padded to whole blocks
         if node_arrays not in NODE_ARRAYS:
             raise ValueError(f"node_arrays must be one of {NODE_ARRAYS}, got {node_arrays!r}")
@@ -282,14 +281,15 @@ class CUDABackend:
         return self.stream  # CuPy's current stream is per thread: engines in threads run side by side
 
 
-def make_backend(kind: str, precision: str, class_masks, launch: LaunchConfig | None = None, n_nodes: int = 0,
+def make_backend(kind: str, precision: str, class_masks, launch: LaunchConfig, n_nodes: int = 0,
                  node_arrays: str = "auto", fast_math: bool = False):
     """"cuda" (a GPU through CuPy) or "cpu" (the CPU twin), compiled for a cell's node classes.
 
-    The CPU twin has no fast math: with fast_math it computes exactly, as "exact" does.
+    The CPU twin ignores the launch shape and has no fast math: with fast_math it computes
+    exactly, as "exact" does.
     """
     if kind == "cuda":
-        return CUDABackend(precision, class_masks, launch=launch, n_nodes=n_nodes, node_arrays=node_arrays,
+        return CUDABackend(precision, launch, class_masks, n_nodes=n_nodes, node_arrays=node_arrays,
                            fast_math=fast_math)
     if kind == "cpu":
         return CPUBackend(precision, class_masks)
