@@ -279,9 +279,10 @@ def plot_roc(runs: list[RunResult], path: Path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for run in drawable:
         for mode, style in (("windowed", "-"), ("whole", ":")):
-            if curve(run, mode) is None:
+            drawn = curve(run, mode)
+            if drawn is None:
                 continue
-            fpr, tpr, auc = curve(run, mode)
+            fpr, tpr, auc = drawn
             label = f"{run.name}, {mode} (AUC {auc:.4f})"
             axes[0].plot(fpr, tpr, style, color=run.colour, lw=1.6, label=label)
             positive = fpr > 0
