@@ -67,7 +67,7 @@ class EvaluateConfig:
             raise ValueError(f"num_threads must be >= 0 (0: torch's default), got {self.num_threads}")
 
 
-def load_evaluation_config(path) -> tuple[DataConfig, EvaluateConfig]:
+def load_evaluation_config(path: str | Path | Sequence[str | Path]) -> tuple[DataConfig, EvaluateConfig]:
     """[data] and [evaluate] of a config file, or of several layered (both optional; defaults as published)."""
     from common.config import from_table, read_toml_layers
 
