@@ -199,7 +199,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    from simulation.parallel import available_cores
+    from common.machine import available_cores
 
     return {
         "cpu_model": cpu_model,
@@ -270,7 +270,7 @@ def print_table(result: dict) -> None:
 
 def main(argv=None) -> int:
     from simulation.paths import resolve_morphology
-    from simulation.parallel import available_cores
+    from common.machine import available_cores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 simulations of 2 s; efficiency with 1-s simulations")

@@ -41,7 +41,8 @@ def _local_gpu_devices(args, config) -> list[str]:
 
 def start_cluster(args, config):
     """The dask client for --scheduler / --workers / --gpus / [parallel], with a one-line description."""
-    from simulation.cluster import available_cores, make_client
+    from common.machine import available_cores
+    from simulation.cluster import make_client
     from simulation.errors import UserInputError
 
     for name in ("workers", "gpus"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.machine import available_cores  # noqa: F401  (pipelines and benchmarks import it from here)
+from common.machine import available_cores
 from .config import SimulationConfig
 from .errors import UserInputError
 

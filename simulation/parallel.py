@@ -46,7 +46,7 @@ from .gpu.worker import simulate_given_batch, simulate_seeded_batch
 from .tasks import Task, run_task, simulate_given, simulate_seeded
 
 # Re-exported: a caller of generate_dataset also starts and stops a client (bench/, docs/cluster.md).
-from .cluster import available_cores, close_client, make_client  # noqa: E402, F401
+from .cluster import close_client, make_client  # noqa: E402, F401
 
 Progress = Callable[[int, int], None]
 WriteShard = Callable[[ShardPlan, list[dict]], Path]
