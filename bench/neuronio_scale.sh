@@ -5,11 +5,15 @@
 #               split by shard into 2048 training, 128 validation and 128 test simulations
 #   cvode-test  a separate test set of 32 x 6 s simulated with NEURON's CVode (NeuronIO's solver) on the CPU cores
 #   fit-MODEL   train each model of $MODELS with configs/neuronio.toml ([train.<model>] recipes), best epoch by
-#               validation AUC; FIT_TIME_S bounds one call, and the next call resumes from the last finished epoch
+#               validation AUC; FIT_TIME_S bounds one call, and the next call resumes from the last finished epoch.
+#               A model is a kind (elm, branch-elm, tcn, lstm) or KIND-VARIANT with configs/models/KIND-VARIANT.toml
+#               laid over the config (branch-elm-d100: the released best ELM). Consecutive fit stages run one after
+#               another, or all at once on the one GPU with PARALLEL=1
 #   fit-branch-elm-nN  Branch-ELM again on the first N training simulations only ([data] max_train_simulations),
 #               for each N of $DATA_SIZES: the data-efficiency curve (deliverable 4)
 #   evaluate    every model on both test sets with the published protocol (500-ms windows, 150-ms burn-in, first
-#               500 ms skipped, 1-ms bins, soma RMSE raw and aligned)
+#               500 ms skipped, 1-ms bins, soma RMSE raw and aligned), and each published checkpoint folder of
+#               $PUBLISHED (elmneuron's, e.g. ../shared/pretrained/elmneuron/num_memory_20) on the same two test sets
 #   assemble    bench/results/surrogate_accuracy.json (bench/surrogate_accuracy.py), the ELM-family models
 #               without training state in bench/results/checkpoints/<kind>-d<memory>/ (to commit under checkpoints/),
 #               and the report of every run (bench/results/report/: report.md, figures, data_efficiency.json/png)
@@ -25,10 +29,12 @@
 # results go to $WORK/surrogate_accuracy.json, not bench/results.
 # Environment: WORK (default data/neuronio_scale, or data/neuronio_scale_small; ignored by git), MODELS
 # (default "elm branch-elm tcn lstm"), DATA_SIZES (training-set sizes of the data-efficiency fits, default "128 512";
-# "" skips them), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S),
-# EPOCHS_<MODEL> (e.g. EPOCHS_TCN=20: fewer epochs than the config's recipe), RECIPE (a config laid over CONFIG for
-# fit, e.g. configs/recipes/one_session.toml), CVODE_WORKERS (processes of the
-# CVode test set, default one per core: fewer leave cores to a GPU stage running beside it), CONFIG / SIM_CONFIG (the training
+# "" skips them), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S), PARALLEL (1: the
+# fits side by side on the one GPU, and the evaluations), PUBLISHED (published checkpoint folders to score on the
+# same test sets), EPOCHS_<RUN> or EPOCHS_<MODEL> (e.g. EPOCHS_BRANCH_ELM_N128=4, EPOCHS_TCN=20: other epochs than
+# the recipe's; bench/training_speed.py --budget-s prints them), RECIPE (a config laid over CONFIG for fit, e.g. configs/recipes/one_session.toml), CVODE_WORKERS
+# (processes of the CVode test set, default one per core: fewer leave cores to a GPU stage running beside it),
+# CONFIG / SIM_CONFIG (the training
 # and simulation configs), OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
 # from .whl/ on the GPU machine (bench/README.md); the morphology in $L5PC_MORPHOLOGY (default .carry/cell1.asc,
 # else data/morphology/cell1.asc).
@@ -169,6 +175,9 @@ DATA=$WORK/data
 CVODE_DATA=$WORK/cvode_test
 RUNS=$WORK/runs
 CVODE_RUNS=$WORK/eval_cvode
+PUBLISHED_RUNS=$WORK/eval_published
+PUBLISHED_CVODE_RUNS=$WORK/eval_published_cvode
+PARALLEL="${PARALLEL:-0}"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 progress_filter() { tr '\r' '\n' | grep -E --line-buffered "^(training|resuming|epoch [0-9]+/|[a-z-]+: best|test split|  [a-z-]+ \[|error|.*shards x)" || true; }
@@ -218,68 +227,135 @@ simulate_into() {  # simulate CONFIG into DIR within this call's time; finished 
 stage_simulate() { simulate_into simulate "$SIM_CONFIG" "$DATA"; }
 stage_cvode_test() { simulate_into cvode-test "$CVODE_CONFIG" "$CVODE_DATA"; }
 
-stage_fit() {  # a model of $MODELS, or MODEL-nN: the same model on the first N training simulations
-  local run=$1 model=$1 sized=()
-  if fit_done "$run"; then log "fit-$run: finished, skipped"; return; fi
-  if [[ "$run" =~ ^(.+)-n([0-9]+)$ ]]; then
-    model=${BASH_REMATCH[1]}
+model_of() {  # a run name's model kind: elm, branch-elm, tcn or lstm, before any -VARIANT or -nN
+  local run=$1
+  [[ "$run" =~ ^(.+)-n([0-9]+)$ ]] && run=${BASH_REMATCH[1]}
+  if [ -f "configs/models/$run.toml" ]; then run=${run%-*}; fi
+  echo "$run"
+}
+
+fit_run() {  # train one run of $MODELS or $EFFICIENCY_RUNS; returns 0 (finished), 3 (stopped at the time limit) or 1
+  local run=$1 base=$1 extra=()
+  if [[ "$run" =~ ^(.+)-n([0-9]+)$ ]]; then  # MODEL-nN: MODEL on the first N training simulations
+    base=${BASH_REMATCH[1]}
     mkdir -p "$WORK/configs"
     printf '[data]\nmax_train_simulations = %s\n' "${BASH_REMATCH[2]}" > "$WORK/configs/train_n${BASH_REMATCH[2]}.toml"
-    sized=(--config "$WORK/configs/train_n${BASH_REMATCH[2]}.toml")
   fi
-  local var="EPOCHS_$(echo "$model" | tr 'a-z-' 'A-Z_')"
-  local epochs=()
-  if [ -n "${!var:-}" ]; then epochs=(--epochs "${!var}"); fi
+  local model
+  model=$(model_of "$run")
+  # KIND-VARIANT (e.g. branch-elm-d100): the model table of configs/models/KIND-VARIANT.toml over CONFIG
+  if [ "$base" != "$model" ]; then extra+=(--config "configs/models/$base.toml"); fi
+  if [ -n "${RECIPE:-}" ]; then extra+=(--config "$RECIPE"); fi
+  if [ "$base" != "$run" ]; then extra+=(--config "$WORK/configs/train_n${run##*-n}.toml"); fi
+  # EPOCHS_<RUN> (e.g. EPOCHS_BRANCH_ELM_N128, EPOCHS_BRANCH_ELM_D100), else EPOCHS_<MODEL>: other epochs than the recipe's
+  local name var epochs=()
+  for name in "$run" "$base" "$model"; do
+    var="EPOCHS_$(echo "$name" | tr 'a-z-' 'A-Z_')"
+    if [ -n "${!var:-}" ]; then epochs=(--epochs "${!var}"); break; fi
+  done
   local limit left code
   left=$(remaining)
   limit=$(( FIT_TIME_S < left ? FIT_TIME_S : left ))
-  if [ "$limit" -lt 60 ]; then log "fit-$run: not started (${left} s left in this call)"; unfinished=1; return; fi
-  log "fit-$run: $CONFIG${RECIPE:+ + $RECIPE}${sized[1]:+ + ${sized[1]}} ${epochs[*]} (this call: at most ${limit} s)"
+  if [ "$limit" -lt 60 ]; then log "fit-$run: not started (${left} s left in this call)"; return 3; fi
+  log "fit-$run: --model $model --config $CONFIG ${extra[*]} ${epochs[*]} (this call: at most ${limit} s)"
   set +e
-  timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" ${RECIPE:+--config "$RECIPE"} \
-    "${sized[@]}" --data "$DATA" --out "$RUNS/$run" "${epochs[@]}" 2>&1 | progress_filter
+  timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" "${extra[@]}" \
+    --data "$DATA" --out "$RUNS/$run" "${epochs[@]}" 2>&1 | progress_filter | sed -u "s/^/[$run] /"
   code=${PIPESTATUS[0]}
   set -e
-  if fit_done "$run"; then return; fi
+  if fit_done "$run"; then return 0; fi
   if [ "$code" = 124 ]; then
     log "fit-$run: stopped after ${limit} s; the next call continues from the last finished epoch"
-    unfinished=1
+    return 3
+  fi
+  echo "error: fit-$run failed (exit $code)" >&2
+  return 1
+}
+
+stage_fits() {  # the fit stages given, one after another, or all at once on the one GPU with PARALLEL=1
+  local run pending=() pids=() code failed=0
+  for run in "$@"; do
+    if fit_done "$run"; then log "fit-$run: finished, skipped"; else pending+=("$run"); fi
+  done
+  [ ${#pending[@]} -eq 0 ] && return
+  if [ "$PARALLEL" = 1 ] && [ ${#pending[@]} -gt 1 ]; then
+    log "fits side by side: ${pending[*]}"
+    for run in "${pending[@]}"; do fit_run "$run" & pids+=($!); done
+    for i in "${!pids[@]}"; do
+      set +e; wait "${pids[$i]}"; code=$?; set -e
+      if [ "$code" = 3 ]; then unfinished=1; elif [ "$code" != 0 ]; then failed=1; fi
+    done
   else
-    echo "error: fit-$run failed (exit $code)" >&2; exit 1
+    for run in "${pending[@]}"; do
+      set +e; fit_run "$run"; code=$?; set -e
+      if [ "$code" = 3 ]; then unfinished=1; return; elif [ "$code" != 0 ]; then exit 1; fi
+    done
+  fi
+  if [ "$failed" = 1 ]; then exit 1; fi
+}
+
+evaluate_run() {  # one trained run on both test sets (skipped where its evaluation is newer than its summary)
+  local model=$1
+  if [ ! -f "$RUNS/$model/evaluation.json" ] || [ "$RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
+    log "evaluate: $model on the GPU-engine test split"
+    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$DATA" --runs "$RUNS" --models "$model" 2>&1 | progress_filter
+  fi
+  if [ ! -f "$CVODE_RUNS/$model/evaluation.json" ] || [ "$CVODE_RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
+    log "evaluate: $model on the CVode test set"
+    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$CVODE_DATA" --all-shards --runs "$CVODE_RUNS" \
+      --checkpoint "$RUNS/$model" 2>&1 | progress_filter
   fi
 }
 
-stage_evaluate() {
-  local model
+evaluate_published() {  # a published checkpoint folder on both test sets, for the same-data comparison
+  local folder=$1 name
+  name=$(basename "$folder")
+  if [ ! -f "$PUBLISHED_RUNS/$name/evaluation.json" ]; then
+    log "evaluate: published $name on the GPU-engine test split"
+    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$DATA" --runs "$PUBLISHED_RUNS" --checkpoint "$folder" \
+      2>&1 | progress_filter
+  fi
+  if [ ! -f "$PUBLISHED_CVODE_RUNS/$name/evaluation.json" ]; then
+    log "evaluate: published $name on the CVode test set"
+    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$CVODE_DATA" --all-shards --runs "$PUBLISHED_CVODE_RUNS" \
+      --checkpoint "$folder" 2>&1 | progress_filter
+  fi
+}
+
+stage_evaluate() {  # every finished run, and each folder of $PUBLISHED; side by side with PARALLEL=1
+  local model folder pids=()
   for model in $MODELS $EFFICIENCY_RUNS; do
     if ! fit_done "$model"; then log "evaluate: $model not trained to the end yet, skipped"; unfinished=1; continue; fi
-    if [ ! -f "$RUNS/$model/evaluation.json" ] || [ "$RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
-      log "evaluate: $model on the GPU-engine test split"
-      "$PY" -m pipelines evaluate --config "$CONFIG" --data "$DATA" --runs "$RUNS" --models "$model" 2>&1 | progress_filter
-    fi
-    if [ ! -f "$CVODE_RUNS/$model/evaluation.json" ] || [ "$CVODE_RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
-      log "evaluate: $model on the CVode test set"
-      "$PY" -m pipelines evaluate --config "$CONFIG" --data "$CVODE_DATA" --all-shards --runs "$CVODE_RUNS" \
-        --checkpoint "$RUNS/$model" 2>&1 | progress_filter
-    fi
+    if [ "$PARALLEL" = 1 ]; then evaluate_run "$model" & pids+=($!); else evaluate_run "$model"; fi
   done
+  for folder in ${PUBLISHED:-}; do
+    if [ "$PARALLEL" = 1 ]; then evaluate_published "$folder" & pids+=($!); else evaluate_published "$folder"; fi
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || { echo "error: an evaluation failed" >&2; exit 1; }; done
 }
 
 stage_assemble() {
   if [ "$unfinished" = 1 ]; then log "assemble: waiting for the stages above"; return; fi
+  local published=()
+  if [ -n "${PUBLISHED:-}" ]; then published=(--published "$PUBLISHED_RUNS" --published-cvode "$PUBLISHED_CVODE_RUNS"); fi
   "$PY" bench/surrogate_accuracy.py --runs "$RUNS" --data "$DATA" --cvode-runs "$CVODE_RUNS" \
     --cvode-data "$CVODE_DATA" --device "$(cat "$WORK/device.txt" 2>/dev/null || echo unknown)" \
-    --out "$OUT/surrogate_accuracy.json" --release "$OUT/checkpoints"
+    --out "$OUT/surrogate_accuracy.json" --release "$OUT/checkpoints" "${published[@]}"
   log "assemble: the report of every run -> $OUT/report"
   "$PY" -m pipelines report --runs "$RUNS" --data "$DATA" --out "$OUT/report" 2>&1 | tail -n 2
 }
 
-for s in "${stages[@]}"; do
+fits=()  # consecutive fit stages, run together (stage_fits)
+for s in "${stages[@]}" end; do
+  if [[ "$s" == fit-* ]]; then fits+=("${s#fit-}"); continue; fi
+  if [ ${#fits[@]} -gt 0 ]; then
+    stage_fits "${fits[@]}"; fits=()
+    if [ "$unfinished" = 1 ]; then log "not finished: run the same command again"; exit 3; fi
+  fi
   case "$s" in
     setup) stage_setup ;;
     simulate) stage_simulate ;;
     cvode-test) stage_cvode_test ;;
-    fit-*) stage_fit "${s#fit-}" ;;
     evaluate) stage_evaluate ;;
     assemble) stage_assemble ;;
   esac

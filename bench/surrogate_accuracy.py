@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -126,23 +127,32 @@ def model_entry(run_dir: Path, cvode_dir: Path | None) -> dict:
     return entry
 
 
+DATA_EFFICIENCY_RUN = re.compile(r"-n\d+$")  # neuronio_scale.sh's MODEL-nN: MODEL on the first N training simulations
+
+
+def model_runs(runs: Path) -> list[str]:
+    """The run directories under `runs` with a summary or a checkpoint, the registry's kinds first; the
+    data-efficiency runs (MODEL-nN) are left to the report's data_efficiency.json."""
+    names = [p.name for p in runs.iterdir() if p.is_dir() and not DATA_EFFICIENCY_RUN.search(p.name)
+             and ((p / "summary.json").is_file() or any(p.glob("checkpoint_*.pt")))] if runs.is_dir() else []
+    order = {kind: i for i, kind in enumerate(MODEL_KINDS)}
+    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
+
+
 def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data: Path | None = None,
-             device: str | None = None, models=MODEL_KINDS) -> dict:
-    """The whole result: every model of `models` that has a finished-or-not run under `runs`."""
-    entries = {}
-    for kind in models:
-        run_dir = runs / kind
-        if (run_dir / "summary.json").is_file() or any(run_dir.glob("checkpoint_*.pt")):
-            entries[kind] = model_entry(run_dir, cvode_runs / kind if cvode_runs else None)
-    summaries = [runs / k / "summary.json" for k in entries if (runs / k / "summary.json").is_file()]
+             device: str | None = None) -> dict:
+    """The whole result: every model run under `runs` (model_runs), finished or not."""
+    entries = {name: model_entry(runs / name, cvode_runs / name if cvode_runs else None) for name in model_runs(runs)}
+    summaries = [_read(runs / k / "summary.json") for k in entries if (runs / k / "summary.json").is_file()]
     if not summaries:
-        raise SystemExit(f"error: no run with a summary.json under {runs} (models: {', '.join(models)})")
-    first = _read(summaries[0])
+        raise SystemExit(f"error: no run with a summary.json under {runs}")
+    first = max(summaries, key=lambda summary: summary["training_simulations"] or 0)  # the whole training set
     for entry in entries.values():  # a stopped run on the same shards trained on the same simulations
         if entry["training_simulations"] is None and entry.pop("shards", None) == first["shards"]:
             entry["training_simulations"] = first["training_simulations"]
     shards = first["shards"]
-    evaluation = next((_read(runs / k / "evaluation.json") for k in entries if (runs / k / "evaluation.json").is_file()), None)
+    evaluation = next((_read(runs / k / "evaluation.json") for k in entries if (runs / k / "evaluation.json").is_file()),
+                      None)
     datasets = {
         "train": {"simulations": first["training_simulations"], "simulated_ms": first["training_simulated_ms"],
                   "shards": len(shards["train"]), "data_dir": str(data)},
@@ -176,14 +186,17 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
     }
 
 
-def published_scores(directory: Path) -> dict:
-    """The published checkpoints' scores on the CVode test set: every DIR/<name>/evaluation.json of published weights."""
+def published_scores(directories: dict[str, Path]) -> dict:
+    """The published checkpoints' scores per test set: every DIR/<name>/evaluation.json of published weights,
+    for each (test set name, DIR) of `directories`."""
     out = {}
-    for path in sorted(directory.glob("*/evaluation.json")):
-        evaluation = _read(path)
-        if evaluation.get("published"):
-            out[path.parent.name] = {"num_parameters": evaluation["num_parameters"], "checkpoint": evaluation["checkpoint"],
-                                     "test_sets": {"cvode": scores_of(evaluation)}}
+    for test_set, directory in directories.items():
+        for path in sorted(directory.glob("*/evaluation.json")):
+            evaluation = _read(path)
+            if evaluation.get("published"):
+                entry = out.setdefault(path.parent.name, {"num_parameters": evaluation["num_parameters"],
+                                                          "checkpoint": evaluation["checkpoint"], "test_sets": {}})
+                entry["test_sets"][test_set] = scores_of(evaluation)
     return out
 
 
@@ -195,15 +208,16 @@ def release(runs: Path, result: dict, directory: Path) -> list[Path]:
     from surrogate.checkpoints import BEST_CHECKPOINT, inference_checkpoint
 
     folders = []
-    for kind, entry in result["models"].items():
-        if kind not in RELEASED_KINDS or not (runs / kind / BEST_CHECKPOINT).is_file():
+    for name, entry in result["models"].items():
+        kind = entry["model_kind"]
+        if kind not in RELEASED_KINDS or not (runs / name / BEST_CHECKPOINT).is_file():
             continue
         folder = directory / f"{kind}-d{entry['model_config']['num_memory']}"
         provenance = {key: entry[key] for key in ("num_parameters", "best_epoch", "epochs_completed", "finished",
                                                   "windows_seen", "training_simulations", "train_wall_s")}
         provenance |= {"test_sets": entry["test_sets"], "datasets": result["datasets"], "device": result["device"],
                        "date": result["date"], "notes": result.get("notes", [])}
-        inference_checkpoint(runs / kind / BEST_CHECKPOINT, folder / BEST_CHECKPOINT, extra=provenance)
+        inference_checkpoint(runs / name / BEST_CHECKPOINT, folder / BEST_CHECKPOINT, extra=provenance)
         write_json(folder / "scores.json", provenance)
         folders.append(folder)
     return folders
@@ -221,13 +235,17 @@ def main(argv=None) -> int:
     parser.add_argument("--release", type=Path, default=None,
                         help="also write each ELM-family model, inference only, to DIR/<kind>-d<memory>/ "
                              "(checkpoint_best.pt with its scores), the form committed under checkpoints/")
+    parser.add_argument("--published", type=Path, default=None, metavar="DIR",
+                        help="evaluations of published checkpoints on the same GPU-engine test split, "
+                             "DIR/<name>/evaluation.json (`evaluate --checkpoint PUBLISHED_FOLDER --runs DIR`)")
     parser.add_argument("--published-cvode", type=Path, default=None, metavar="DIR",
                         help="evaluations of published checkpoints on the same CVode test set, DIR/<name>/evaluation.json "
                              "(`evaluate --all-shards --checkpoint PUBLISHED_FOLDER --runs DIR`)")
     args = parser.parse_args(argv)
     result = assemble(args.runs, args.data, args.cvode_runs, args.cvode_data, args.device)
-    if args.published_cvode:
-        result["published_checkpoints"] = published_scores(args.published_cvode)
+    published = {name: path for name, path in (("gpu_engine", args.published), ("cvode", args.published_cvode)) if path}
+    if published:
+        result["published_checkpoints"] = published_scores(published)
     if args.note:
         result["notes"] = args.note
     write_json(args.out, result)
@@ -237,10 +255,10 @@ def main(argv=None) -> int:
     def number(value, spec):  # NaN metrics (a test set without spikes) are null in the JSON
         return "n/a" if value is None else format(value, spec)
 
-    print(f"{'model':<11} {'params':>9} {'train s':>8} {'to best s':>9} | test set   AUC     TP@1%FP  RMSE aligned / raw (mV)")
-    for kind, entry in result["models"].items():
+    print(f"{'model':<16} {'params':>9} {'train s':>8} {'to best s':>9} | test set   AUC     TP@1%FP  RMSE aligned / raw (mV)")
+    for run, entry in result["models"].items():
         for name, scores in entry["test_sets"].items():
-            print(f"{kind:<11} {entry['num_parameters']:>9,} {number(entry['train_wall_s'], '8.0f')} "
+            print(f"{run:<16} {entry['num_parameters']:>9,} {number(entry['train_wall_s'], '8.0f')} "
                   f"{number(entry['time_to_best_valid_s'], '9.0f')} | {name:<10} {number(scores['test_auc'], '.4f')}  "
                   f"{number(scores['test_tp_at_1pct_fp'], '.3f')}    {number(scores['test_rmse_aligned_mV'], '.3f')} / "
                   f"{number(scores['test_rmse_raw_mV'], '.3f')}")

@@ -47,6 +47,7 @@ class DataConfig:
     cache_mb: int = 2048  # decompressed simulations kept per loading process (bit-packed: 1 MB per 6 s)
     load_fraction: float = 0.5  # windows drawn per load, as a fraction of the loaded simulated time (published file_load_fraction)
     max_train_simulations: int = 0  # train on the first N training simulations only (shard order); 0 = all (data-efficiency runs)
+    windows_on_device: bool = False  # hold the whole training set on the training device and cut windows there (data.DeviceWindows)
 
     def __post_init__(self):
         _require(self.window_ms > 0, f"window_ms must be positive, got {self.window_ms}")

@@ -473,10 +473,10 @@ def plot_training(runs: list[RunResult], path: Path) -> bool:
 # --------------------------------------------------------------------------- data efficiency
 
 def data_efficiency(runs: list[RunResult]) -> dict[str, list[dict]]:
-    """Per model kind with runs on two or more training-set sizes: test scores (windowed) against the number
-    of training simulations (summary.json's, through evaluation.json), sorted by that number.
+    """Per model (kind and size: "branch-elm-d20") with runs on two or more training-set sizes: test scores
+    (windowed) against the number of training simulations (summary.json's, through evaluation.json), sorted by it.
 
-    Runs that differ in [data] max_train_simulations (or in dataset) give the points; {} when no kind has two sizes.
+    Runs that differ in [data] max_train_simulations (or in dataset) give the points; {} when no model has two sizes.
     """
     points: dict[str, list[dict]] = {}
     for run in runs:
@@ -485,7 +485,9 @@ def data_efficiency(runs: list[RunResult]) -> dict[str, list[dict]]:
         n, windowed = training.get("training_simulations"), e.get("windowed")
         if e.get("published") or not n or not windowed:
             continue
-        points.setdefault(e["model_kind"], []).append({
+        memory = (e.get("model_config") or {}).get("num_memory")
+        model = f"{e['model_kind']}-d{memory}" if memory else e["model_kind"]  # d_m 20 and d_m 100 are two curves
+        points.setdefault(model, []).append({
             "run": run.name,
             "training_simulations": int(n),
             "training_simulated_ms": training.get("training_simulated_ms"),
@@ -500,18 +502,21 @@ def data_efficiency(runs: list[RunResult]) -> dict[str, list[dict]]:
 
 
 def plot_data_efficiency(curves: dict[str, list[dict]], path: Path) -> bool:
-    """Test AUC and aligned soma RMSE against training simulations, one line per model kind."""
+    """Test AUC and aligned soma RMSE against training simulations, one line per model."""
     if not curves:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for kind, rows in curves.items():
+    sizes = sorted({r["training_simulations"] for rows in curves.values() for r in rows})
+    for model, rows in curves.items():
         n = [r["training_simulations"] for r in rows]
         for ax, key in ((axes[0], "test_auc"), (axes[1], "test_rmse_aligned_mV")):
             ax.plot(n, [math.nan if r[key] is None else r[key] for r in rows], "o-",
-                    color=KIND_COLOURS.get(kind, "black"), label=kind)
+                    color=KIND_COLOURS.get(model.rsplit("-d", 1)[0], "black"), label=model)
     for ax, ylabel in ((axes[0], "test spike AUC"), (axes[1], "test soma RMSE, aligned (mV)")):
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])  # the sizes trained, not log-axis minor labels
+        ax.minorticks_off()
         ax.set(xlabel="training simulations", ylabel=ylabel)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)

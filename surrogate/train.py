@@ -49,8 +49,8 @@ from simulation.errors import UserInputError
 from . import metrics
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import DataConfig, TrainConfig
-from .data import (SplitArrays, TrainingWindows, find_shards, load_split_arrays, soma_target, split_shards,
-                   training_loader, training_simulations, unpack_input_spikes)
+from .data import (DeviceWindows, SplitArrays, TrainingWindows, find_shards, load_split_arrays, soma_target,
+                   split_shards, training_loader, training_simulations, unpack_input_spikes)
 from .devices import resolve_device
 from .elm import num_parameters
 from .inference import predict_windowed
@@ -339,9 +339,14 @@ def train_run(run: Run, report: Progress) -> dict:
         state.resumed_at_epochs.append(state.epoch)
     check_writable(run.out_dir)  # before the first epoch, not after it
     valid_arrays = load_split_arrays(run.split["valid"], train.valid_simulations)
-    windows = TrainingWindows(run.split["train"], run.data, train.batch_size, train.batches_per_epoch, train.seed,
-                              first_epoch=state.epoch, last_epoch=train.epochs)
-    batches = iter(training_loader(windows, pin_memory=run.device.type == "cuda"))
+    if run.data.windows_on_device:
+        windows = DeviceWindows(run.split["train"], run.data, train.batch_size, train.batches_per_epoch, train.seed,
+                                run.device, first_epoch=state.epoch, last_epoch=train.epochs)
+        batches = iter(windows)
+    else:
+        windows = TrainingWindows(run.split["train"], run.data, train.batch_size, train.batches_per_epoch,
+                                  train.seed, first_epoch=state.epoch, last_epoch=train.epochs)
+        batches = iter(training_loader(windows, pin_memory=run.device.type == "cuda"))
     report("start", {"model_kind": run.kind, "epochs": train.epochs, "first_epoch": state.epoch + 1,
                      "batches_per_epoch": train.batches_per_epoch, "device": str(run.device), "amp": run.amp,
                      "num_parameters": num_parameters(run.model), "resumed": run.resumed,
@@ -363,8 +368,7 @@ def train_run(run: Run, report: Progress) -> dict:
             report("epoch", {**row, "improved": improved, "epochs": train.epochs})
     finally:
         del batches  # stops the loader's workers
-        if windows.cache is not None:
-            windows.cache.close()
+        windows.close()
     result = summarise_run(run)
     _write_json(run.out_dir / SUMMARY_JSON, result)
     report("finished", result)

@@ -15,7 +15,7 @@ import torch
 from simulation.dataset import shard_path, write_shard
 from simulation.errors import ConfigError, DatasetError
 from surrogate.config import DataConfig, load_training_config
-from surrogate.data import (TrainingWindows, find_shards, load_split_arrays, pack_input_spikes, soma_target,
+from surrogate.data import (DeviceWindows, TrainingWindows, find_shards, load_split_arrays, pack_input_spikes, soma_target,
                             spike_target, split_shards, training_loader, unpack_input_spikes)
 
 N_SEGMENTS = 639
@@ -242,6 +242,58 @@ def test_windows_reject_too_short_simulations(dataset_dir):
         TrainingWindows(paths, DataConfig(window_ms=1000, ignore_first_ms=500), 4, 5, 0)
 
 
+def test_device_windows_are_the_stored_windows_they_name(dataset_dir):
+    """windows_on_device: each window is the stored simulation at the (simulation, start) epoch_windows names."""
+    config = DataConfig(window_ms=200, burn_in_ms=50, ignore_first_ms=300, windows_on_device=True)
+    paths = split_shards(find_shards(dataset_dir), config)["train"]
+    arrays = load_split_arrays(paths)
+    windows = DeviceWindows(paths, config, batch_size=4, batches_per_epoch=6, seed=3, device=torch.device("cpu"),
+                            last_epoch=2)
+    assert windows.num_simulations == arrays.num_simulations == 4 and windows.num_inputs == 1278
+    batches = list(windows)
+    assert len(batches) == len(windows) == 12
+    for epoch in range(2):
+        which, starts = windows.epoch_windows(epoch)
+        assert which.shape == starts.shape == (6, 4)
+        assert starts.min() >= 300 and starts.max() < 1500 - 200
+        for i in range(6):
+            packed, spikes, soma = batches[epoch * 6 + i]
+            assert packed.shape == (4, 200, 160) and packed.dtype == torch.uint8
+            inputs = unpack_input_spikes(packed, 1278).numpy().astype(bool)
+            for b in range(4):
+                k, start = which[i, b], starts[i, b]
+                np.testing.assert_array_equal(inputs[b].T, arrays.input_spikes[k, :, start:start + 200])
+                np.testing.assert_array_equal(spikes[b].numpy(), arrays.output_spikes[k, start:start + 200])
+                np.testing.assert_allclose(soma[b].numpy(), soma_target(arrays.soma_voltage[k, start:start + 200],
+                                                                        config))
+    assert len(set(zip(*(a.ravel() for a in windows.epoch_windows(0))))) > 20  # spread, not one window repeated
+    windows.close()
+
+
+def test_device_windows_do_not_depend_on_reader_processes_and_resume_by_epoch(dataset_dir):
+    paths = split_shards(find_shards(dataset_dir), SMALL)["train"]
+
+    def batches(workers, seed=1, first_epoch=0):
+        config = DataConfig(window_ms=200, burn_in_ms=50, ignore_first_ms=300, loader_workers=workers, streams=2,
+                            windows_on_device=True)
+        return list(DeviceWindows(paths, config, 4, 5, seed, torch.device("cpu"), first_epoch=first_epoch,
+                                  last_epoch=2))
+
+    a, b, other_seed, resumed = batches(0), batches(2), batches(0, seed=2), batches(0, first_epoch=1)
+    assert all(torch.equal(x, y) for batch_a, batch_b in zip(a, b) for x, y in zip(batch_a, batch_b))
+    assert not all(torch.equal(x[0], y[0]) for x, y in zip(a, other_seed))
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a[5:], resumed))  # epoch 1 alone = epoch 1 of a longer run
+
+
+def test_device_windows_honour_max_train_simulations_and_reject_short_simulations(dataset_dir):
+    paths = split_shards(find_shards(dataset_dir), SMALL)["train"]
+    config = DataConfig(window_ms=200, burn_in_ms=50, ignore_first_ms=300, max_train_simulations=3)
+    windows = DeviceWindows(paths, config, 2, 3, 0, torch.device("cpu"))
+    assert windows.num_simulations == 3 and windows.epoch_windows(0)[0].max() < 3
+    with pytest.raises(DatasetError, match="too short"):
+        DeviceWindows(paths, DataConfig(window_ms=1000, ignore_first_ms=500), 4, 5, 0, torch.device("cpu"))
+
+
 # --------------------------------------------------------------------------- config
 
 def test_config_typos_name_the_key(tmp_path):
@@ -314,4 +366,19 @@ def test_recipe_overlays_load_on_the_neuronio_config():
     for recipe in recipes:
         for kind in ("elm", "branch-elm", "tcn", "lstm"):
             layered = load_training_config([root / "configs" / "neuronio.toml", recipe], kind)
-            assert layered.data == load_training_config(root / "configs" / "neuronio.toml", kind).data
+            base = load_training_config(root / "configs" / "neuronio.toml", kind).data
+            # a recipe may change how windows reach the model, never which windows are legal or the targets
+            how = {"windows_on_device", "loader_workers", "prefetch"}
+            assert {k: v for k, v in vars(layered.data).items() if k not in how} == \
+                {k: v for k, v in vars(base).items() if k not in how}
+
+
+def test_model_variants_load_on_the_neuronio_config():
+    """configs/models/KIND-VARIANT.toml (bench/neuronio_scale.sh's MODELS): a model table for KIND."""
+    root = Path(__file__).resolve().parents[1]
+    variants = sorted((root / "configs" / "models").glob("*.toml"))
+    assert variants
+    for variant in variants:
+        kind = variant.stem.rsplit("-", 1)[0]
+        layered = load_training_config([root / "configs" / "neuronio.toml", variant], kind)
+        assert layered.model != load_training_config(root / "configs" / "neuronio.toml", kind).model

@@ -44,14 +44,20 @@ def test_a_call_without_time_left_stops_with_exit_3(tmp_path, morphology_path):
 @pytest.mark.slow
 def test_dry_run_end_to_end(tmp_path, morphology_path):
     work = tmp_path / "work"
-    result = run_script(work, morphology_path)
+    models = "elm branch-elm branch-elm-d100 tcn lstm"  # branch-elm-d100: configs/models/branch-elm-d100.toml
+    published = REPO.parent / "shared" / "pretrained" / "elmneuron" / "num_memory_20"
+    extra = {"PUBLISHED": str(published)} if published.is_dir() else {}
+    result = run_script(work, morphology_path, MODELS=models, PARALLEL="1", **extra)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all stages done" in result.stdout
 
     out = json.loads((work / "surrogate_accuracy.json").read_text())
     assert out["datasets"]["train"]["simulations"] == 4 and out["datasets"]["test_gpu_engine"]["simulations"] == 2
     assert out["datasets"]["test_cvode"]["simulations"] == 2
-    assert set(out["models"]) == {"elm", "branch-elm", "tcn", "lstm"}
+    assert "fits side by side" in result.stdout
+    assert set(out["models"]) == {"elm", "branch-elm", "branch-elm-d100", "tcn", "lstm"}  # not branch-elm-n2
+    assert out["models"]["branch-elm-d100"]["model_config"]["num_memory"] == 100
+    assert out["models"]["branch-elm-d100"]["model_config"]["mlp_activation"] == "silu"
     for kind, entry in out["models"].items():
         summary = json.loads((work / "runs" / kind / "summary.json").read_text())
         assert entry["num_parameters"] == summary["num_parameters"] > 0
@@ -70,23 +76,27 @@ def test_dry_run_end_to_end(tmp_path, morphology_path):
     from surrogate.checkpoints import load_checkpoint, load_model
 
     released = sorted(p.name for p in (work / "checkpoints").iterdir())
-    assert released == ["branch-elm-d2", "elm-d2"]
-    for name in released:
+    runs_of = {"branch-elm-d100": "branch-elm-d100", "branch-elm-d2": "branch-elm", "elm-d2": "elm"}
+    assert released == sorted(runs_of)
+    for name, run in runs_of.items():
         checkpoint = load_checkpoint(work / "checkpoints" / name / "checkpoint_best.pt")
         assert checkpoint["optimizer_state"] is None and checkpoint["extra"]["test_sets"].keys() == {"gpu_engine", "cvode"}
         _, info = load_model(work / "checkpoints" / name)
-        assert info["num_parameters"] == out["models"][name.rsplit("-d", 1)[0]]["num_parameters"]
+        assert info["num_parameters"] == out["models"][run]["num_parameters"]
+    if extra:  # the published checkpoint scored on the same two test sets
+        scores = out["published_checkpoints"]["num_memory_20"]
+        assert scores["num_parameters"] == 8002 and set(scores["test_sets"]) == {"gpu_engine", "cvode"}
     tcn = json.loads((work / "runs" / "tcn" / "summary.json").read_text())["train_config"]
     assert tcn["optimizer"] == "nadam" and tcn["lr_schedule"] == "step"
     # the data-efficiency fit (DATA_SIZES, default 2 in a dry run) and the report's curve over both Branch-ELM runs
     assert json.loads((work / "runs" / "branch-elm-n2" / "summary.json").read_text())["training_simulations"] == 2
     assert (work / "eval_cvode" / "branch-elm-n2" / "evaluation.json").is_file()
     curves = json.loads((work / "report" / "data_efficiency.json").read_text())
-    assert [(p["run"], p["training_simulations"]) for p in curves["branch-elm"]] == [("branch-elm-n2", 2), ("branch-elm", 4)]
+    assert [(p["run"], p["training_simulations"]) for p in curves["branch-elm-d2"]] == [("branch-elm-n2", 2), ("branch-elm", 4)]
     assert (work / "report" / "data_efficiency.png").is_file() and (work / "report" / "report.md").is_file()
 
-    again = run_script(work, morphology_path)
+    again = run_script(work, morphology_path, MODELS=models, PARALLEL="1", **extra)
     assert again.returncode == 0 and "all stages done" in again.stdout
-    for stage in ("simulate", "cvode-test", "fit-elm", "fit-lstm", "fit-branch-elm-n2"):
+    for stage in ("simulate", "cvode-test", "fit-elm", "fit-lstm", "fit-branch-elm-d100", "fit-branch-elm-n2"):
         assert any(line.startswith(f"[") and f"{stage}:" in line and "skipped" in line
                    for line in again.stdout.splitlines()), stage

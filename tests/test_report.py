@@ -138,16 +138,18 @@ def test_data_efficiency_from_runs_on_nested_training_sets(tmp_path):
         summary = fit("elm", train, {"num_memory": 2}, data, runs / name, data_config=config)
         assert summary["training_simulations"] == (n or 3)
         names.append(name)
+    # a larger model on all the data is a point of another curve (d_m 3), not of d_m 2's
+    fit("elm", train, {"num_memory": 3}, data, runs / "elm_d3", data_config=config)
     config = tmp_path / "config.toml"
     config.write_text("[data]\nwindow_ms = 200\nburn_in_ms = 50\nignore_first_ms = 300\n[evaluate]\ndevice = \"cpu\"\n")
     assert cli(["evaluate", "--config", str(config), "--data", str(data), "--runs", str(runs),
-                "--models", ",".join(names)]) == 0
+                "--models", ",".join([*names, "elm_d3"])]) == 0
     assert cli(["report", "--runs", str(runs), "--data", str(data), "--out", str(out)]) == 0
 
     curves = json.loads((out / "data_efficiency.json").read_text())
-    assert list(curves) == ["elm"]
-    assert [p["training_simulations"] for p in curves["elm"]] == [1, 2, 3]
-    for point, name in zip(curves["elm"], names):
+    assert list(curves) == ["elm-d2"]  # elm-d3 has one training-set size only
+    assert [p["training_simulations"] for p in curves["elm-d2"]] == [1, 2, 3]
+    for point, name in zip(curves["elm-d2"], names):
         evaluation = json.loads((runs / name / "evaluation.json").read_text())
         assert point["run"] == name and point["test_auc"] == evaluation["windowed"]["spike"]["auc"]
         assert point["test_rmse_aligned_mV"] == evaluation["windowed"]["soma"]["aligned"]["rmse_mV"]

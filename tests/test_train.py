@@ -248,6 +248,25 @@ def test_killed_run_resumes_from_the_last_finished_epoch(dataset_dir, tmp_path):
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
+def test_fit_with_windows_on_device_learns_and_resumes_exactly(dataset_dir, tmp_path):
+    """[data] windows_on_device: the whole training set on the device; a run resumed after epoch 2 ends as an
+    uninterrupted one (the windows depend only on seed and epoch)."""
+    data = DataConfig(**{**DATA.__dict__, "windows_on_device": True})
+    train = TrainConfig(**{**TRAIN.__dict__, "lr_schedule": "step", "lr_steps": ((1, 5e-3),)})  # not tied to epochs
+    whole = fit("elm", train, ELM, dataset_dir, tmp_path / "whole", data_config=data)
+    history = _history(tmp_path / "whole")
+    assert whole["finished"] and history[-1]["train_loss"] < history[0]["train_loss"]
+    fit("elm", TrainConfig(**{**train.__dict__, "epochs": 2}), ELM, dataset_dir, tmp_path / "resumed", data_config=data)
+    fit("elm", train, ELM, dataset_dir, tmp_path / "resumed", data_config=data)
+    a = load_checkpoint(tmp_path / "whole" / "checkpoint_last.pt")["model_state"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")["model_state"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    # a run cannot switch between the loaders halfway: the windows would differ
+    with pytest.raises(RunMismatchError, match="windows_on_device"):
+        fit("elm", TrainConfig(**{**train.__dict__, "epochs": 4}), ELM, dataset_dir, tmp_path / "whole",
+            data_config=DATA)
+
+
 @pytest.mark.parametrize("kind, config", [
     ("branch-elm", {"num_memory": 4, "num_branch": 45, "num_synapse_per_branch": 100}),
     ("tcn", {"depth": 2, "width": 4, "first_kernel_size": 9, "kernel_size": 5}),
