@@ -24,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.jsonio import write_json  # noqa: E402
 from surrogate.config import load_training_config  # noqa: E402
-from surrogate.data import unpack_input_spikes  # noqa: E402
+from surrogate.data import pack_input_spikes, unpack_input_spikes  # noqa: E402
 from surrogate.elm import num_parameters  # noqa: E402
 from surrogate.registry import build_model  # noqa: E402
 from surrogate.train import make_optimizer, resolve_amp, surrogate_loss  # noqa: E402
@@ -45,9 +46,9 @@ def time_steps(kind: str, config_paths: list[Path], batch_size: int | None, step
     optimizer = make_optimizer(model.parameters(), cfg.train)
     amp = resolve_amp(cfg.train.amp, kind, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-    bits = torch.rand(batch_size, window, (N_INPUTS + 7) // 8 * 8, device=device) < INPUT_DENSITY
-    weights = 2 ** torch.arange(7, -1, -1, device=device, dtype=torch.int32)  # big-endian, as np.packbits
-    packed = (bits.view(batch_size, window, -1, 8).int() * weights).sum(-1).to(torch.uint8)
+    rng = np.random.default_rng(0)
+    packed = torch.from_numpy(np.stack([pack_input_spikes(rng.random((N_INPUTS, window)) < INPUT_DENSITY)
+                                        for _ in range(batch_size)])).to(device)  # (B, W, 160), as DeviceWindows yields
     spikes = (torch.rand(batch_size, window, device=device) < 0.01).float()
     soma = torch.randn(batch_size, window, device=device)
     if device.type == "cuda":
