@@ -341,7 +341,8 @@ def plot_traces(runs: list[RunResult], data_dir: Path | None, path: Path, window
     t = np.arange(duration)
 
     inputs = read_example_inputs(data_dir, shard, index)
-    note = None if inputs is not None else f"input raster not drawn: {shard} not found in {data_dir}"
+    where = f"{shard} not found in {data_dir}" if data_dir is not None else f"no --data holding {shard}"
+    note = None if inputs is not None else f"input raster not drawn: {where}"
     plt = _pyplot()
     rows = 3 if inputs is not None else 2
     heights = [1.3, 1.2, 0.8][-rows:]
