@@ -227,3 +227,11 @@ def test_gpu_workers_on_an_external_scheduler(reference, tmp_path, external_dask
                              "--scheduler", address], cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr + (tmp_path / "cluster.log").read_text()
     np.testing.assert_array_equal(read_shard(out / "shard_00000.h5").soma_voltage, read_shard(paths[0]).soma_voltage)
+
+
+def test_the_neuronio_gpu_config_simulates_every_shard_in_one_batch():
+    """configs/neuronio_gpu.toml: one GPU task for all 18 x 128 simulations (a remainder batch costs about as
+    much GPU time as a full one), with the setting chosen by the fidelity benchmark."""
+    config = load_simulation_config(Path(__file__).resolve().parents[1] / "configs" / "neuronio_gpu.toml")
+    assert config.parallel.gpu_batch_size >= config.dataset.n_shards * config.dataset.simulations_per_shard
+    assert (config.solver.method, config.solver.scheme, config.solver.dt_ms) == ("gpu", "crank-nicolson", 0.0125)
