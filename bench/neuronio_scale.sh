@@ -227,26 +227,24 @@ simulate_into() {  # simulate CONFIG into DIR within this call's time; finished 
 stage_simulate() { simulate_into simulate "$SIM_CONFIG" "$DATA"; }
 stage_cvode_test() { simulate_into cvode-test "$CVODE_CONFIG" "$CVODE_DATA"; }
 
-model_of() {  # a run name's model kind: elm, branch-elm, tcn or lstm, before any -VARIANT or -nN
-  local run=$1
-  [[ "$run" =~ ^(.+)-n([0-9]+)$ ]] && run=${BASH_REMATCH[1]}
-  if [ -f "configs/models/$run.toml" ]; then run=${run%-*}; fi
-  echo "$run"
+model_of() {  # the model kind (elm, branch-elm, tcn, lstm) of a model of $MODELS: KIND-VARIANT has a config file
+  if [ -f "configs/models/$1.toml" ]; then echo "${1%-*}"; else echo "$1"; fi
 }
 
 fit_run() {  # train one run of $MODELS or $EFFICIENCY_RUNS; returns 0 (finished), 3 (stopped at the time limit) or 1
-  local run=$1 base=$1 extra=()
+  local run=$1 base=$1 sized="" extra=()
   if [[ "$run" =~ ^(.+)-n([0-9]+)$ ]]; then  # MODEL-nN: MODEL on the first N training simulations
     base=${BASH_REMATCH[1]}
+    sized="$WORK/configs/train_n${BASH_REMATCH[2]}.toml"
     mkdir -p "$WORK/configs"
-    printf '[data]\nmax_train_simulations = %s\n' "${BASH_REMATCH[2]}" > "$WORK/configs/train_n${BASH_REMATCH[2]}.toml"
+    printf '[data]\nmax_train_simulations = %s\n' "${BASH_REMATCH[2]}" > "$sized"
   fi
   local model
-  model=$(model_of "$run")
+  model=$(model_of "$base")
   # KIND-VARIANT (e.g. branch-elm-d100): the model table of configs/models/KIND-VARIANT.toml over CONFIG
   if [ "$base" != "$model" ]; then extra+=(--config "configs/models/$base.toml"); fi
   if [ -n "${RECIPE:-}" ]; then extra+=(--config "$RECIPE"); fi
-  if [ "$base" != "$run" ]; then extra+=(--config "$WORK/configs/train_n${run##*-n}.toml"); fi
+  if [ -n "$sized" ]; then extra+=(--config "$sized"); fi
   # EPOCHS_<RUN> (e.g. EPOCHS_BRANCH_ELM_N128, EPOCHS_BRANCH_ELM_D100), else EPOCHS_<MODEL>: other epochs than the recipe's
   local name var epochs=()
   for name in "$run" "$base" "$model"; do
@@ -294,31 +292,21 @@ stage_fits() {  # the fit stages given, one after another, or all at once on the
   if [ "$failed" = 1 ]; then exit 1; fi
 }
 
-evaluate_run() {  # one trained run on both test sets (skipped where its evaluation is newer than its summary)
-  local model=$1
-  if [ ! -f "$RUNS/$model/evaluation.json" ] || [ "$RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
-    log "evaluate: $model on the GPU-engine test split"
-    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$DATA" --runs "$RUNS" --models "$model" 2>&1 | progress_filter
-  fi
-  if [ ! -f "$CVODE_RUNS/$model/evaluation.json" ] || [ "$CVODE_RUNS/$model/evaluation.json" -ot "$RUNS/$model/summary.json" ]; then
-    log "evaluate: $model on the CVode test set"
-    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$CVODE_DATA" --all-shards --runs "$CVODE_RUNS" \
-      --checkpoint "$RUNS/$model" 2>&1 | progress_filter
-  fi
-}
-
-evaluate_published() {  # a published checkpoint folder on both test sets, for the same-data comparison
-  local folder=$1 name
-  name=$(basename "$folder")
-  if [ ! -f "$PUBLISHED_RUNS/$name/evaluation.json" ]; then
-    log "evaluate: published $name on the GPU-engine test split"
-    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$DATA" --runs "$PUBLISHED_RUNS" --checkpoint "$folder" \
+evaluate_on_both() {  # SOURCE (a run directory or a published folder) on both test sets, as DIR/<its name>/:
+  # the GPU-engine test split into GPU_DIR, the CVode test set into CVODE_DIR; skipped where an evaluation
+  # exists and is newer than STAMP (a run's summary.json; "" for published weights, which never change)
+  local source=$1 gpu_dir=$2 cvode_dir=$3 stamp=$4 name
+  name=$(basename "$source")
+  stale() { [ ! -f "$1/evaluation.json" ] || { [ -n "$stamp" ] && [ "$1/evaluation.json" -ot "$stamp" ]; }; }
+  if stale "$gpu_dir/$name"; then
+    log "evaluate: $name on the GPU-engine test split"
+    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$DATA" --runs "$gpu_dir" --checkpoint "$source" \
       2>&1 | progress_filter
   fi
-  if [ ! -f "$PUBLISHED_CVODE_RUNS/$name/evaluation.json" ]; then
-    log "evaluate: published $name on the CVode test set"
-    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$CVODE_DATA" --all-shards --runs "$PUBLISHED_CVODE_RUNS" \
-      --checkpoint "$folder" 2>&1 | progress_filter
+  if stale "$cvode_dir/$name"; then
+    log "evaluate: $name on the CVode test set"
+    "$PY" -m pipelines evaluate --config "$CONFIG" --data "$CVODE_DATA" --all-shards --runs "$cvode_dir" \
+      --checkpoint "$source" 2>&1 | progress_filter
   fi
 }
 
@@ -326,10 +314,12 @@ stage_evaluate() {  # every finished run, and each folder of $PUBLISHED; side by
   local model folder pids=()
   for model in $MODELS $EFFICIENCY_RUNS; do
     if ! fit_done "$model"; then log "evaluate: $model not trained to the end yet, skipped"; unfinished=1; continue; fi
-    if [ "$PARALLEL" = 1 ]; then evaluate_run "$model" & pids+=($!); else evaluate_run "$model"; fi
+    local args=("$RUNS/$model" "$RUNS" "$CVODE_RUNS" "$RUNS/$model/summary.json")
+    if [ "$PARALLEL" = 1 ]; then evaluate_on_both "${args[@]}" & pids+=($!); else evaluate_on_both "${args[@]}"; fi
   done
   for folder in ${PUBLISHED:-}; do
-    if [ "$PARALLEL" = 1 ]; then evaluate_published "$folder" & pids+=($!); else evaluate_published "$folder"; fi
+    local args=("$folder" "$PUBLISHED_RUNS" "$PUBLISHED_CVODE_RUNS" "")
+    if [ "$PARALLEL" = 1 ]; then evaluate_on_both "${args[@]}" & pids+=($!); else evaluate_on_both "${args[@]}"; fi
   done
   for pid in "${pids[@]}"; do wait "$pid" || { echo "error: an evaluation failed" >&2; exit 1; }; done
 }

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 from common.jsonio import write_json  # noqa: E402
 from surrogate.metrics import fp_label  # noqa: E402
-from surrogate.registry import MODEL_KINDS  # noqa: E402
+from surrogate.registry import MODEL_KINDS, sized_name  # noqa: E402
 
 MODE = "windowed"  # the published protocol (spec 7.3)
 
@@ -212,7 +212,7 @@ def release(runs: Path, result: dict, directory: Path) -> list[Path]:
         kind = entry["model_kind"]
         if kind not in RELEASED_KINDS or not (runs / name / BEST_CHECKPOINT).is_file():
             continue
-        folder = directory / f"{kind}-d{entry['model_config']['num_memory']}"
+        folder = directory / sized_name(kind, entry["model_config"])
         provenance = {key: entry[key] for key in ("num_parameters", "best_epoch", "epochs_completed", "finished",
                                                   "windows_seen", "training_simulations", "train_wall_s")}
         provenance |= {"test_sets": entry["test_sets"], "datasets": result["datasets"], "device": result["device"],

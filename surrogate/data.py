@@ -158,6 +158,23 @@ def training_simulations(paths, data: DataConfig) -> list[SimulationRef]:
     return refs[:data.max_train_simulations] if data.max_train_simulations else refs
 
 
+def checked_training_simulations(paths, data: DataConfig) -> tuple[list[SimulationRef], int]:
+    """The training simulations (training_simulations) and their number of inputs; a one-line DatasetError
+    when there are none or a simulation is too short for a window after ignore_first_ms."""
+    refs = training_simulations(paths, data)
+    if not refs:
+        raise DatasetError("the training shards hold no simulations")
+    shortest = min(ref.duration_ms for ref in refs)
+    if shortest <= data.ignore_first_ms + data.window_ms:
+        raise DatasetError(
+            f"simulations of {shortest} ms are too short for {data.window_ms}-ms windows after the first "
+            f"{data.ignore_first_ms} ms ([data] window_ms, ignore_first_ms)"
+        )
+    with open_shard(refs[0].shard) as f:
+        num_inputs = int(f["input_spikes"].shape[1])
+    return refs, num_inputs
+
+
 def read_simulation(shard, index: int, data: DataConfig) -> LoadedSimulation:
     """Read one simulation from an open shard (decompresses exactly its input_spikes chunk)."""
     try:
@@ -170,6 +187,28 @@ def read_simulation(shard, index: int, data: DataConfig) -> LoadedSimulation:
         spike_target=spike_target(output_spikes),
         soma_target=soma_target(soma_voltage, data),
     )
+
+
+class _OpenShards:
+    """The shard files one process has open. A forked DataLoader worker opens its own: HDF5 handles are
+    never shared between processes."""
+
+    def __init__(self):
+        self._files: dict[str, object] = {}
+        self._open = contextlib.ExitStack()
+        self._pid = os.getpid()
+
+    def get(self, path: str):
+        if self._pid != os.getpid():  # forked since: drop the parent's handles, do not close them
+            self._files, self._open, self._pid = {}, contextlib.ExitStack(), os.getpid()
+        if path not in self._files:
+            self._files[path] = self._open.enter_context(open_shard(path))
+        return self._files[path]
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            self._open.close()
+        self._files.clear()
 
 
 class SimulationCache:
@@ -186,17 +225,8 @@ class SimulationCache:
         self.nbytes = 0
         self._simulations: collections.OrderedDict[SimulationRef, LoadedSimulation] = collections.OrderedDict()
         self._held: dict[int, set[SimulationRef]] = {}
-        self._files: dict[str, object] = {}
-        self._open = contextlib.ExitStack()
-        self._pid = os.getpid()
+        self._shards = _OpenShards()
         self.reads = 0  # simulations decompressed so far (for benchmarks)
-
-    def _shard(self, path: str):
-        if self._pid != os.getpid():  # forked into a DataLoader worker: never share HDF5 handles
-            self._files, self._open, self._pid = {}, contextlib.ExitStack(), os.getpid()
-        if path not in self._files:
-            self._files[path] = self._open.enter_context(open_shard(path))
-        return self._files[path]
 
     def load(self, stream: int, refs: list[SimulationRef]) -> list[LoadedSimulation]:
         self._held[stream] = set(refs)
@@ -205,7 +235,7 @@ class SimulationCache:
             if ref in self._simulations:
                 self._simulations.move_to_end(ref)
             else:
-                simulation = read_simulation(self._shard(ref.shard), ref.index, self.data)
+                simulation = read_simulation(self._shards.get(ref.shard), ref.index, self.data)
                 self._simulations[ref] = simulation
                 self.nbytes += simulation.nbytes
                 self.reads += 1
@@ -224,9 +254,7 @@ class SimulationCache:
                 self.nbytes -= self._simulations.pop(ref).nbytes
 
     def close(self) -> None:
-        if self._pid == os.getpid():
-            self._open.close()
-        self._files.clear()
+        self._shards.close()
         self._simulations.clear()
         self.nbytes = 0
 
@@ -250,17 +278,7 @@ class TrainingWindows(IterableDataset):
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.first_epoch, self.last_epoch = first_epoch, last_epoch
-        self.simulations = training_simulations(paths, data)
-        if not self.simulations:
-            raise DatasetError("the training shards hold no simulations")
-        with open_shard(self.simulations[0].shard) as f:
-            self.num_inputs = int(f["input_spikes"].shape[1])
-        shortest = min(ref.duration_ms for ref in self.simulations)
-        if shortest <= data.ignore_first_ms + data.window_ms:
-            raise DatasetError(
-                f"simulations of {shortest} ms are too short for {data.window_ms}-ms windows after the first "
-                f"{data.ignore_first_ms} ms ([data] window_ms, ignore_first_ms)"
-            )
+        self.simulations, self.num_inputs = checked_training_simulations(paths, data)
         self.cache: SimulationCache | None = None
 
     def __len__(self) -> int:
@@ -332,24 +350,15 @@ class _SimulationReader(Dataset):
 
     def __init__(self, refs: list[SimulationRef], data: DataConfig):
         self.refs, self.data = refs, data
-        self._files: dict[str, object] = {}
-        self._open = contextlib.ExitStack()
-        self._pid = os.getpid()
+        self.shards = _OpenShards()
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, i: int):
-        if self._pid != os.getpid():  # a forked worker opens its own HDF5 handles
-            self._files, self._open, self._pid = {}, contextlib.ExitStack(), os.getpid()
         ref = self.refs[i]
-        if ref.shard not in self._files:
-            self._files[ref.shard] = self._open.enter_context(open_shard(ref.shard))
-        sim = read_simulation(self._files[ref.shard], ref.index, self.data)
+        sim = read_simulation(self.shards.get(ref.shard), ref.index, self.data)
         return i, sim.packed_input_spikes, sim.spike_target, sim.soma_target
-
-    def close(self) -> None:
-        self._open.close()
 
 
 class DeviceWindows:
@@ -370,20 +379,12 @@ class DeviceWindows:
         self.data, self.batch_size, self.batches_per_epoch, self.seed = data, batch_size, batches_per_epoch, seed
         self.first_epoch, self.last_epoch = first_epoch, last_epoch
         self.device = device
-        refs = training_simulations(paths, data)
-        if not refs:
-            raise DatasetError("the training shards hold no simulations")
+        refs, self.num_inputs = checked_training_simulations(paths, data)
         durations = sorted({ref.duration_ms for ref in refs})
         if len(durations) != 1:
             raise DatasetError(f"windows_on_device needs simulations of one duration, found {durations} ms; "
                                "set [data] windows_on_device = false")
         self.duration_ms = durations[0]
-        if self.duration_ms <= data.ignore_first_ms + data.window_ms:
-            raise DatasetError(
-                f"simulations of {self.duration_ms} ms are too short for {data.window_ms}-ms windows after the first "
-                f"{data.ignore_first_ms} ms ([data] window_ms, ignore_first_ms)")
-        with open_shard(refs[0].shard) as f:
-            self.num_inputs = int(f["input_spikes"].shape[1])
         n, t = len(refs), self.duration_ms
         self.packed_input_spikes = torch.empty((n, t, (self.num_inputs + 7) // 8), dtype=torch.uint8, device=device)
         self.spike_target = torch.empty((n, t), dtype=torch.float32, device=device)
@@ -396,7 +397,7 @@ class DeviceWindows:
                 self.spike_target[i] = spikes.to(device)
                 self.soma_target[i] = soma.to(device)
         finally:
-            reader.close()
+            reader.shards.close()
 
     @property
     def num_simulations(self) -> int:

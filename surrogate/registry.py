@@ -70,6 +70,13 @@ def model_kind(name: str) -> ModelKind:
     return MODELS[name]
 
 
+def sized_name(kind: str, model_config: Mapping[str, Any] | None) -> str:
+    """A model kind with its memory size, "branch-elm-d20" (released checkpoint folders, data-efficiency curves);
+    the kind alone for models without num_memory."""
+    memory = (model_config or {}).get("num_memory")
+    return f"{kind}-d{memory}" if memory else kind
+
+
 def config_as_dict(model_config) -> dict[str, Any]:
     """A model config dataclass as a plain JSON-able dict (tuples become lists): what checkpoints store."""
     from common.jsonio import plain  # here, not at the top: the command line lists the kinds without numpy

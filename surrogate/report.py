@@ -23,7 +23,7 @@ from common.files import as_output_error, atomic_path, check_writable, write_tex
 from common.jsonio import write_json
 from simulation.errors import UserInputError
 from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE
-from surrogate.registry import MODEL_KINDS
+from surrogate.registry import MODEL_KINDS, sized_name
 
 # Published reference points (NeuronIO test set). TCN: Beniaguev et al. 2021 as quoted by
 # Spieler et al. 2024; its parameter count is that of surrogate.tcn.published_tcn_config()
@@ -486,9 +486,9 @@ def data_efficiency(runs: list[RunResult]) -> dict[str, list[dict]]:
         n, windowed = training.get("training_simulations"), e.get("windowed")
         if e.get("published") or not n or not windowed:
             continue
-        memory = (e.get("model_config") or {}).get("num_memory")
-        model = f"{e['model_kind']}-d{memory}" if memory else e["model_kind"]  # d_m 20 and d_m 100 are two curves
+        model = sized_name(e["model_kind"], e.get("model_config"))  # d_m 20 and d_m 100 are two curves
         points.setdefault(model, []).append({
+            "model_kind": e["model_kind"],
             "run": run.name,
             "training_simulations": int(n),
             "training_simulated_ms": training.get("training_simulated_ms"),
@@ -513,7 +513,7 @@ def plot_data_efficiency(curves: dict[str, list[dict]], path: Path) -> bool:
         n = [r["training_simulations"] for r in rows]
         for ax, key in ((axes[0], "test_auc"), (axes[1], "test_rmse_aligned_mV")):
             ax.plot(n, [math.nan if r[key] is None else r[key] for r in rows], "o-",
-                    color=KIND_COLOURS.get(model.rsplit("-d", 1)[0], "black"), label=model)
+                    color=KIND_COLOURS.get(rows[0]["model_kind"], "black"), label=model)
     for ax, ylabel in ((axes[0], "test spike AUC"), (axes[1], "test soma RMSE, aligned (mV)")):
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(n) for n in sizes])  # the sizes trained, not log-axis minor labels
@@ -531,9 +531,9 @@ def plot_data_efficiency(curves: dict[str, list[dict]], path: Path) -> bool:
 def data_efficiency_table(curves: dict[str, list[dict]]) -> list[str]:
     lines = ["| Model | Run | Training simulations | Spike AUC | TP @ 1% FP | Soma RMSE aligned (mV) | raw (mV) |",
              "|---|---|---|---|---|---|---|"]
-    for kind, rows in curves.items():
+    for model, rows in curves.items():
         for r in rows:
-            lines.append(f"| {kind} | {r['run']} | {r['training_simulations']} | {_number(r['test_auc'])} "
+            lines.append(f"| {model} | {r['run']} | {r['training_simulations']} | {_number(r['test_auc'])} "
                          f"| {_number(r['test_tp_at_1pct_fp'], 3)} | {_number(r['test_rmse_aligned_mV'], 3)} "
                          f"| {_number(r['test_rmse_raw_mV'], 3)} |")
     return lines
