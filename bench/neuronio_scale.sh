@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # NeuronIO-scale surrogate accuracy on one GPU machine (issue 8, deliverable 1), in resumable stages:
 #   setup       wheels (if .whl/ is there), the NMODL mechanisms
-#   simulate    configs/neuronio_gpu.toml with the GPU engine: 18 shards x 128 x 6 s = 2304 simulations,
-#               split by shard into 2048 training, 128 validation and 128 test simulations
+#   simulate    configs/neuronio_gpu.toml with the GPU engine: 50 shards x 128 x 6 s = 6400 simulations,
+#               split by shard into 6144 training, 128 validation and 128 test simulations
 #   cvode-test  a separate test set of 32 x 6 s simulated with NEURON's CVode (NeuronIO's solver) on the CPU cores
 #   fit-MODEL   train each model of $MODELS with configs/neuronio.toml ([train.<model>] recipes), best epoch by
 #               validation AUC; FIT_TIME_S bounds one call, and the next call resumes from the last finished epoch.
@@ -28,7 +28,7 @@
 # 4 shards x 2 simulations x 1.2 s, a 2-simulation CVode test set, one short epoch of small models; its
 # results go to $WORK/surrogate_accuracy.json, not bench/results.
 # Environment: WORK (default data/neuronio_scale, or data/neuronio_scale_small; ignored by git), MODELS
-# (default "elm branch-elm tcn lstm"), DATA_SIZES (training-set sizes of the data-efficiency fits, default "128 512";
+# (default "elm branch-elm tcn lstm"), DATA_SIZES (training-set sizes of the data-efficiency fits, default "128 512 2048";
 # "" skips them), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S), PARALLEL (1: the
 # fits side by side on the one GPU, and the evaluations), PUBLISHED (published checkpoint folders to score on the
 # same test sets), EPOCHS_<RUN> or EPOCHS_<MODEL> (e.g. EPOCHS_BRANCH_ELM_N128=4, EPOCHS_TCN=20: other epochs than
@@ -53,7 +53,7 @@ for arg in "$@"; do
   esac
 done
 MODELS="${MODELS:-elm branch-elm tcn lstm}"
-if [ "$SMALL" = 1 ]; then DATA_SIZES="${DATA_SIZES-2}"; else DATA_SIZES="${DATA_SIZES-128 512}"; fi
+if [ "$SMALL" = 1 ]; then DATA_SIZES="${DATA_SIZES-2}"; else DATA_SIZES="${DATA_SIZES-128 512 2048}"; fi
 EFFICIENCY_RUNS=""
 for n in $DATA_SIZES; do EFFICIENCY_RUNS+=" branch-elm-n$n"; done
 all_stages=(setup simulate cvode-test)

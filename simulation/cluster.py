@@ -3,6 +3,7 @@
     make_client(scheduler_address, n_workers, retries)   a Client on a new LocalCluster or a running scheduler
     close_client(client)                                 close it (and the local cluster it started)
     prepare_workers(client, config, morphology)          compile here, check every worker, build the cell once
+    gpu_workers(client)                                  how many workers offer a GPU
 
 Worker processes inherit this process's environment and sys.path; workers started elsewhere
 need the project installed (pip install -e .), see docs/cluster.md.
@@ -105,6 +106,12 @@ def unique_token() -> str:
     return os.urandom(4).hex()
 
 
+def gpu_workers(client) -> int:
+    """How many of the cluster's workers offer a GPU."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return sum(1 for w in workers if w.get("resources", {}).get(GPU_RESOURCE))
+
+
 def prepare_workers(client, config: SimulationConfig, morphology: Path) -> dict[str, np.ndarray]:
     """Compile the mechanisms here (workers then only load them), check the workers, get the segment table."""
     from distributed import wait
@@ -125,8 +132,7 @@ def prepare_workers(client, config: SimulationConfig, morphology: Path) -> dict[
         address, message = next(iter(problems.items()))
         raise UserInputError(f"dask worker {address}: {message}")
     if config.solver.method == "gpu":
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        if not any(w.get("resources", {}).get(GPU_RESOURCE) for w in workers):
+        if not gpu_workers(client):
             raise UserInputError(f"[solver] method = \"gpu\" needs dask workers that offer the resource "
                                  f"{GPU_RESOURCE}=1, and none does (start one per GPU, docs/cluster.md)")
     future = client.submit(describe_cell, config, str(morphology), key=f"describe_cell-{unique_token()}", pure=False)

@@ -37,7 +37,7 @@ import numpy as np
 from common.files import as_output_error, check_writable
 from common.locks import DirectoryLock
 
-from .cluster import GPU_RESOURCE, prepare_workers, unique_token
+from .cluster import GPU_RESOURCE, gpu_workers, prepare_workers, unique_token
 from .config import SimulationConfig
 from .errors import InputShapeError
 from .morphology import check_morphology
@@ -214,17 +214,22 @@ def task_resources(config: SimulationConfig) -> dict | None:
     return {GPU_RESOURCE: 1} if config.solver.method == "gpu" else None
 
 
-def seeded_tasks(config: SimulationConfig, morphology: Path, shards: Sequence[ShardPlan]) -> list[Task]:
+def seeded_tasks(config: SimulationConfig, morphology: Path, shards: Sequence[ShardPlan], n_gpu_workers: int = 1) -> list[Task]:
     """How the simulations of `shards` are grouped into tasks, in shard order.
 
     On the CPU engines one simulation per task; on the GPU engine [parallel] gpu_batch_size
     simulations per task, integrated at once on the worker's GPU (a batch may span shards;
-    a simulation's result does not depend on its batch).
+    a simulation's result does not depend on its batch). Dask hands the tasks out in order, so
+    a GPU worker's next task is likely the one `n_gpu_workers` places further: its task draws
+    those inputs ahead, while the GPU integrates (gpu.worker).
     """
     indices = [i for shard in shards for i in shard.simulation_indices]
     if config.solver.method == "gpu":
-        return [Task(batch, simulate_seeded_batch, (config, str(morphology), batch))
-                for batch in batches(indices, config.parallel.gpu_batch_size)]
+        groups = batches(indices, config.parallel.gpu_batch_size)
+        ahead = max(1, n_gpu_workers)
+        return [Task(batch, simulate_seeded_batch,
+                     (config, str(morphology), batch, groups[k + ahead] if k + ahead < len(groups) else ()))
+                for k, batch in enumerate(groups)]
     return [Task((i,), simulate_seeded, (config, str(morphology), (i,))) for i in indices]
 
 
@@ -283,7 +288,7 @@ def _simulate_missing_shards(config: SimulationConfig, out_dir: Path, morphology
                 compression_level=config.dataset.compression_level,
             )
 
-    run_shards(client, seeded_tasks(config, morphology, state.todo), state.todo, write,
+    run_shards(client, seeded_tasks(config, morphology, state.todo, gpu_workers(client)), state.todo, write,
                retries=config.parallel.retries, master_seed=config.dataset.seed,
                progress=progress, done=state.simulations_done, total=total, resources=task_resources(config))
 

@@ -99,6 +99,33 @@ def test_same_data_whatever_the_workers_and_batches(reference, tmp_path, morphol
             np.testing.assert_array_equal(getattr(shard_a, name), getattr(shard_b, name))
 
 
+def test_a_batch_draws_the_next_batch_inputs_while_it_simulates(reference, morphology_path):
+    """simulate_seeded_batch(..., prefetch): the next batch's inputs are drawn ahead and then used as they are;
+    a batch other than the one prefetched draws its own, and the results are those of the shards either way."""
+    from simulation.gpu import worker
+    from simulation.parallel import seeded_tasks
+    from simulation.plan import plan_shards
+
+    config_path, paths = reference
+    config = load_simulation_config(config_path)
+    tasks = seeded_tasks(config, morphology_path, plan_shards(config))
+    assert [t.args[2:] for t in tasks] == [((0, 1, 2, 3), (4, 5)), ((4, 5), ())]  # batches of 4, one ahead
+    assert [t.args[3] for t in seeded_tasks(config, morphology_path, plan_shards(config), n_gpu_workers=2)] == [(), ()]
+    soma = np.concatenate([read_shard(p).soma_voltage for p in paths])
+    first = worker.simulate_seeded_batch(config, str(morphology_path), (0, 1), prefetch=(4, 5))
+    ahead = {key[-1]: future for key, future in worker._prefetched.items()}
+    assert sorted(ahead) == [4, 5]
+    second = worker.simulate_seeded_batch(config, str(morphology_path), (4, 5))
+    assert all(future.done() for future in ahead.values()) and not worker._prefetched
+    drawn = [ahead[i].result()[1] for i in (4, 5)]  # the prefetched rasters are the ones returned
+    assert all(r["packed_input_spikes"] is d for r, d in zip(second, drawn))
+    worker.simulate_seeded_batch(config, str(morphology_path), (2,), prefetch=(3,))
+    third = worker.simulate_seeded_batch(config, str(morphology_path), (1,))  # (3,) went elsewhere: dropped
+    assert not worker._prefetched
+    for result in first + second + third:
+        np.testing.assert_array_equal(result["soma_voltage"], soma[result["simulation_index"]])
+
+
 def test_resume_keeps_finished_shards(reference, tmp_path, morphology_path):
     _, paths = reference
     out = tmp_path / "data"
@@ -229,9 +256,11 @@ def test_gpu_workers_on_an_external_scheduler(reference, tmp_path, external_dask
     np.testing.assert_array_equal(read_shard(out / "shard_00000.h5").soma_voltage, read_shard(paths[0]).soma_voltage)
 
 
-def test_the_neuronio_gpu_config_simulates_every_shard_in_one_batch():
-    """configs/neuronio_gpu.toml: one GPU task for all 18 x 128 simulations (a remainder batch costs about as
-    much GPU time as a full one), with the setting chosen by the fidelity benchmark."""
+def test_the_neuronio_gpu_config_splits_its_simulations_into_equal_batches():
+    """configs/neuronio_gpu.toml: equal GPU batches (a small remainder batch costs about as much GPU time as a
+    full one), at least two so that the next batch's inputs are drawn while the GPU integrates one, and the
+    setting chosen by the fidelity benchmark."""
     config = load_simulation_config(Path(__file__).resolve().parents[1] / "configs" / "neuronio_gpu.toml")
-    assert config.parallel.gpu_batch_size >= config.dataset.n_shards * config.dataset.simulations_per_shard
+    total = config.dataset.n_shards * config.dataset.simulations_per_shard
+    assert total % config.parallel.gpu_batch_size == 0 and total // config.parallel.gpu_batch_size >= 2
     assert (config.solver.method, config.solver.scheme, config.solver.dt_ms) == ("gpu", "crank-nicolson", 0.0125)

@@ -8,6 +8,10 @@ once, exports it to the engine once, and then, per task:
     -> one engine run for the whole batch -> one result dict per simulation (tasks.result_dict)
 
 so the GPU integrates thousands of cells at once while the dask loop writes shards as usual.
+Drawing a 6-s raster takes about half a second of a core (two FFT smoothings, four random
+matrices), minutes for a batch of thousands, so while the GPU integrates one batch the pool
+already draws the batch the driver expects this worker to take next (`prefetch`). The draws
+are pure functions of (master seed, i): a prefetch that goes unused is only wasted CPU time.
 A simulation's result does not depend on its batch (tests/test_gpu_engine_cuda.py), so a
 dataset is the same whatever the number of GPUs or the batch size.
 """
@@ -15,7 +19,7 @@ dataset is the same whatever the number of GPUs or the batch size.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,9 @@ from common.machine import available_cores
 from ..config import SimulationConfig
 
 _cached: tuple[tuple, object] | None = None
+_draw_pool: ThreadPoolExecutor | None = None
+# inputs being drawn ahead for the next task: (master seed, the inputs table, simulation index) -> its draw
+_prefetched: dict[tuple, Future] = {}
 
 
 def get_engine(config: SimulationConfig, morphology: str | Path):
@@ -53,22 +60,41 @@ def _results(engine, indices, events, packed_inputs) -> list[dict]:
     return [result_dict(i, out, seconds, packed) for i, out, packed in zip(indices, outputs, packed_inputs)]
 
 
-def simulate_seeded_batch(config: SimulationConfig, morphology: str, simulation_indices: tuple[int, ...]) -> list[dict]:
-    """Draw the inputs of every simulation index from (master seed, i), simulate them all at once."""
+def _pool() -> ThreadPoolExecutor:
+    global _draw_pool
+    if _draw_pool is None:  # numpy's generators and FFTs release the GIL
+        _draw_pool = ThreadPoolExecutor(available_cores(), thread_name_prefix="draw-inputs")
+    return _draw_pool
+
+
+def simulate_seeded_batch(config: SimulationConfig, morphology: str, simulation_indices: tuple[int, ...],
+                          prefetch: tuple[int, ...] = ()) -> list[dict]:
+    """Draw the inputs of every simulation index from (master seed, i), simulate them all at once.
+
+    The inputs of `prefetch` (the batch this worker is expected to take next) are drawn on the
+    CPU threads while the GPU integrates this batch.
+    """
     from ..inputs import generate_input_spikes, simulation_rng
     from ..run import get_simulator
     from .engine import EventList
 
     engine = get_engine(config, morphology)
     segments = get_simulator(config, morphology).segments
+    stream = (config.dataset.seed, repr(config.inputs))
 
     def draw(i):
         raster = generate_input_spikes(config.inputs, segments.length_um, segments.is_basal,
                                        simulation_rng(config.dataset.seed, i))
         return EventList.from_raster(raster), np.packbits(raster, axis=-1)
 
-    with ThreadPoolExecutor(available_cores()) as pool:  # numpy's generators and FFTs release the GIL
-        drawn = list(pool.map(draw, simulation_indices))
+    ahead = dict(_prefetched)
+    _prefetched.clear()
+    futures = [ahead.pop((*stream, i), None) or _pool().submit(draw, i) for i in simulation_indices]
+    for unused in ahead.values():  # drawn for a batch another worker took
+        unused.cancel()
+    drawn = [future.result() for future in futures]
+    for i in prefetch:
+        _prefetched[(*stream, i)] = _pool().submit(draw, i)
     return _results(engine, simulation_indices, [d[0] for d in drawn], [d[1] for d in drawn])
 
 
