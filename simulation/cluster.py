@@ -86,8 +86,12 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
             workers = {}
             for k, device in enumerate(gpu_devices):
                 env = {"CUDA_VISIBLE_DEVICES": device} if device else {}
+                # no memory limit: dask's default for a 1-thread worker is the machine's memory times its share
+                # of the cores (8 GB of 128 GB on 16 cores), and a GPU worker holds a whole batch's inputs and
+                # results in host memory (about 1.2 GB per 1000 x 6 s), twice while it draws the next batch
                 workers[f"gpu-{device or k}"] = {"cls": Nanny, "options": {
-                    "nthreads": 1, "resources": {GPU_RESOURCE: 1}, "env": env, "silence_logs": worker_logs}}
+                    "nthreads": 1, "resources": {GPU_RESOURCE: 1}, "env": env, "silence_logs": worker_logs,
+                    "memory_limit": 0}}
             cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
                                   silence_logs=worker_logs)
     return Client(cluster)

@@ -148,6 +148,16 @@ def test_resimulate_on_the_gpu_engine_reproduces_the_shard(reference, tmp_path, 
     np.testing.assert_array_equal(again.simulation_index, original.simulation_index)
 
 
+def test_local_gpu_workers_have_no_memory_limit():
+    """A GPU worker holds a batch's inputs and results (GBs): dask's per-thread default limit would kill it."""
+    client = make_client(gpu_devices=[""])
+    try:
+        [worker] = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert worker["resources"] == {"GPU": 1} and worker["memory_limit"] == 0
+    finally:
+        close_client(client)
+
+
 def test_gpu_tasks_need_gpu_workers(tmp_path, morphology_path):
     """A cluster whose workers offer no GPU is refused with a clear error, never left waiting."""
     config = load_simulation_config(write_config(tmp_path))
