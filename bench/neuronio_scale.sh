@@ -34,7 +34,8 @@
 # same test sets), EPOCHS_<RUN> or EPOCHS_<MODEL> (e.g. EPOCHS_BRANCH_ELM_N128=4, EPOCHS_TCN=20: other epochs than
 # the recipe's; bench/training_speed.py --budget-s prints them), RECIPE (a config laid over CONFIG for fit, e.g. configs/recipes/one_session.toml), CVODE_WORKERS
 # (processes of the CVode test set, default one per core: fewer leave cores to a GPU stage running beside it),
-# CONFIG / SIM_CONFIG (the training
+# EVALUATE_STOPPED (1: fits stopped at FIT_TIME_S are evaluated and assembled from their best epoch so far, marked
+# finished: false, instead of waiting for the next call; for the last call of a session), CONFIG / SIM_CONFIG (the training
 # and simulation configs), OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
 # from .whl/ on the GPU machine (bench/README.md); the morphology in $L5PC_MORPHOLOGY (default .carry/cell1.asc,
 # else data/morphology/cell1.asc).
@@ -178,6 +179,7 @@ CVODE_RUNS=$WORK/eval_cvode
 PUBLISHED_RUNS=$WORK/eval_published
 PUBLISHED_CVODE_RUNS=$WORK/eval_published_cvode
 PARALLEL="${PARALLEL:-0}"
+EVALUATE_STOPPED="${EVALUATE_STOPPED:-0}"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 progress_filter() { tr '\r' '\n' | grep -E --line-buffered "^(training|resuming|epoch [0-9]+/|[a-z-]+: best|test split|  [a-z-]+ \[|error|.*shards x)" || true; }
@@ -191,6 +193,9 @@ sys.exit(0 if len(list(Path(sys.argv[2]).glob("shard_*.h5"))) >= config.dataset.
 PY
 }
 fit_done() { [ -f "$RUNS/$1/summary.json" ] && "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$RUNS/$1/summary.json'))['finished'] else 1)"; }
+fit_scorable() {  # finished, or stopped with a best epoch when EVALUATE_STOPPED=1
+  fit_done "$1" || { [ "$EVALUATE_STOPPED" = 1 ] && [ -f "$RUNS/$1/checkpoint_best.pt" ] && [ -f "$RUNS/$1/summary.json" ]; }
+}
 unfinished=0
 
 stage_setup() {
@@ -270,6 +275,10 @@ fit_run() {  # train one run of $MODELS or $EFFICIENCY_RUNS; returns 0 (finished
   return 1
 }
 
+stopped() {  # a fit stopped at its time limit: the next call resumes it, or (EVALUATE_STOPPED=1) it is scored as it is
+  if fit_scorable "$1"; then log "fit-$1: stopped; scored from its best epoch so far (EVALUATE_STOPPED=1)"; else unfinished=1; fi
+}
+
 stage_fits() {  # the fit stages given, one after another, or all at once on the one GPU with PARALLEL=1
   local run pending=() pids=() code failed=0
   for run in "$@"; do
@@ -281,12 +290,12 @@ stage_fits() {  # the fit stages given, one after another, or all at once on the
     for run in "${pending[@]}"; do fit_run "$run" & pids+=($!); done
     for i in "${!pids[@]}"; do
       set +e; wait "${pids[$i]}"; code=$?; set -e
-      if [ "$code" = 3 ]; then unfinished=1; elif [ "$code" != 0 ]; then failed=1; fi
+      if [ "$code" = 3 ]; then stopped "${pending[$i]}"; elif [ "$code" != 0 ]; then failed=1; fi
     done
   else
     for run in "${pending[@]}"; do
-      set +e; fit_run "$run"; code=$?; set -e
-      if [ "$code" = 3 ]; then unfinished=1; return; elif [ "$code" != 0 ]; then exit 1; fi
+      code=0; fit_run "$run" || code=$?  # (not set +e: fit_run turns errexit back on before it returns)
+      if [ "$code" = 3 ]; then stopped "$run"; [ "$unfinished" = 1 ] && return; elif [ "$code" != 0 ]; then exit 1; fi
     done
   fi
   if [ "$failed" = 1 ]; then exit 1; fi
@@ -313,7 +322,7 @@ evaluate_on_both() {  # SOURCE (a run directory or a published folder) on both t
 stage_evaluate() {  # every finished run, and each folder of $PUBLISHED; side by side with PARALLEL=1
   local model folder pids=()
   for model in $MODELS $EFFICIENCY_RUNS; do
-    if ! fit_done "$model"; then log "evaluate: $model not trained to the end yet, skipped"; unfinished=1; continue; fi
+    if ! fit_scorable "$model"; then log "evaluate: $model not trained to the end yet, skipped"; unfinished=1; continue; fi
     local args=("$RUNS/$model" "$RUNS" "$CVODE_RUNS" "$RUNS/$model/summary.json")
     if [ "$PARALLEL" = 1 ]; then evaluate_on_both "${args[@]}" & pids+=($!); else evaluate_on_both "${args[@]}"; fi
   done

@@ -161,6 +161,8 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
     }
     if datasets["test_gpu_engine"]["simulations"] is None and evaluation:  # the data stayed on the GPU machine
         datasets["test_gpu_engine"]["simulations"] = evaluation["test"]["simulations"]
+    if datasets["valid"]["simulations"] is None:  # the same: as the fit counted it
+        datasets["valid"]["simulations"] = first.get("valid_simulations")
     if cvode_data is not None and cvode_data.is_dir():
         cvode_shards = sorted(p.name for p in cvode_data.glob("shard_*.h5"))
         datasets["test_cvode"] = {"simulations": _count_simulations(cvode_data, cvode_shards),

@@ -49,8 +49,8 @@ from simulation.errors import UserInputError
 from . import metrics
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import DataConfig, TrainConfig
-from .data import (DeviceWindows, SplitArrays, TrainingWindows, find_shards, load_split_arrays, soma_target,
-                   split_shards, training_loader, training_simulations, unpack_input_spikes)
+from .data import (DeviceWindows, SplitArrays, TrainingWindows, catalog_simulations, find_shards, load_split_arrays,
+                   soma_target, split_shards, training_loader, training_simulations, unpack_input_spikes)
 from .devices import resolve_device
 from .elm import num_parameters
 from .inference import predict_windowed
@@ -216,6 +216,7 @@ class Run:
     split: dict[str, list[Path]]  # train / valid / test shard paths
     training_simulations: int
     training_simulated_ms: int
+    valid_simulations: int  # those validated every epoch ([train] valid_simulations caps the split)
     state: RunState = field(default_factory=RunState)
     resumed: bool = False
 
@@ -287,10 +288,15 @@ def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, dev
         scaler=torch.amp.GradScaler("cuda", enabled=amp == "fp16"),
         train=train, data=data, device=device, amp=amp, data_dir=data_dir, out_dir=out_dir, split=split,
         training_simulations=len(train_refs), training_simulated_ms=sum(ref.duration_ms for ref in train_refs),
+        valid_simulations=_capped(len(catalog_simulations(split["valid"])), train.valid_simulations),
     )
     if (out_dir / LAST_CHECKPOINT).is_file():
         resume_run(run, load_checkpoint(out_dir / LAST_CHECKPOINT))
     return run
+
+
+def _capped(count: int, cap: int) -> int:
+    return min(count, cap) if cap else count
 
 
 def resume_run(run: Run, checkpoint: dict) -> None:
@@ -505,6 +511,7 @@ def summarise_run(run: Run) -> dict:
         "shards": run.shard_names,
         "training_simulations": run.training_simulations,
         "training_simulated_ms": run.training_simulated_ms,
+        "valid_simulations": run.valid_simulations,
         "windows_seen": state.global_step * train.batch_size,
         "train_config": dataclasses.asdict(train),
         "data_config": dataclasses.asdict(run.data),

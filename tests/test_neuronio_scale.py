@@ -100,3 +100,16 @@ def test_dry_run_end_to_end(tmp_path, morphology_path):
     for stage in ("simulate", "cvode-test", "fit-elm", "fit-lstm", "fit-branch-elm-d100", "fit-branch-elm-n2"):
         assert any(line.startswith(f"[") and f"{stage}:" in line and "skipped" in line
                    for line in again.stdout.splitlines()), stage
+
+    # the last call of a session: a fit stopped at FIT_TIME_S is scored from its best epoch so far (EVALUATE_STOPPED=1)
+    longer = run_script(work, morphology_path, "fit-branch-elm-n3", "evaluate", "assemble", MODELS=models, PARALLEL="1",
+                        DATA_SIZES="2 3", EPOCHS_BRANCH_ELM_N3="100000", FIT_TIME_S="60", EVALUATE_STOPPED="1", **extra)
+    assert longer.returncode == 0 and "all stages done" in longer.stdout, longer.stdout[-3000:] + longer.stderr[-3000:]
+    assert "fit-branch-elm-n3: stopped; scored from its best epoch so far" in longer.stdout
+    summary = json.loads((work / "runs" / "branch-elm-n3" / "summary.json").read_text())
+    assert summary["finished"] is False and 1 <= summary["epochs_completed"] < 100000
+    for directory in ("runs", "eval_cvode"):
+        training = json.loads((work / directory / "branch-elm-n3" / "evaluation.json").read_text())["training"]
+        assert training["finished"] is False and training["epochs_completed"] == summary["epochs_completed"]
+    curves = json.loads((work / "report" / "data_efficiency.json").read_text())
+    assert [p["training_simulations"] for p in curves["branch-elm-d2"]] == [2, 3, 4]

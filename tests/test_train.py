@@ -163,6 +163,7 @@ def test_fit_learns_and_writes_the_run(dataset_dir, tmp_path):
     assert on_disk["shards"] == {"train": ["shard_00000.h5", "shard_00001.h5"], "valid": ["shard_00002.h5"],
                                  "test": ["shard_00003.h5"]}
     assert on_disk["training_simulations"] == 4 and on_disk["training_simulated_ms"] == 4 * 1500
+    assert on_disk["valid_simulations"] == 2  # the validation shard's 2, as validated every epoch
     assert on_disk["device"] == "cpu" and on_disk["finished"] is True
     best = max(history, key=lambda row: row["valid_auc"])
     assert on_disk["best_epoch"] == best["epoch"] and on_disk["best_valid_auc"] == pytest.approx(best["valid_auc"])
