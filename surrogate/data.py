@@ -151,11 +151,16 @@ def catalog_simulations(paths) -> list[SimulationRef]:
     return refs
 
 
+def first_simulations(paths, max_simulations: int = 0) -> list[SimulationRef]:
+    """The first `max_simulations` simulations (0: all) of the given shards, in shard then index order."""
+    refs = catalog_simulations(paths)
+    return refs[:max_simulations] if max_simulations else refs
+
+
 def training_simulations(paths, data: DataConfig) -> list[SimulationRef]:
     """The simulations a model trains on: every one of the training shards, or the first
     [data] max_train_simulations of them in shard order (nested subsets for data-efficiency curves)."""
-    refs = catalog_simulations(paths)
-    return refs[:data.max_train_simulations] if data.max_train_simulations else refs
+    return first_simulations(paths, data.max_train_simulations)
 
 
 def checked_training_simulations(paths, data: DataConfig) -> tuple[list[SimulationRef], int]:
@@ -463,9 +468,7 @@ class SplitArrays:
 
 def load_split_arrays(paths, max_simulations: int = 0) -> SplitArrays:
     """The first `max_simulations` simulations (0: all) of the given shards, in shard then index order."""
-    refs = catalog_simulations(paths)
-    if max_simulations:
-        refs = refs[:max_simulations]
+    refs = first_simulations(paths, max_simulations)
     if not refs:
         raise DatasetError("no simulations in the given shards")
     durations = {ref.duration_ms for ref in refs}

@@ -49,7 +49,7 @@ from simulation.errors import UserInputError
 from . import metrics
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import DataConfig, TrainConfig
-from .data import (DeviceWindows, SplitArrays, TrainingWindows, catalog_simulations, find_shards, load_split_arrays,
+from .data import (DeviceWindows, SplitArrays, TrainingWindows, find_shards, first_simulations, load_split_arrays,
                    soma_target, split_shards, training_loader, training_simulations, unpack_input_spikes)
 from .devices import resolve_device
 from .elm import num_parameters
@@ -288,15 +288,11 @@ def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, dev
         scaler=torch.amp.GradScaler("cuda", enabled=amp == "fp16"),
         train=train, data=data, device=device, amp=amp, data_dir=data_dir, out_dir=out_dir, split=split,
         training_simulations=len(train_refs), training_simulated_ms=sum(ref.duration_ms for ref in train_refs),
-        valid_simulations=_capped(len(catalog_simulations(split["valid"])), train.valid_simulations),
+        valid_simulations=len(first_simulations(split["valid"], train.valid_simulations)),
     )
     if (out_dir / LAST_CHECKPOINT).is_file():
         resume_run(run, load_checkpoint(out_dir / LAST_CHECKPOINT))
     return run
-
-
-def _capped(count: int, cap: int) -> int:
-    return min(count, cap) if cap else count
 
 
 def resume_run(run: Run, checkpoint: dict) -> None:
