@@ -3,7 +3,7 @@
 #   setup       wheels (if .whl/ is there), the NMODL mechanisms
 #   simulate    configs/neuronio_gpu.toml with the GPU engine: 32 shards x 128 x 6 s = 4096 simulations,
 #               split by shard into 3840 training, 128 validation and 128 test simulations
-#   cvode-test  a separate test set of 32 x 6 s simulated with NEURON's CVode (NeuronIO's solver) on the CPU cores
+#   cvode-test  a separate test set of 64 x 6 s simulated with NEURON's CVode (NeuronIO's solver) on the CPU cores
 #   fit-MODEL   train each model of $MODELS with configs/neuronio.toml ([train.<model>] recipes), best epoch by
 #               validation AUC; FIT_TIME_S bounds one call, and the next call resumes from the last finished epoch.
 #               A model is a kind (elm, branch-elm, tcn, lstm) or KIND-VARIANT with configs/models/KIND-VARIANT.toml
@@ -155,7 +155,7 @@ else
   CONFIG="${CONFIG:-configs/neuronio.toml}"
   if [ ! -f "$CVODE_CONFIG" ]; then
     cat > "$CVODE_CONFIG" <<TOML
-# 32 x 6 s under CVode (NeuronIO's solver), inputs from another master seed than the training data
+# 64 x 6 s under CVode (NeuronIO's solver), inputs from another master seed than the training data
 [cell]
 biophysics = "neuronio"
 celsius = 6.3
@@ -164,7 +164,7 @@ method = "cvode"
 [inputs]
 duration_ms = 6000
 [dataset]
-n_shards = 1
+n_shards = 2
 simulations_per_shard = 32
 seed = 4242
 [parallel]

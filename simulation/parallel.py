@@ -120,6 +120,9 @@ def run_shards(
     shards_needing = {future.key: len({shard_of[i].index for i in task.simulation_indices})
                       for future, task in zip(futures, tasks)}
     future_of: dict[int, Any] = {}  # simulation index -> the future of its task
+    # a task's results once fetched, until its last shard is written: a GPU batch spans many shards, and
+    # fetching it again for each would move the whole batch (gigabytes) from the worker once per shard
+    fetched: dict[str, list] = {}
     failures: list[SimulationFailure] = []
     written: list[Path] = []
     if progress:
@@ -138,7 +141,7 @@ def run_shards(
             if progress:
                 progress(done, total)
             for shard in ready:  # every simulation of this shard has finished, successfully or not
-                results, shard_failures = _gather(client, shard, future_of, task_of, master_seed)
+                results, shard_failures = _gather(client, shard, future_of, task_of, master_seed, fetched)
                 if shard_failures:
                     failures += shard_failures
                 else:
@@ -147,6 +150,7 @@ def run_shards(
                 for key, shard_future in {future_of[i].key: future_of[i] for i in shard.simulation_indices}.items():
                     shards_needing[key] -= 1
                     if shards_needing[key] == 0:
+                        fetched.pop(key, None)
                         shard_future.release()  # free the results on the worker
     finally:
         client.cancel([f for f in futures if not f.done()])
@@ -155,11 +159,13 @@ def run_shards(
     return written
 
 
-def _gather(client, shard: ShardPlan, future_of: dict, task_of: dict, master_seed: int | None):
+def _gather(client, shard: ShardPlan, future_of: dict, task_of: dict, master_seed: int | None,
+            fetched: dict[str, list]):
     """(the shard's results in its order, []) or (None, failures) if any of its simulations failed.
 
-    A result can also fail after its task finished: when the worker holding it dies, dask
-    recomputes it, and that attempt may fail too.
+    Tasks' results already in `fetched` (task key -> its result list) are not fetched again; the
+    others are, and are added to it. A result can also fail after its task finished: when the
+    worker holding it dies, dask recomputes it, and that attempt may fail too.
     """
     def failed() -> list[SimulationFailure]:
         return [SimulationFailure(i, master_seed, _failure_message(future_of[i]))
@@ -168,14 +174,15 @@ def _gather(client, shard: ShardPlan, future_of: dict, task_of: dict, master_see
     if failed():
         return None, failed()
     futures = list({future_of[i].key: future_of[i] for i in shard.simulation_indices}.values())
+    missing = [future for future in futures if future.key not in fetched]
     try:
-        batches = client.gather(futures)
+        fetched.update(zip([future.key for future in missing], client.gather(missing)))
     except Exception:  # noqa: BLE001  (a task's own exception, re-raised by dask)
         if not failed():
             raise
         return None, failed()
-    by_index = {i: result for future, batch in zip(futures, batches)
-                for i, result in zip(task_of[future.key].simulation_indices, batch)}
+    by_index = {i: result for future in futures
+                for i, result in zip(task_of[future.key].simulation_indices, fetched[future.key])}
     return [by_index[i] for i in shard.simulation_indices], []
 
 

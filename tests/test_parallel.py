@@ -479,3 +479,45 @@ def test_cli_into_a_read_only_directory_fails_before_simulating(reference, read_
     assert code == 2 and "local cluster" not in captured.out
     assert captured.err.startswith(f"error: cannot write to {read_only_directory}: ") and captured.err.count("\n") == 1, \
         captured.err
+
+
+def _batch_of_payloads(indices: tuple[int, ...], payload_bytes: int) -> list[dict]:
+    """A task's results: one dict per simulation with an incompressible payload, as a GPU batch returns."""
+    rng = np.random.default_rng(indices[0])
+    return [{"simulation_index": i, "payload": rng.integers(0, 255, payload_bytes, dtype=np.uint8)} for i in indices]
+
+
+def test_a_batch_spanning_many_shards_is_fetched_from_its_worker_once(tmp_path):
+    """A GPU batch holds the simulations of many shards: the driver fetches its results once, not once
+    per shard (with 16 shards per 2048-simulation batch that was 16 x 2 GB moved per batch), and still
+    writes every shard with its own simulations, in order."""
+    from simulation.parallel import run_shards
+    from simulation.plan import ShardPlan
+    from simulation.tasks import Task
+
+    shards = [ShardPlan(k, tuple(range(4 * k, 4 * k + 4))) for k in range(6)]
+    tasks = [Task(tuple(range(0, 12)), _batch_of_payloads, (tuple(range(0, 12)), 1 << 16)),
+             Task(tuple(range(12, 24)), _batch_of_payloads, (tuple(range(12, 24)), 1 << 16))]
+    client = make_client(None, n_workers=1, retries=0)
+    fetched_keys: list[str] = []
+    real_gather = client.gather
+
+    def counting_gather(futures, *args, **kwargs):  # the real gather, recording what it was asked for
+        fetched_keys.extend(future.key for future in futures)
+        return real_gather(futures, *args, **kwargs)
+
+    client.gather = counting_gather
+    written = {}
+
+    def write(shard, results):
+        written[shard.index] = [(r["simulation_index"], int(r["payload"][:8].sum())) for r in results]
+        return tmp_path / shard.file_name
+
+    try:
+        run_shards(client, tasks, shards, write, retries=0, master_seed=None)
+    finally:
+        close_client(client)
+    assert sorted(fetched_keys) == sorted(set(fetched_keys)) and len(fetched_keys) == 2  # each batch once
+    expected = {r["simulation_index"]: int(r["payload"][:8].sum())
+                for task in tasks for r in _batch_of_payloads(*task.args)}
+    assert written == {shard.index: [(i, expected[i]) for i in shard.simulation_indices] for shard in shards}

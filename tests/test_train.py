@@ -408,3 +408,16 @@ def test_a_stopped_runs_summary_is_read_back_from_its_checkpoint(dataset_dir, tm
                 "best_valid_auc", "epochs_completed", "finished", "windows_seen", "device", "shards"):
         assert read_back[key] == summary[key], key
     assert read_back["epochs_planned"] == 2
+
+
+def test_time_to_valid_auc_is_the_first_epoch_at_each_mark():
+    """Time to accuracy (issue 8): the elapsed time of the first epoch at or above each mark, None if never."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("surrogate_accuracy", ROOT / "bench" / "surrogate_accuracy.py")
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    history = [{"epoch": 1, "valid_auc": 0.985, "elapsed_s": 10.0}, {"epoch": 2, "valid_auc": None, "elapsed_s": 20.0},
+               {"epoch": 3, "valid_auc": 0.9915, "elapsed_s": 30.0}, {"epoch": 4, "valid_auc": 0.9901, "elapsed_s": 40.0},
+               {"epoch": 5, "valid_auc": 0.9925, "elapsed_s": 50.0}]
+    assert accuracy.time_to_valid_auc(history, (0.99, 0.992, 0.9946)) == {"0.99": 30.0, "0.992": 50.0, "0.9946": None}
