@@ -388,13 +388,19 @@ def test_a_full_disk_stops_fit_in_one_line_and_the_run_resumes(dataset_dir, tmp_
     assert json.loads((run / "summary.json").read_text())["resumed_at_epochs"] == [1]
 
 
-def test_a_stopped_runs_summary_is_read_back_from_its_checkpoint(dataset_dir, tmp_path):
-    """bench/surrogate_accuracy.py reports a run without summary.json from its checkpoint, with summary.json's numbers."""
+def _surrogate_accuracy_bench():
+    """bench/surrogate_accuracy.py as a module (bench/ is not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("surrogate_accuracy", ROOT / "bench" / "surrogate_accuracy.py")
-    accuracy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(accuracy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_stopped_runs_summary_is_read_back_from_its_checkpoint(dataset_dir, tmp_path):
+    """bench/surrogate_accuracy.py reports a run without summary.json from its checkpoint, with summary.json's numbers."""
+    accuracy = _surrogate_accuracy_bench()
 
     config = tmp_path / "fit.toml"
     config.write_text(CONFIG_TOML.format(epochs=2))
@@ -412,11 +418,7 @@ def test_a_stopped_runs_summary_is_read_back_from_its_checkpoint(dataset_dir, tm
 
 def test_time_to_valid_auc_is_the_first_epoch_at_each_mark():
     """Time to accuracy (issue 8): the elapsed time of the first epoch at or above each mark, None if never."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("surrogate_accuracy", ROOT / "bench" / "surrogate_accuracy.py")
-    accuracy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(accuracy)
+    accuracy = _surrogate_accuracy_bench()
     history = [{"epoch": 1, "valid_auc": 0.985, "elapsed_s": 10.0}, {"epoch": 2, "valid_auc": None, "elapsed_s": 20.0},
                {"epoch": 3, "valid_auc": 0.9915, "elapsed_s": 30.0}, {"epoch": 4, "valid_auc": 0.9901, "elapsed_s": 40.0},
                {"epoch": 5, "valid_auc": 0.9925, "elapsed_s": 50.0}]
