@@ -50,6 +50,9 @@ SETTINGS = {
     "gpu_cn_0.025_float32": SolverConfig(method="gpu", dt_ms=0.025, scheme="crank-nicolson", gpu_precision="float32"),
     "gpu_cn_0.0125_float64": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson"),
     "gpu_cn_0.0125_float32": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson", gpu_precision="float32"),
+    # configs/neuronio_gpu.toml's setting (fast math on CUDA; on the CPU twin the same as exact)
+    "gpu_cn_0.0125_float32_fast": SolverConfig(method="gpu", dt_ms=0.0125, scheme="crank-nicolson",
+                                               gpu_precision="float32", gpu_math="fast"),
     "gpu_cn_0.01_float32": SolverConfig(method="gpu", dt_ms=0.01, scheme="crank-nicolson", gpu_precision="float32"),
     "gpu_cn_0.00625_float32": SolverConfig(method="gpu", dt_ms=0.00625, scheme="crank-nicolson", gpu_precision="float32"),
 }

@@ -30,11 +30,12 @@ if str(ROOT) not in sys.path:
 from common.jsonio import write_json  # noqa: E402
 from surrogate.metrics import fp_label  # noqa: E402
 from surrogate.registry import MODEL_KINDS, sized_name  # noqa: E402
+from surrogate.report import PUBLISHED_REFERENCES  # noqa: E402
 
 MODE = "windowed"  # the published protocol (spec 7.3)
-# issue 8's AUC targets (Branch-ELM d_m 20: 0.992; the TCN: 0.991; the best ELM: 0.9946) and a lower mark:
-# the training wall time until the validation AUC first reached each is reported per model (time to accuracy)
-VALID_AUC_MARKS = (0.99, 0.991, 0.992, 0.9946)
+# the published models' test AUCs (the TCN 0.9911, Branch-ELM d_m 20 0.992, the LSTM 0.9925, the best ELM 0.9946)
+# and a lower mark: the training wall time until the validation AUC first reached each is reported per model
+VALID_AUC_MARKS = (0.99, *sorted({ref["auc"] for ref in PUBLISHED_REFERENCES}))
 
 
 def _read(path: Path) -> dict:

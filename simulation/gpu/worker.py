@@ -12,6 +12,8 @@ Drawing a 6-s raster takes about half a second of a core (two FFT smoothings, fo
 matrices), minutes for a batch of thousands, so while the GPU integrates one batch the pool
 already draws the batch the driver expects this worker to take next (`prefetch`). The draws
 are pure functions of (master seed, i): a prefetch that goes unused is only wasted CPU time.
+A worker's first task starts its draws before it exports the cell and compiles the kernel
+(NVRTC), so the two overlap.
 A simulation's result does not depend on its batch (tests/test_gpu_engine_cuda.py), so a
 dataset is the same whatever the number of GPUs or the batch size.
 """
@@ -78,7 +80,6 @@ def simulate_seeded_batch(config: SimulationConfig, morphology: str, simulation_
     from ..run import get_simulator
     from .engine import EventList
 
-    engine = get_engine(config, morphology)
     segments = get_simulator(config, morphology).segments
     stream = (config.dataset.seed, repr(config.inputs))
 
@@ -92,6 +93,8 @@ def simulate_seeded_batch(config: SimulationConfig, morphology: str, simulation_
     futures = [ahead.pop((*stream, i), None) or _pool().submit(draw, i) for i in simulation_indices]
     for unused in ahead.values():  # drawn for a batch another worker took
         unused.cancel()
+    # the first task of a worker exports the cell and compiles the kernel while the pool draws
+    engine = get_engine(config, morphology)
     drawn = [future.result() for future in futures]
     for i in prefetch:
         _prefetched[(*stream, i)] = _pool().submit(draw, i)
