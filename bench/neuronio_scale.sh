@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # NeuronIO-scale surrogate accuracy on one GPU machine (issue 8, deliverable 1), in resumable stages:
 #   setup       wheels (if .whl/ is there), the NMODL mechanisms
-#   simulate    configs/neuronio_gpu.toml with the GPU engine: 32 shards x 128 x 6 s = 4096 simulations,
-#               split by shard into 3840 training, 128 validation and 128 test simulations
+#   simulate    configs/neuronio_gpu.toml with the GPU engine: 48 shards x 128 x 6 s = 6144 simulations,
+#               split by shard into 5888 training, 128 validation and 128 test simulations
 #   cvode-test  a separate test set of 64 x 6 s simulated with NEURON's CVode (NeuronIO's solver) on the CPU cores
 #   fit-MODEL   train each model of $MODELS with configs/neuronio.toml ([train.<model>] recipes), best epoch by
 #               validation AUC; FIT_TIME_S bounds one call, and the next call resumes from the last finished epoch.

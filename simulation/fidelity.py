@@ -125,3 +125,40 @@ def meets_targets(figures: dict) -> dict:
         "spike_shift_mean_abs_ms": check(figures["spike_shift_mean_abs_ms"], lambda x: x <= TARGETS["spike_shift_mean_abs_ms"]),
         "spike_shift_mean_signed_ms": check(figures["spike_shift_mean_signed_ms"], lambda x: abs(x) <= TARGETS["spike_shift_mean_signed_ms"]),
     }
+
+
+def pool(figures: Sequence[dict]) -> dict:
+    """The figures of several disjoint sets of simulations scored apart (each a `compare` result), as one set.
+
+    Counts add up and mean shifts are weighted by each set's paired spikes. A median over all
+    simulations needs their per-simulation values, which the figures do not keep: the largest
+    of the sets' medians stands in for it, an upper bound (at least half of every set, hence of
+    the union, lies at or below it).
+    """
+    if not figures:
+        raise ValueError("pool needs the figures of at least one set")
+    reference = sum(f["reference_spikes"] for f in figures)
+    paired = sum(f["paired_spikes"] for f in figures)
+    within = sum(round(f["spike_fraction_within_1ms"] * f["reference_spikes"]) for f in figures if f["reference_spikes"])
+
+    def weighted(key):
+        parts = [(f[key], f["paired_spikes"]) for f in figures if f[key] is not None]
+        return sum(v * n for v, n in parts) / paired if paired else None
+
+    return {
+        "simulations": sum(f["simulations"] for f in figures),
+        "reference_spikes": int(reference),
+        "soma_rmse_clipped_median_mV": max(f["soma_rmse_clipped_median_mV"] for f in figures),
+        "soma_rmse_clipped_median_is_upper_bound": len(figures) > 1,
+        "soma_rmse_clipped_max_mV": max(f["soma_rmse_clipped_max_mV"] for f in figures),
+        "soma_rmse_raw_max_mV": max(f["soma_rmse_raw_max_mV"] for f in figures),
+        "spike_fraction_within_1ms": within / reference if reference else None,
+        "spikes_within_1ms": int(within),
+        "spike_shift_mean_abs_ms": weighted("spike_shift_mean_abs_ms"),
+        "spike_shift_max_abs_ms": max((f["spike_shift_max_abs_ms"] for f in figures
+                                       if f["spike_shift_max_abs_ms"] is not None), default=None),
+        "spike_shift_mean_signed_ms": weighted("spike_shift_mean_signed_ms"),
+        "paired_spikes": int(paired),
+        "missed_spikes": sum(f["missed_spikes"] for f in figures),
+        "extra_spikes": sum(f["extra_spikes"] for f in figures),
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulation.fidelity import TARGETS, compare, meets_targets, pair_spikes
+from simulation.fidelity import TARGETS, compare, meets_targets, pair_spikes, pool
 
 
 def test_pair_spikes_takes_the_nearest_unpaired_partner_within_the_window():
@@ -52,3 +52,30 @@ def test_a_setting_within_every_target_meets_them():
 def test_compare_refuses_mismatched_inputs():
     with pytest.raises(ValueError):
         compare(traces(2), [np.zeros(0)] * 2, traces(1), [np.zeros(0)])
+
+
+def test_pooled_sets_give_the_figures_of_their_union():
+    """Two sets scored apart, pooled: the counts and mean shifts of scoring all their simulations at once."""
+    rng = np.random.default_rng(3)
+    reference_soma, reference_spikes, soma, spikes = [], [], [], []
+    for _ in range(10):
+        v = rng.normal(-67.0, 3.0, 1000)
+        reference_soma.append(v)
+        soma.append(v + rng.normal(0.0, 0.05 + rng.random(), 1000))
+        t = np.sort(rng.choice(np.arange(10, 990), size=rng.integers(1, 8), replace=False)).astype(float)
+        reference_spikes.append(t)
+        moved = t + rng.choice([0.0, 0.125, -0.25, 1.5, 3.0], size=t.size)
+        spikes.append(moved[rng.random(t.size) > 0.1])  # some missed
+    whole = compare(reference_soma, reference_spikes, soma, spikes)
+    first = compare(reference_soma[:4], reference_spikes[:4], soma[:4], spikes[:4])
+    second = compare(reference_soma[4:], reference_spikes[4:], soma[4:], spikes[4:])
+    pooled = pool([first, second])
+    for key in ("simulations", "reference_spikes", "paired_spikes", "missed_spikes", "extra_spikes",
+                "soma_rmse_clipped_max_mV", "spike_shift_max_abs_ms"):
+        assert pooled[key] == whole[key], key
+    for key in ("spike_fraction_within_1ms", "spike_shift_mean_abs_ms", "spike_shift_mean_signed_ms"):
+        assert pooled[key] == pytest.approx(whole[key]), key
+    assert whole["spike_fraction_within_1ms"] < 1.0 and whole["missed_spikes"] > 0  # the case is not trivial
+    assert pooled["soma_rmse_clipped_median_mV"] >= whole["soma_rmse_clipped_median_mV"]
+    assert pooled["soma_rmse_clipped_median_is_upper_bound"]
+    assert pool([first])["soma_rmse_clipped_median_mV"] == first["soma_rmse_clipped_median_mV"]
