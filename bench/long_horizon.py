@@ -2,8 +2,9 @@
 
     python bench/long_horizon.py --task listops [--task pathfinder32 ...|--task all] --data-dir data/tasks
                                  [--models elm,lstm] [--runs runs/long_horizon] [--device auto]
-                                 [--extra-config configs/tasks/smoke.toml] [--epochs N] [--label NAME]
+                                 [--extra-config configs/tasks/smoke.toml] [--epochs N] [--max-time-s S] [--label NAME]
                                  [--prepare [--prepare-config FILE]] [--out bench/results/long_horizon.json]
+    python bench/long_horizon.py --plot docs/long_horizon.png     # validation accuracy per epoch of --out's rows
 
 For every task and model this runs the real command, `python -m pipelines fit-task --task TASK
 --config configs/tasks/<task>.toml [--config EXTRA] --model MODEL --out RUNS/<label>/<task>/<model>`,
@@ -13,7 +14,9 @@ finished ones. The LSTM is sized to the [elm] classifier's parameter count ([lst
 `--prepare` first runs `prepare-task` (also resumable) for tasks whose data are missing.
 
 Rows of bench/results/long_horizon.json (one per task, model and label; a re-run replaces its
-own rows): task, model, parameters, test and best validation accuracy, epochs, wall time of
+own rows): task, model, parameters, test and best validation accuracy, epochs done and planned,
+whether the run finished (a run stopped by --max-time-s is scored from its best epoch so far),
+steps and examples seen, the validation accuracy after every epoch, wall time of
 this invocation and training time of the run (all its resumptions), device, and the paper's
 ELM result beside it (Spieler et al. 2024: ListOps 46.77 %, Pathfinder 71.15 %,
 Pathfinder-X 77.29 %, SHD-Adding 0.81-0.82 at 2 ms bins). Rows of a run with
@@ -76,9 +79,38 @@ def print_table(rows: list[dict]) -> None:
             print(f"{row['task']:<14} {row['model']:<11} {row['label']:<8} failed: {row['error']}")
             continue
         print(f"{row['task']:<14} {row['model']:<11} {row['label']:<8} {row['num_parameters']:>9,} "
-              f"{row['test_accuracy']:>9.4f} {row['best_valid_accuracy']:>9.4f} {row['epochs_completed']:>6} "
+              f"{row['test_accuracy']:>9.4f} {row['best_valid_accuracy']:>9.4f} "
+              f"{str(row['epochs_completed']) + ('' if row.get('finished', True) else '*'):>6} "
               f"{row['training_time_s']:>9.1f} {row['wall_time_s']:>8.1f} {row['device_name'][:22]:<22} "
               f"{paper_text(row['task']):>10}")
+
+
+def plot_rows(rows: list[dict], path: Path) -> None:
+    """Validation accuracy after every epoch, one panel per task, one line per (model, label), the paper's ELM dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("valid_accuracy_by_epoch")]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    if not tasks:
+        raise SystemExit("error: no row has a per-epoch validation history (valid_accuracy_by_epoch) to plot")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in rows if r["task"] == task):
+            history = r["valid_accuracy_by_epoch"]
+            seen = [r["examples_seen"] * (i + 1) / len(history) / 1e6 for i in range(len(history))]
+            ax.plot(seen, history, marker="." if len(history) < 20 else None,
+                    label=f"{r['model']} {r['label']} (test {r['test_accuracy']:.3f}, n {r['test_examples']})")
+        paper = PAPER_ELM[task]["test_accuracy"]
+        ax.axhline(paper[0] if isinstance(paper, list) else paper, color="k", ls="--", lw=0.8, label="paper's ELM (test)")
+        ax.set(title=task, xlabel="training examples seen (millions)", ylabel="validation accuracy")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def profile_memory(task: str, configs: list[Path], lengths: list[int], batch: int, device_name: str | None,
@@ -135,9 +167,9 @@ def profile_memory(task: str, configs: list[Path], lengths: list[int], batch: in
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", action="append", required=True, choices=[*TASK_FILES, "all"],
-                        help="task to run (repeat, or 'all')")
-    parser.add_argument("--data-dir", type=Path, required=True, help="where prepare-task put (or puts) the task data")
+    parser.add_argument("--task", action="append", choices=[*TASK_FILES, "all"],
+                        help="task to run (repeat, or 'all'; required unless --plot)")
+    parser.add_argument("--data-dir", type=Path, help="where prepare-task put (or puts) the task data")
     parser.add_argument("--models", default="elm,lstm", help="comma-separated: elm, branch-elm, lstm (default elm,lstm)")
     parser.add_argument("--runs", type=Path, default=PROJECT_ROOT / "runs" / "long_horizon", help="run directories go here")
     parser.add_argument("--config-dir", type=Path, default=PROJECT_ROOT / "configs" / "tasks")
@@ -145,6 +177,9 @@ def main(argv=None) -> int:
                         help="task config layered over configs/tasks/<task>.toml (e.g. configs/tasks/smoke.toml)")
     parser.add_argument("--device", default=None, help="fit-task --device")
     parser.add_argument("--epochs", type=int, default=None, help="fit-task --epochs")
+    parser.add_argument("--max-time-s", type=float, default=None,
+                        help="fit-task --max-time-s: a run stops before an epoch it expects to end past this many "
+                             "seconds, is scored from its best epoch (finished: false) and resumes when re-run")
     parser.add_argument("--label", default=None, help="row label (default: 'full', or the extra config's name)")
     parser.add_argument("--prepare", action="store_true", help="run prepare-task first for tasks without data")
     parser.add_argument("--prepare-config", type=Path, default=None, help="prepare-task --config ([tasks.<task>] settings)")
@@ -154,7 +189,17 @@ def main(argv=None) -> int:
                              "saved activations and peak memory (rows under 'memory' in --out)")
     parser.add_argument("--profile-lengths", default="1024,4096,16384")
     parser.add_argument("--profile-batch", type=int, default=8)
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="instead of training: plot the validation accuracy per epoch of --out's rows to this PNG")
     args = parser.parse_args(argv)
+    if args.plot:
+        if not args.out.is_file():
+            parser.error(f"--plot reads the rows of --out, and {args.out} does not exist")
+        plot_rows(json.loads(args.out.read_text()).get("rows", []), args.plot)
+        print(f"-> {args.plot}")
+        return 0
+    if not args.task or (not args.profile_memory and not args.data_dir):
+        parser.error("--task and --data-dir are required (or --plot)")
 
     tasks = list(TASK_FILES) if "all" in args.task else list(dict.fromkeys(args.task))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -201,6 +246,8 @@ def main(argv=None) -> int:
                 command += ["--device", args.device]
             if args.epochs is not None:
                 command += ["--epochs", str(args.epochs)]
+            if args.max_time_s is not None:
+                command += ["--max-time-s", str(args.max_time_s)]
             print(f"\n== {task} / {model}: {' '.join(command[1:])}", flush=True)
             code, wall = run_command(command)
             row = {"task": task, "model": model, "label": label}
@@ -209,6 +256,7 @@ def main(argv=None) -> int:
                 failed = True
                 continue
             summary = json.loads((out / "summary.json").read_text())
+            history = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else []
             rows.append({
                 **row,
                 "num_parameters": summary["num_parameters"],
@@ -217,7 +265,12 @@ def main(argv=None) -> int:
                 "best_valid_accuracy": summary["best_valid_accuracy"],
                 "best_epoch": summary["best_epoch"],
                 "epochs_completed": summary["epochs_completed"],
+                "epochs_planned": summary["train_config"]["epochs"],
+                "finished": summary["finished"],
+                "global_step": summary["global_step"],
                 "train_examples": summary["train_examples"],
+                "examples_seen": summary["global_step"] * summary["train_config"]["batch_size"],
+                "valid_accuracy_by_epoch": [round(h["valid_accuracy"], 4) for h in history],
                 "wall_time_s": wall,
                 "training_time_s": summary["training_time_s"],
                 "resumed_at_epochs": summary["resumed_at_epochs"],
@@ -233,11 +286,14 @@ def main(argv=None) -> int:
 
     print()
     print_table(rows)
-    previous = json.loads(args.out.read_text()).get("rows", []) if args.out.is_file() else []
+    if any(not row.get("finished", True) for row in rows if not row.get("error")):
+        print("* stopped at --max-time-s before its last epoch: scored from its best epoch so far; re-run to continue")
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}  # other keys ("memory", notes) stay
     keys = {(r["task"], r["model"], r["label"]) for r in rows}
-    kept = [r for r in previous if (r["task"], r["model"], r["label"]) not in keys]
+    kept = [r for r in results.get("rows", []) if (r["task"], r["model"], r["label"]) not in keys]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, {
+        **results,
         "benchmark": "long_horizon",
         "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),

@@ -138,6 +138,9 @@ class TrainingBars:
             if info["epoch"] < info["epochs"]:
                 bars["steps"].reset()
                 bars["steps"].set_description(f"epoch {info['epoch'] + 1}")
+        elif event == "stopped":
+            tqdm.write(f"stopping after epoch {info['epoch']} of {info['epochs']}: the next epoch would pass "
+                       f"max_time_s = {info['max_time_s']:g} s; the same command resumes")
         elif event == "test":
             tqdm.write(f"testing epoch {info['epoch']} on {info['examples']} test examples")
 

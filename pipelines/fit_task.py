@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="elm", choices=MODEL_NAMES, help="which model to train (default: elm)")
     parser.add_argument("--device", default=None, help="override [train] device: 'auto', 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument("--epochs", type=int, default=None, help="override [train] epochs")
+    parser.add_argument("--max-time-s", type=float, default=None,
+                        help="override [train] max_time_s: start no epoch expected to end past this many seconds "
+                             "of training in this call; the best epoch so far is tested, a re-run resumes")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -40,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
     from surrogate.sequence_train import fit_sequence, load_task_config, open_task_data, task_spec
 
     config = load_task_config(args.config, task_spec(args.task), args.model)  # a config mistake before any data is read
-    overrides = {k: v for k, v in (("device", args.device), ("epochs", args.epochs)) if v is not None}
+    overrides = {k: v for k, v in (("device", args.device), ("epochs", args.epochs), ("max_time_s", args.max_time_s))
+                 if v is not None}
     if overrides:
         try:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, **overrides))
@@ -63,6 +67,9 @@ def main(args: argparse.Namespace) -> int:
 
     if summary.get("already_finished"):
         print(f"{args.out}: already finished ({summary['epochs_completed']} epochs); nothing to do")
+    if not summary["finished"]:
+        print(f"{args.out}: stopped at the time limit after {summary['epochs_completed']} of "
+              f"{summary['train_config']['epochs']} epochs; the same command resumes")
     print(f"{args.model} on {args.task}: test accuracy {summary['test_accuracy']:.4f} (best epoch {summary['best_epoch']}, "
           f"valid {summary['best_valid_accuracy']:.4f}), {summary['num_parameters']:,} parameters, "
           f"{summary['training_time_s']:.0f} s training -> {args.out / 'summary.json'}")

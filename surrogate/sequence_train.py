@@ -62,7 +62,8 @@ TASK_CONFIG_TABLES = ("task", "train", "model", *MODEL_TABLES.values())
 DATA_TABLE = "tasks"  # [tasks.<name>]: surrogate.tasks' data settings (prepare-task), passed over here
 CHECKPOINT_FORMAT = "l5pc-sequence-checkpoint"
 # [train] keys that may change between a run and its resumption (they change neither the data order nor the model)
-RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size", "max_test_examples"}
+RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size", "max_test_examples",
+                  "max_time_s"}
 
 Progress = Callable[[str, dict], None]
 
@@ -89,6 +90,10 @@ class SequenceTrainConfig:
     seed: int = 0
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     loader_workers: int = 0  # DataLoader worker processes
+    # 0: no limit. Else each invocation runs at least one epoch, then starts none that it expects (from the last one)
+    # to end past max_time_s seconds of training; the best epoch so far is then scored on the test split
+    # (summary.json: finished false) and the same command resumes. The cosine schedule still spans all `epochs`.
+    max_time_s: float = 0.0
 
     def __post_init__(self):
         for name in ("batch_size", "epochs"):
@@ -101,6 +106,7 @@ class SequenceTrainConfig:
         _require(0 <= self.lr_min <= self.learning_rate, f"lr_min must be in [0, learning_rate], got {self.lr_min}")
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.grad_clip_norm >= 0, f"grad_clip_norm must be >= 0, got {self.grad_clip_norm}")
+        _require(self.max_time_s >= 0, f"max_time_s must be >= 0 (0: no limit), got {self.max_time_s}")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         _require(self.recurrence in ("auto", "reference", "fused"),
@@ -345,7 +351,7 @@ def fit_sequence(data: TaskData, config: TaskRunConfig, out_dir: str | os.PathLi
 
     Re-running the same call resumes from out_dir/checkpoint_last.pt; a finished run returns its
     summary at once (with "already_finished": True). progress(event, info) receives "start",
-    "steps", "validate", "epoch", "test" and "finished".
+    "steps", "validate", "epoch", "stopped" (max_time_s reached), "test" and "finished".
     """
     report = progress or (lambda event, info: None)
     out_dir = Path(out_dir)
@@ -435,14 +441,18 @@ def train_sequence_run(run: SequenceRun, report: Progress) -> dict:
                      "device": str(run.device), "num_parameters": num_parameters(run.model), "resumed": run.resumed,
                      "train_examples": len(run.train_set), "valid_examples": len(run.valid_set)})
     eval_batch = train.eval_batch_size or train.batch_size
+    invocation_started, last_epoch_s = time.perf_counter(), 0.0
     while state.epoch < train.epochs:
+        if train.max_time_s and last_epoch_s and time.perf_counter() - invocation_started + last_epoch_s > train.max_time_s:
+            report("stopped", {"epoch": state.epoch, "epochs": train.epochs, "max_time_s": train.max_time_s})
+            break
         epoch = state.epoch + 1
         started = time.perf_counter()
         train_loss, train_accuracy = train_sequence_epoch(run, epoch, report)
         train_seconds = time.perf_counter() - started
         report("validate", {"epoch": epoch})
         valid = evaluate(run.model, run.valid_set, eval_batch, run.device, train.recurrence, train.loader_workers)
-        seconds = time.perf_counter() - started
+        seconds = last_epoch_s = time.perf_counter() - started
         state.training_time_s += seconds
         row = {"epoch": epoch, "step": state.global_step, "train_loss": train_loss, "train_accuracy": train_accuracy,
                "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],

@@ -145,6 +145,27 @@ def test_an_interrupted_run_resumes_to_the_same_result(data, config_file, tmp_pa
     assert [r["valid_loss"] for r in ha] == [r["valid_loss"] for r in hb]
 
 
+def test_a_time_limited_run_is_scored_where_it_stopped_and_resumes_to_the_same_result(data, config_file, tmp_path):
+    """[train] max_time_s: each call runs at least one epoch, stops before one it expects to end past the limit,
+    tests the best epoch so far (finished: false) and resumes; the epochs are those of an uninterrupted run."""
+    straight = fit_sequence(data, run_config(config_file), tmp_path / "straight")
+    limited = run_config(config_file, max_time_s=1e-6)  # every call: one epoch, then stop
+    calls = []
+    for call in range(3):
+        events = []
+        calls.append(fit_sequence(data, limited, tmp_path / "limited", progress=lambda e, i: events.append(e)))
+        assert calls[-1]["epochs_completed"] == call + 1
+        assert events.count("epoch") == 1 and ("stopped" in events) == (call < 2)
+        assert calls[-1]["finished"] == (call == 2) and calls[-1]["test_examples"] == 48
+    assert calls[0]["best_epoch"] == 1 and 0 <= calls[0]["test_accuracy"] <= 1
+    assert json.loads((tmp_path / "limited" / "summary.json").read_text())["finished"] is True
+    assert calls[-1]["resumed_at_epochs"] == [1, 2]
+    for key in ("test_accuracy", "best_epoch", "best_valid_accuracy", "global_step"):
+        assert calls[-1][key] == straight[key], key
+    with pytest.raises(ValueError, match="max_time_s must be >= 0"):
+        run_config(config_file, max_time_s=-1.0)
+
+
 def test_a_run_of_another_model_or_recipe_is_refused(data, config_file, tmp_path):
     fit_sequence(data, run_config(config_file, epochs=1), tmp_path / "run")
     with pytest.raises(UserInputError, match="another model config.*num_memory"):
@@ -231,11 +252,16 @@ def test_every_shipped_task_config_loads_for_every_model():
     tasks = pytest.importorskip("surrogate.tasks")
     names = {"listops": "listops", "pathfinder32": "pathfinder32", "pathfinder128": "pathfinder128",
              "shd-adding": "shd_adding"}
+    overlays = ([], ["configs/tasks/smoke.toml"], ["configs/tasks/mean_readout.toml"], ["configs/tasks/low_lr.toml"])
     for task, file in names.items():
         for kind in ("elm", "branch-elm", "lstm"):
-            for layers in ([f"configs/tasks/{file}.toml"], [f"configs/tasks/{file}.toml", "configs/tasks/smoke.toml"]):
-                config = load_task_config([ROOT / p for p in layers], tasks.TASKS[task], kind)
+            for overlay in overlays:
+                layers = [ROOT / p for p in [f"configs/tasks/{file}.toml", *overlay]]
+                config = load_task_config(layers, tasks.TASKS[task], kind)
                 assert config.task == task
+        assert tasks.settings_from_file(ROOT / "configs/tasks/device_data.toml", task) is not None  # device runs' sizes
+    assert load_task_config([ROOT / "configs/tasks/pathfinder32.toml", ROOT / "configs/tasks/mean_readout.toml"],
+                            tasks.TASKS["pathfinder32"], "elm").model.readout == "mean"
 
 
 def test_cli_trains_listops_end_to_end_and_resumes(tmp_path, cli_on_a_full_disk):
