@@ -94,8 +94,6 @@ def plot_rows(rows: list[dict], path: Path) -> None:
 
     rows = [r for r in rows if r.get("valid_accuracy_by_epoch")]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    if not tasks:
-        raise SystemExit("error: no row has a per-epoch validation history (valid_accuracy_by_epoch) to plot")
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for r in (r for r in rows if r["task"] == task):
@@ -195,7 +193,10 @@ def main(argv=None) -> int:
     if args.plot:
         if not args.out.is_file():
             parser.error(f"--plot reads the rows of --out, and {args.out} does not exist")
-        plot_rows(json.loads(args.out.read_text()).get("rows", []), args.plot)
+        rows = json.loads(args.out.read_text()).get("rows", [])
+        if not any(r.get("valid_accuracy_by_epoch") for r in rows):
+            parser.error(f"no row of {args.out} has a per-epoch validation history (valid_accuracy_by_epoch) to plot")
+        plot_rows(rows, args.plot)
         print(f"-> {args.plot}")
         return 0
     if not args.task or (not args.profile_memory and not args.data_dir):

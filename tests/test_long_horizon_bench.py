@@ -52,3 +52,5 @@ def test_a_time_limited_benchmark_row_says_where_it_stopped_and_a_rerun_finishes
     plot = bench("--plot", tmp_path / "history.png", "--out", tmp_path / "out.json")
     assert plot.returncode == 0, plot.stderr[-3000:]
     assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = bench("--plot", tmp_path / "never.png", "--out", tmp_path / "missing.json")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "never.png").exists()
