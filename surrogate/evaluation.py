@@ -189,7 +189,8 @@ def thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = ROC_MAX_POINTS)
 def write_predictions_file(path: Path, predictions: TestPredictions, rocs: dict, examples: np.ndarray,
                            attrs: dict[str, Any]) -> None:
     """predictions.h5: /roc/<mode>/{fpr,tpr}; /examples/{shard,simulation_index,soma_voltage_mV,output_spikes};
-    /examples/<mode>/{soma_voltage_mV,spike_probability}. Written atomically (common.files)."""
+    /examples/<mode>/{soma_voltage_mV,spike_probability}; and the same for every test simulation under /all
+    (compressed), so that later stages can compare models on the same bins. Written atomically (common.files)."""
     with atomic_hdf5(path) as f:
         for key, value in attrs.items():
             f.attrs[key] = value
@@ -205,6 +206,17 @@ def write_predictions_file(path: Path, predictions: TestPredictions, rocs: dict,
         for mode in predictions.soma_prediction:
             ex[f"{mode}/soma_voltage_mV"] = predictions.soma_prediction[mode][examples].astype(np.float32)
             ex[f"{mode}/spike_probability"] = predictions.spike_probability[mode][examples].astype(np.float32)
+        every = f.create_group("all")
+        packed = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        every["shard"] = np.array(predictions.shard_names, dtype=h5py.string_dtype())
+        every["simulation_index"] = predictions.simulation_index.astype(np.int64)
+        every.create_dataset("soma_voltage_mV", data=predictions.soma_voltage.astype(np.float32), **packed)
+        every.create_dataset("output_spikes", data=predictions.output_spikes, **packed)
+        for mode in predictions.soma_prediction:
+            every.create_dataset(f"{mode}/soma_voltage_mV", data=predictions.soma_prediction[mode].astype(np.float32),
+                                 **packed)
+            every.create_dataset(f"{mode}/spike_probability",
+                                 data=predictions.spike_probability[mode].astype(np.float32), **packed)
 
 
 def read_summary(run_dir: Path) -> dict:

@@ -139,6 +139,52 @@ def select_simulations(spike_target: np.ndarray, min_spike_bins: int = 0, max_sp
     return (counts >= min_spike_bins) & (counts <= max_spike_bins)
 
 
+# --------------------------------------------------------------------------- two models on the same test bins
+
+def paired_auc_difference(spikes_true: np.ndarray, spike_prob_a: np.ndarray, spike_prob_b: np.ndarray,
+                          ignore_first_ms: int = 500, max_spike_bins: int = 24, resamples: int = 200,
+                          seed: int = 0) -> dict:
+    """AUC of model a minus AUC of model b on the same simulations, with a bootstrap over simulations.
+
+    Arrays (n, T) as in evaluate_predictions, scored on the same bins (spec 7.4: the kept
+    simulations, bins from ignore_first_ms on). The simulations are resampled with replacement
+    `resamples` times and both models scored on each resample, so the interval holds the test
+    set's own variation (which simulations happen to be in it) but not the models' (their
+    training seeds). Returns both AUCs, their difference, the 2.5 / 97.5 percentiles of the
+    resampled difference and the fraction of resamples in which a scores higher than b.
+    """
+    spikes = np.asarray(spikes_true).astype(bool)
+    a, b = np.asarray(spike_prob_a), np.asarray(spike_prob_b)
+    if not (spikes.ndim == 2 and a.shape == spikes.shape and b.shape == spikes.shape):
+        raise InputShapeError(f"spikes {spikes.shape}, a {a.shape}, b {b.shape}: expected three (simulations, time) "
+                              "arrays of one shape")
+    kept = np.flatnonzero(select_simulations(spikes, 0, max_spike_bins))
+    spikes, a, b = (x[kept, ignore_first_ms:] for x in (spikes, a, b))
+    if not spikes.any() or spikes.all():
+        raise InputShapeError("the kept test bins hold only one class: no AUC to compare")
+
+    def aucs(rows: np.ndarray) -> tuple[float, float]:
+        target = spikes[rows].ravel()
+        return (sklearn.metrics.roc_auc_score(target, a[rows].ravel()),
+                sklearn.metrics.roc_auc_score(target, b[rows].ravel()))
+
+    auc_a, auc_b = aucs(np.arange(len(kept)))
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(resamples):
+        rows = rng.integers(0, len(kept), len(kept))
+        if spikes[rows].any() and not spikes[rows].all():
+            resampled = aucs(rows)
+            differences.append(resampled[0] - resampled[1])
+    differences = np.asarray(differences)
+    return {
+        "auc_a": float(auc_a), "auc_b": float(auc_b), "difference": float(auc_a - auc_b),
+        "interval_95": [float(np.percentile(differences, 2.5)), float(np.percentile(differences, 97.5))],
+        "fraction_a_higher": float(np.mean(differences > 0)),
+        "resamples": int(len(differences)), "simulations": int(len(kept)), "spike_bins": int(spikes.sum()),
+    }
+
+
 # --------------------------------------------------------------------------- all of section 7
 
 def evaluate_predictions(soma_true_mV: np.ndarray, spikes_true: np.ndarray,

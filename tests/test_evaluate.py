@@ -168,6 +168,12 @@ def test_predictions_file_holds_rocs_and_examples(evaluated):
         stored = f["examples/windowed/soma_voltage_mV"][()]
     _, volt = predict_windowed(model, inputs[index], PUBLISHED_SOMA_TRANSFORM)
     np.testing.assert_allclose(stored, volt, atol=1e-4)
+    with h5py.File(run / "predictions.h5", "r") as f:  # every test simulation, for comparisons on the same bins
+        np.testing.assert_array_equal(f["all/output_spikes"][()], spikes)
+        np.testing.assert_array_equal(f["all/soma_voltage_mV"][()], soma)
+        assert list(f["all/simulation_index"][()]) == list(range(len(spikes)))
+        np.testing.assert_allclose(f["all/windowed/soma_voltage_mV"][()][index], stored)
+        assert f["all/whole/spike_probability"].shape == spikes.shape
     # the AUC of the stored ROC is the reported AUC (few points: nothing was thinned)
     auc = json.loads((run / "evaluation.json").read_text())["windowed"]["spike"]["auc"]
     assert metrics.trapezoid_auc(fpr, tpr) == pytest.approx(auc)
@@ -452,3 +458,23 @@ def test_validate_end_to_end(pretrained_dir, morphology_path, tmp_path):
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already simulated" in proc.stdout and shard.stat().st_mtime_ns == mtime
+
+
+def test_paired_comparison_of_two_evaluated_models(evaluated, tmp_path):
+    """bench/paired_comparison.py on the evaluate stage's files: the AUCs of evaluation.json, one-line errors."""
+    def bench(*args):
+        return subprocess.run([sys.executable, str(REPO / "bench" / "paired_comparison.py"), *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+    runs, out = evaluated["runs"], tmp_path / "paired.json"
+    a, b = list(SMALL_MODELS)[:2]
+    done = bench("--runs", runs, "--pair", f"{a}:{b}", "--resamples", 20, "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    for name, key in ((a, "auc_a"), (b, "auc_b")):
+        evaluation = json.loads((runs / name / "evaluation.json").read_text())
+        assert row[key] == pytest.approx(evaluation["windowed"]["spike"]["auc"])
+    assert row["interval_95"][0] <= row["interval_95"][1] and row["simulations"] == 3
+    for args, message in ((("--pair", f"{a}-{b}"), "expected NAME_A:NAME_B"),
+                          (("--pair", f"{a}:nothing"), "not found")):
+        failed = bench("--runs", runs, *args, "--out", out)
+        assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr

@@ -188,3 +188,20 @@ def test_no_simulation_kept_gives_nan_not_an_error():
                                           ignore_first_ms=10)
     assert result["simulations_kept"] == 0 and math.isnan(result["spike"]["auc"])
     assert math.isnan(result["soma"]["aligned"]["rmse_mV"])
+
+
+def test_paired_auc_difference_sees_a_better_model_and_no_difference_between_twins():
+    rng = np.random.default_rng(0)
+    spikes = rng.random((40, 700)) < 0.01
+    good = spikes * 0.6 + rng.random(spikes.shape) * 0.5  # ranks most spike bins above most others
+    poor = spikes * 0.1 + rng.random(spikes.shape) * 0.5
+    result = metrics.paired_auc_difference(spikes, good, poor, ignore_first_ms=100, resamples=50)
+    assert result["auc_a"] == pytest.approx(metrics.spike_metrics(spikes[:, 100:], good[:, 100:])[0]["auc"])
+    assert result["difference"] == pytest.approx(result["auc_a"] - result["auc_b"]) and result["difference"] > 0.1
+    low, high = result["interval_95"]
+    assert 0 < low <= result["difference"] <= high and result["fraction_a_higher"] == 1.0
+    assert result["simulations"] == 40 and result["spike_bins"] == int(spikes[:, 100:].sum())
+    twins = metrics.paired_auc_difference(spikes, good, good, ignore_first_ms=100, resamples=20)
+    assert twins["difference"] == 0 and twins["interval_95"] == [0.0, 0.0] and twins["fraction_a_higher"] == 0
+    with pytest.raises(InputShapeError, match="one shape"):
+        metrics.paired_auc_difference(spikes, good, poor[:, :-1])
