@@ -176,12 +176,13 @@ def paired_auc_difference(spikes_true: np.ndarray, spike_prob_a: np.ndarray, spi
         if spikes[rows].any() and not spikes[rows].all():
             resampled = aucs(rows)
             differences.append(resampled[0] - resampled[1])
-    differences = np.asarray(differences)
+    used = len(differences)
+    differences = np.asarray(differences if used else [np.nan])  # nan: every resample held one class only
     return {
         "auc_a": float(auc_a), "auc_b": float(auc_b), "difference": float(auc_a - auc_b),
         "interval_95": [float(np.percentile(differences, 2.5)), float(np.percentile(differences, 97.5))],
         "fraction_a_higher": float(np.mean(differences > 0)),
-        "resamples": int(len(differences)), "simulations": int(len(kept)), "spike_bins": int(spikes.sum()),
+        "resamples": used, "simulations": int(len(kept)), "spike_bins": int(spikes.sum()),
     }
 
 
