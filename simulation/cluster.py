@@ -68,6 +68,11 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
         # waits behind a busy one, and a dying worker takes only the simulation it was running
         "distributed.scheduler.worker-saturation": 1.0,
         "distributed.scheduler.allowed-failures": int(retries),
+        # NEURON's psolve holds the GIL for a whole simulation, so a worker sends no heartbeat while it
+        # runs one; with a ttl (dask's default: 5 minutes) a longer simulation (a slow or busy core, long
+        # durations) got its live worker removed and the simulation restarted, until it failed as a
+        # KilledWorker. The nanny still sees a worker process die, and pc.timeout a stalled step (run.py).
+        "distributed.scheduler.worker-ttl": None,
     }
     # The workers' own logs stay quiet (CRITICAL only): whatever goes wrong in a task reaches the
     # client as its exception or as a lost worker, and the pipeline reports it in one line. What

@@ -521,3 +521,19 @@ def test_a_batch_spanning_many_shards_is_fetched_from_its_worker_once(tmp_path):
     expected = {r["simulation_index"]: int(r["payload"][:8].sum())
                 for task in tasks for r in _batch_of_payloads(*task.args)}
     assert written == {shard.index: [(i, expected[i]) for i in shard.simulation_indices] for shard in shards}
+
+
+def test_a_simulation_longer_than_the_schedulers_worker_ttl_is_not_taken_for_a_dead_worker(tmp_path):
+    """NEURON's psolve holds the GIL for a whole simulation, so a worker sends no heartbeat while it runs one.
+    With dask's worker-ttl (5 minutes by default; 2 s here) a longer simulation (a slow or busy core, long
+    durations) got its live worker removed and restarted, over and over: make_client turns the ttl off (the
+    nanny still sees a worker process die, and pc.timeout a stalled step)."""
+    config = write_config(tmp_path, n_shards=1, duration_ms=3000, retries=0)
+    env = dict(subprocess_env(), DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="2s")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pipelines", "simulate", "--config", str(config),
+                           "--out", str(tmp_path / "data")], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "data").glob("shard_*.h5"))) == 1
+    assert time.monotonic() - started > 4  # the simulations did outlast the ttl
