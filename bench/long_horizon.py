@@ -39,7 +39,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from common.jsonio import write_json  # noqa: E402
+from common.jsonio import update_json_rows  # noqa: E402
 
 TASK_FILES = {"listops": "listops", "pathfinder32": "pathfinder32", "pathfinder128": "pathfinder128",
               "shd-adding": "shd_adding"}
@@ -216,12 +216,9 @@ def main(argv=None) -> int:
             for model in models:
                 memory += [{**row, "label": label} for row in
                            profile_memory(task, configs, lengths, args.profile_batch, args.device, model)]
-        results = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "long_horizon", "rows": []}
-        keys = {(r["task"], r["model"], r["device_name"], r["steps"], r["label"]) for r in memory}
-        results["memory"] = [r for r in results.get("memory", [])
-                             if (r["task"], r["model"], r["device_name"], r["steps"], r["label"]) not in keys] + memory
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, results)
+        update_json_rows(args.out, "memory", memory,
+                         key=lambda r: (r["task"], r["model"], r["device_name"], r["steps"], r["label"]),
+                         benchmark="long_horizon")
         print(f"-> {args.out}")
         return 0
     python = sys.executable
@@ -289,19 +286,11 @@ def main(argv=None) -> int:
     print_table(rows)
     if any(not row.get("finished", True) for row in rows if not row.get("error")):
         print("* stopped at --max-time-s before its last epoch: scored from its best epoch so far; re-run to continue")
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}  # other keys ("memory", notes) stay
-    keys = {(r["task"], r["model"], r["label"]) for r in rows}
-    kept = [r for r in results.get("rows", []) if (r["task"], r["model"], r["label"]) not in keys]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {
-        **results,
-        "benchmark": "long_horizon",
-        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "paper": "Spieler et al., ICLR 2024 (ELM test accuracy per task)",
-        "rows": kept + rows,
-    })
+    update_json_rows(args.out, "rows", rows, key=lambda r: (r["task"], r["model"], r["label"]),  # "memory" stays
+                     benchmark="long_horizon",
+                     updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     host=platform.node(), python=platform.python_version(),
+                     paper="Spieler et al., ICLR 2024 (ELM test accuracy per task)")
     print(f"\n-> {args.out}")
     return 1 if failed else 0
 

@@ -30,26 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.jsonio import write_json  # noqa: E402
+from common.errors import DatasetError, UserInputError, first_line  # noqa: E402
+from common.jsonio import update_json_rows  # noqa: E402
 from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE  # noqa: E402
 from surrogate.metrics import paired_auc_difference  # noqa: E402
-
-
-def fail(message: str) -> None:
-    """Bad input: one line on stderr, exit code 2."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def read_all_predictions(run_dir: Path, mode: str) -> dict:
     """The /all arrays of one evaluation (ground truth, identity of each simulation, the mode's prediction)."""
     path = run_dir / PREDICTIONS_FILE
     if not path.is_file():
-        fail(f"{path} not found (run `python -m pipelines evaluate` for {run_dir.name} first)")
+        raise DatasetError(f"{path} not found (run `python -m pipelines evaluate` for {run_dir.name} first)")
     with h5py.File(path, "r") as f:
         if "all" not in f or f"all/{mode}/spike_probability" not in f:
-            fail(f"{path} holds no /all/{mode} predictions (written by an older evaluate: "
-                             "evaluate again)")
+            raise DatasetError(f"{path} holds no /all/{mode} predictions (written by an older evaluate: "
+                               "evaluate again)")
         return {"shard": list(f["all/shard"].asstr()[()]), "simulation_index": f["all/simulation_index"][()],
                 "output_spikes": f["all/output_spikes"][()], "spike_probability": f[f"all/{mode}/spike_probability"][()]}
 
@@ -57,7 +52,7 @@ def read_all_predictions(run_dir: Path, mode: str) -> dict:
 def parse_pair(pair: str) -> tuple[str, str]:
     a_name, sep, b_name = pair.partition(":")
     if not sep or not a_name or not b_name:
-        fail(f"--pair {pair!r}: expected NAME_A:NAME_B")
+        raise UserInputError(f"--pair {pair!r}: expected NAME_A:NAME_B")
     return a_name, b_name
 
 
@@ -66,8 +61,8 @@ def compare(runs: Path, a_name: str, b_name: str, mode: str, resamples: int, set
     same = (a["shard"] == b["shard"] and np.array_equal(a["simulation_index"], b["simulation_index"])
             and np.array_equal(a["output_spikes"], b["output_spikes"]))
     if not same:
-        fail(f"{a_name} and {b_name} were evaluated on different test simulations; "
-                         "a paired comparison needs the same ones")
+        raise DatasetError(f"{a_name} and {b_name} were evaluated on different test simulations; "
+                           "a paired comparison needs the same ones")
     result = paired_auc_difference(a["output_spikes"], a["spike_probability"], b["spike_probability"],
                                    ignore_first_ms=settings["ignore_first_ms"], max_spike_bins=settings["max_spike_bins"],
                                    resamples=resamples)
@@ -86,10 +81,27 @@ def main(argv=None) -> int:
     if args.resamples < 10:
         parser.error(f"--resamples must be at least 10, got {args.resamples}")
 
+    try:
+        rows = compare_pairs(args)
+    except UserInputError as err:  # a missing evaluation, other test simulations, a one-class test set
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        return 2
+    update_json_rows(args.out, "rows", rows, key=lambda r: (r["test_set"], r["a"], r["b"], r["mode"]),  # notes stay
+                     benchmark="paired_comparison", updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     host=platform.node(),
+                     method="AUC of a minus AUC of b on the same bins (published protocol); 95 % interval and "
+                            "fraction a higher from a bootstrap over test simulations "
+                            "(surrogate.metrics.paired_auc_difference)")
+    print(f"-> {args.out}")
+    return 0
+
+
+def compare_pairs(args: argparse.Namespace) -> list[dict]:
+    """Every --pair compared and printed, in order."""
     rows = []
     for a_name, b_name in [parse_pair(pair) for pair in args.pair]:
         if not (args.runs / a_name / EVALUATION_FILE).is_file():
-            fail(f"{args.runs / a_name / EVALUATION_FILE} not found")
+            raise DatasetError(f"{args.runs / a_name / EVALUATION_FILE} not found")
         evaluation = json.loads((args.runs / a_name / EVALUATION_FILE).read_text())
         row = compare(args.runs, a_name, b_name, args.mode, args.resamples, evaluation["settings"])
         row["test_set"] = args.label or args.runs.name
@@ -99,21 +111,7 @@ def main(argv=None) -> int:
               f"spike bins): AUC {row['auc_a']:.4f} - {row['auc_b']:.4f} = {row['difference']:+.4f}, 95 % "
               f"[{low:+.4f}, {high:+.4f}], a higher in {100 * row['fraction_a_higher']:.0f} % of {row['resamples']} "
               "resamples", flush=True)
-
-    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    keys = {(r["test_set"], r["a"], r["b"], r["mode"]) for r in rows}
-    kept = [r for r in previous.get("rows", []) if (r["test_set"], r["a"], r["b"], r["mode"]) not in keys]
-    write_json(args.out, {
-        **previous,  # notes beside the rows stay
-        "benchmark": "paired_comparison",
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "method": "AUC of a minus AUC of b on the same bins (published protocol); 95 % interval and fraction a higher "
-                  "from a bootstrap over test simulations (surrogate.metrics.paired_auc_difference)",
-        "rows": kept + rows,
-    })
-    print(f"-> {args.out}")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

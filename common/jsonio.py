@@ -4,6 +4,9 @@
     strict_json(value)       plain(), and NaN and infinities -> None (JSON null)
     dumps_json(value)        the JSON text (indented); raises on anything that is not JSON
     write_json(path, value)  dumps_json, written atomically
+    update_json_rows(path, section, rows, key, **fields)
+                             a results file's list `section` with `rows` replacing those of the same key;
+                             its other entries kept, `fields` set
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,3 +58,15 @@ def dumps_json(value: Any, indent: int | None = 2, sort_keys: bool = False) -> s
 def write_json(path: str | os.PathLike, value: Any) -> Path:
     """Strict JSON (NaN and infinities as null, numpy values as numbers), written atomically."""
     return write_text_atomic(path, dumps_json(value) + "\n")
+
+
+def update_json_rows(path: str | os.PathLike, section: str, rows: list[dict], key: Callable[[dict], Any],
+                     **fields: Any) -> Path:
+    """Rewrite the results file `path`: the list `section` keeps its rows whose key(row) none of `rows` has, then
+    `rows`; every other entry of the file stays, and `fields` are set. A missing file starts empty."""
+    path = Path(path)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    new = {key(row) for row in rows}
+    kept = [row for row in results.get(section, []) if key(row) not in new]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_json(path, {**results, **fields, section: kept + rows})

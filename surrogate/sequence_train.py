@@ -443,7 +443,8 @@ def train_sequence_run(run: SequenceRun, report: Progress) -> dict:
     eval_batch = train.eval_batch_size or train.batch_size
     invocation_started, last_epoch_s = time.perf_counter(), 0.0
     while state.epoch < train.epochs:
-        if train.max_time_s and last_epoch_s and time.perf_counter() - invocation_started + last_epoch_s > train.max_time_s:
+        expected_end_s = time.perf_counter() - invocation_started + last_epoch_s  # if one more epoch ran
+        if train.max_time_s and last_epoch_s and expected_end_s > train.max_time_s:
             report("stopped", {"epoch": state.epoch, "epochs": train.epochs, "max_time_s": train.max_time_s})
             break
         epoch = state.epoch + 1

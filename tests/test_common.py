@@ -19,7 +19,7 @@ from common.errors import ConfigError, DatasetError, OutputError
 from common.files import (as_output_error, atomic_hdf5, atomic_path, check_writable, file_sha256, read_hdf5, sha256_hex,
                           temporaries, temporary_path, write_text_atomic)
 from common.locks import DirectoryLock, DirectoryLocked
-from common.jsonio import dumps_json, plain, write_json
+from common.jsonio import dumps_json, plain, update_json_rows, write_json
 from common.spikes import spike_raster
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,15 @@ def test_sha256_helpers_agree_with_hashlib(tmp_path):
 
 
 # --------------------------------------------------------------------------- strict JSON
+
+def test_update_json_rows_replaces_rows_of_the_same_key_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "results" / "bench.json"
+    update_json_rows(path, "rows", [{"k": 1, "v": "a"}, {"k": 2, "v": "b"}], key=lambda r: r["k"], updated="t0")
+    write_json(path, {**json.loads(path.read_text()), "memory": [{"m": 1}], "note": "kept"})
+    update_json_rows(path, "rows", [{"k": 2, "v": "c"}, {"k": 3, "v": "d"}], key=lambda r: r["k"], updated="t1")
+    assert json.loads(path.read_text()) == {"rows": [{"k": 1, "v": "a"}, {"k": 2, "v": "c"}, {"k": 3, "v": "d"}],
+                                            "updated": "t1", "memory": [{"m": 1}], "note": "kept"}
+
 
 def test_strict_json_has_no_nan_and_no_numpy_types(tmp_path):
     value = {"auc": float("nan"), "rate": np.float32(2.5), "n": np.int64(3), "inf": -math.inf,
