@@ -32,7 +32,9 @@
 # "" skips them), BUDGET_S (one call's time), FIT_TIME_S (one fit call's, default BUDGET_S), PARALLEL (1: the
 # fits side by side on the one GPU, and the evaluations), PUBLISHED (published checkpoint folders to score on the
 # same test sets), EPOCHS_<RUN> or EPOCHS_<MODEL> (e.g. EPOCHS_BRANCH_ELM_N128=4, EPOCHS_TCN=20: other epochs than
-# the recipe's; bench/training_speed.py --budget-s prints them), RECIPE (a config laid over CONFIG for fit, e.g. configs/recipes/one_session.toml), CVODE_WORKERS
+# the recipe's; bench/training_speed.py --budget-s prints them), INIT_<RUN> (fit --init-from: that run starts from
+# those weights, e.g. INIT_BRANCH_ELM_D100=checkpoints/branch-elm-d100), RECIPE (configs laid over CONFIG for fit, in order, space-separated, e.g.
+# "configs/recipes/one_session.toml configs/recipes/fine_tune.toml"), CVODE_WORKERS
 # (processes of the CVode test set, default one per core: fewer leave cores to a GPU stage running beside it),
 # EVALUATE_STOPPED (1: fits stopped at FIT_TIME_S are evaluated and assembled from their best epoch so far, marked
 # finished: false, instead of waiting for the next call; for the last call of a session), CONFIG / SIM_CONFIG (the training
@@ -237,7 +239,7 @@ model_of() {  # the model kind (elm, branch-elm, tcn, lstm) of a model of $MODEL
 }
 
 fit_run() {  # train one run of $MODELS or $EFFICIENCY_RUNS; returns 0 (finished), 3 (stopped at the time limit) or 1
-  local run=$1 base=$1 sized="" extra=()
+  local run=$1 base=$1 sized="" extra=() recipe
   if [[ "$run" =~ ^(.+)-n([0-9]+)$ ]]; then  # MODEL-nN: MODEL on the first N training simulations
     base=${BASH_REMATCH[1]}
     sized="$WORK/configs/train_n${BASH_REMATCH[2]}.toml"
@@ -248,7 +250,7 @@ fit_run() {  # train one run of $MODELS or $EFFICIENCY_RUNS; returns 0 (finished
   model=$(model_of "$base")
   # KIND-VARIANT (e.g. branch-elm-d100): the model table of configs/models/KIND-VARIANT.toml over CONFIG
   if [ "$base" != "$model" ]; then extra+=(--config "configs/models/$base.toml"); fi
-  if [ -n "${RECIPE:-}" ]; then extra+=(--config "$RECIPE"); fi
+  for recipe in ${RECIPE:-}; do extra+=(--config "$recipe"); done
   if [ -n "$sized" ]; then extra+=(--config "$sized"); fi
   # EPOCHS_<RUN> (e.g. EPOCHS_BRANCH_ELM_N128, EPOCHS_BRANCH_ELM_D100), else EPOCHS_<MODEL>: other epochs than the recipe's
   local name var epochs=()
@@ -256,14 +258,19 @@ fit_run() {  # train one run of $MODELS or $EFFICIENCY_RUNS; returns 0 (finished
     var="EPOCHS_$(echo "$name" | tr 'a-z-' 'A-Z_')"
     if [ -n "${!var:-}" ]; then epochs=(--epochs "${!var}"); break; fi
   done
+  # INIT_<RUN> (e.g. INIT_BRANCH_ELM_D100=checkpoints/branch-elm-d100; that run only, not its -nN runs): a new run
+  # starts from those weights (fit --init-from: training a released model further in a later session)
+  local init=()
+  var="INIT_$(echo "$run" | tr 'a-z-' 'A-Z_')"
+  if [ -n "${!var:-}" ]; then init=(--init-from "${!var}"); fi
   local limit left code
   left=$(remaining)
   limit=$(( FIT_TIME_S < left ? FIT_TIME_S : left ))
   if [ "$limit" -lt 60 ]; then log "fit-$run: not started (${left} s left in this call)"; return 3; fi
-  log "fit-$run: --model $model --config $CONFIG ${extra[*]} ${epochs[*]} (this call: at most ${limit} s)"
+  log "fit-$run: --model $model --config $CONFIG ${extra[*]} ${epochs[*]} ${init[*]} (this call: at most ${limit} s)"
   set +e
   timeout --signal=TERM "$limit" "$PY" -m pipelines fit --model "$model" --config "$CONFIG" "${extra[@]}" \
-    --data "$DATA" --out "$RUNS/$run" "${epochs[@]}" 2>&1 | progress_filter | sed -u "s/^/[$run] /"
+    --data "$DATA" --out "$RUNS/$run" "${epochs[@]}" "${init[@]}" 2>&1 | progress_filter | sed -u "s/^/[$run] /"
   code=${PIPESTATUS[0]}
   set -e
   if fit_done "$run"; then return 0; fi

@@ -126,6 +126,13 @@ def model_entry(run_dir: Path, cvode_dir: Path | None) -> dict:
         "amp": summary.get("amp"),
         "test_sets": {},
     }
+    started = summary.get("initialized_from")
+    if started:  # a fine-tuning run (fit --init-from): the training of the model it started from, beside its own
+        entry["initialized_from"] = started
+        if started.get("training_time_s") is not None:
+            entry["train_wall_s_with_initial"] = entry["train_wall_s"] + started["training_time_s"]
+        if started.get("windows_seen") is not None:
+            entry["windows_seen_with_initial"] = entry["windows_seen"] + started["windows_seen"]
     if "summary_from" in summary:
         entry |= {"summary_from": summary["summary_from"], "epochs_planned": summary["epochs_planned"],
                   "shards": summary["shards"]}
@@ -231,6 +238,8 @@ def release(runs: Path, result: dict, directory: Path) -> list[Path]:
         folder = directory / sized_name(kind, entry["model_config"])
         provenance = {key: entry[key] for key in ("num_parameters", "best_epoch", "epochs_completed", "finished",
                                                   "windows_seen", "training_simulations", "train_wall_s")}
+        provenance |= {key: entry[key] for key in ("initialized_from", "train_wall_s_with_initial",
+                                                   "windows_seen_with_initial") if key in entry}
         provenance |= {"test_sets": entry["test_sets"], "datasets": result["datasets"], "device": result["device"],
                        "date": result["date"], "notes": result.get("notes", [])}
         inference_checkpoint(runs / name / BEST_CHECKPOINT, folder / BEST_CHECKPOINT, extra=provenance)

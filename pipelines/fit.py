@@ -6,6 +6,8 @@ Reads [data], [train] (with [train.<model>] overrides) and the model's table fro
 config. The run directory gets checkpoint_last.pt (every epoch), checkpoint_best.pt (best
 validation spike AUC), metrics.csv / metrics.json and summary.json. Re-running the same
 command resumes from the last finished epoch; a finished run says so and exits 0.
+--init-from starts a new run from a trained model's weights (fine-tuning: a run directory, a
+released checkpoints/<name> folder or a published elmneuron folder of the same model config).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="override [train] device: 'auto', 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument("--epochs", type=int, default=None, help="override [train] epochs (raise it to train a finished run further)")
     parser.add_argument("--workers", type=int, default=None, help="override [data] loader_workers")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                        help="start a new run from these weights (a run directory, checkpoints/<name>, a .pt file or a "
+                             "published elmneuron folder; same model config), with a fresh optimiser and schedule")
 
 
 def _format(value, spec: str = ".4f") -> str:
@@ -63,11 +68,14 @@ def main(args: argparse.Namespace) -> int:
             f"{info['windows_per_s']:.0f} windows/s")
 
     with TrainingBars(describe_start, describe_epoch) as progress:
-        summary = fit(args.model, train, config.model, args.data, args.out, data_config=data, progress=progress)
+        summary = fit(args.model, train, config.model, args.data, args.out, data_config=data, progress=progress,
+                      init_from=args.init_from)
 
     if summary.get("already_finished"):
         print(f"{args.out}: already finished ({summary['epochs_completed']} epochs); nothing to do "
               f"(raise --epochs to train further)")
+    if summary.get("initialized_from"):
+        print(f"started from {summary['initialized_from']['source']}")
     print(f"{args.model}: best epoch {summary['best_epoch']}, valid AUC {_format(summary['best_valid_auc'])}, "
           f"{summary['num_parameters']:,} parameters, {summary['training_time_s']:.0f} s training -> {args.out}")
     return 0

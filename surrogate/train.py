@@ -24,6 +24,12 @@ The steps, as named below: `start_run` (validate and split the shards, build the
 optimiser once, resume from checkpoint_last.pt) -> `train_run`, per epoch `train_epoch`,
 `validate`, `finish_epoch` (the metrics row and the best epoch, in the run's `RunState`),
 `save_run`, `summarise_run` (summary.json, after every epoch: "finished" says whether all ran).
+
+Fine-tuning (`init_from`): a new run can start from another model's weights (a run directory, a
+released checkpoint or a published elmneuron folder of the same kind and model config) with a
+fresh optimiser and schedule, e.g. to train a model further on new data or in a later session.
+The run records where it started (`initialized_from`, with that model's own training) and
+resumes like any other.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from common.jsonio import plain, write_json
 from simulation.errors import UserInputError
 
 from . import metrics
-from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, load_model, save_checkpoint
 from .config import DataConfig, TrainConfig
 from .data import (DeviceWindows, SplitArrays, TrainingWindows, find_shards, first_simulations, load_split_arrays,
                    soma_target, split_shards, training_loader, training_simulations, unpack_input_spikes)
@@ -61,6 +67,8 @@ METRICS_CSV, METRICS_JSON, SUMMARY_JSON = "metrics.csv", "metrics.json", "summar
 # training keys that may change between a run and its resumption (they do not change the data or the model)
 RESUMABLE_TRAIN_KEYS = {"epochs", "device", "amp", "num_threads", "valid_simulations"}
 RESUMABLE_DATA_KEYS = {"loader_workers", "prefetch"}
+# model keys that only shape a random initialisation: a run started from trained weights may differ in them
+INITIALISATION_MODEL_KEYS = {"spike_bias_init"}
 PROBABILITY_EPSILON = 1e-7  # validation BCE from probabilities (sigmoid saturates in float32)
 
 Progress = Callable[[str, dict], None]
@@ -196,6 +204,7 @@ class RunState:
     best_key: tuple[float, float] | None = None  # _selection_key of the best epoch
     training_time_s: float = 0.0
     resumed_at_epochs: list[int] = field(default_factory=list)
+    initialized_from: dict | None = None  # the model whose weights a fine-tuning run started from
 
 
 @dataclass
@@ -245,7 +254,7 @@ class Run:
 
 def fit(kind: str, train_config: TrainConfig, model_config, shard_dir: str | os.PathLike,
         out_dir: str | os.PathLike, data_config: DataConfig | None = None,
-        progress: Progress | None = None) -> dict:
+        progress: Progress | None = None, init_from: str | os.PathLike | None = None) -> dict:
     """Train a model of `kind` (surrogate.registry: "elm", "branch-elm", "tcn") on the shards in `shard_dir`, writing the run to `out_dir`.
 
     Returns the summary. Re-running the same call resumes from `out_dir`/checkpoint_last.pt;
@@ -253,6 +262,8 @@ def fit(kind: str, train_config: TrainConfig, model_config, shard_dir: str | os.
     is the model's config dataclass (surrogate.registry) or its dict. Every shard of the
     dataset is validated first: a stray or damaged file stops the run before anything is split.
     progress(event, info) receives "start", "steps", "validate", "epoch", "finished".
+    `init_from` (a new run only): start from the weights of that checkpoint, run directory or
+    published folder instead of a random initialisation (`initialise_from`).
     """
     model_kind(kind)  # an unknown kind fails before anything is read
     train, data = train_config, data_config or DataConfig()
@@ -262,7 +273,7 @@ def fit(kind: str, train_config: TrainConfig, model_config, shard_dir: str | os.
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     try:
-        run = start_run(kind, model_config, train, data, device, Path(shard_dir), Path(out_dir))
+        run = start_run(kind, model_config, train, data, device, Path(shard_dir), Path(out_dir), init_from)
         if run.state.epoch >= train.epochs:
             result = summarise_run(run)
             _write_json(run.out_dir / SUMMARY_JSON, result)  # in case a kill came between the last checkpoint and it
@@ -275,8 +286,9 @@ def fit(kind: str, train_config: TrainConfig, model_config, shard_dir: str | os.
 
 
 def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, device: torch.device,
-              data_dir: Path, out_dir: Path) -> Run:
-    """Split the (validated) shards, build the model and its optimiser once, and resume if out_dir holds a run."""
+              data_dir: Path, out_dir: Path, init_from: str | os.PathLike | None = None) -> Run:
+    """Split the (validated) shards, build the model and its optimiser once, and resume if out_dir holds a run
+    (else start from `init_from`'s weights, if given)."""
     split = split_shards(find_shards(data_dir), data)
     train_refs = training_simulations(split["train"], data)
     torch.manual_seed(train.seed)
@@ -292,7 +304,54 @@ def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, dev
     )
     if (out_dir / LAST_CHECKPOINT).is_file():
         resume_run(run, load_checkpoint(out_dir / LAST_CHECKPOINT))
+        started_from = (run.state.initialized_from or {}).get("source")
+        if init_from is not None and started_from != str(Path(init_from).resolve()):
+            raise RunMismatchError(f"{out_dir} holds a run started from {started_from or 'random weights'}, not from "
+                                   f"{init_from}; use another --out, or delete {out_dir} to start over")
+    elif init_from is not None:
+        run.state.initialized_from = initialise_from(run, Path(init_from))
     return run
+
+
+def initialise_from(run: Run, source: Path) -> dict:
+    """Load the weights of `source` (same model kind and config, same soma transform) into the new run's model.
+
+    Returns what the run records of it: where it came from and how far that model had been trained.
+    """
+    model, info = load_model(source)
+    where = f"--init-from {source}"
+    if info["model_kind"] != run.kind:
+        raise RunMismatchError(f"{where} holds a model of kind {info['model_kind']}, not {run.kind}")
+    changed = sorted(k for k in set(run.model_config) | set(info["model_config"])
+                     if k not in INITIALISATION_MODEL_KEYS and run.model_config.get(k) != info["model_config"].get(k))
+    if changed:
+        raise RunMismatchError(f"{where}: another model config than this run's (differs in: {', '.join(changed)})")
+    if info["soma_transform"] != SomaTransform.of(run.data):
+        raise RunMismatchError(f"{where}: its soma channel is scaled otherwise than this run's [data] "
+                               f"({info['soma_transform'].as_dict()})")
+    run.model.load_state_dict(model.state_dict())
+    prior = {"training_time_s": None, "windows_seen": None}
+    if not info["published"]:
+        prior = _training_behind(load_checkpoint(info["source"]).get("extra") or {}, info.get("global_step") or 0)
+    return {"source": str(source.resolve()), "published": info["published"], "epoch": info.get("epoch"),
+            "global_step": info.get("global_step"), **prior}
+
+
+def _training_behind(extra: dict, global_step: int) -> dict:
+    """The training time and windows behind a project checkpoint, counting any run it was itself started from:
+    a run's checkpoint (training_time_s, its train_config and initialized_from) or a released one
+    (bench/surrogate_accuracy.py's train_wall_s, windows_seen and their *_with_initial)."""
+    if "train_config" in extra:
+        time_s, windows = extra.get("training_time_s"), global_step * extra["train_config"]["batch_size"]
+        earlier = extra.get("initialized_from")
+        if earlier:  # unknown (None) when the model it started from had unknown training, a published one say
+            time_s = None if None in (time_s, earlier["training_time_s"]) else time_s + earlier["training_time_s"]
+            windows = None if earlier["windows_seen"] is None else windows + earlier["windows_seen"]
+    elif extra.get("initialized_from"):
+        time_s, windows = extra.get("train_wall_s_with_initial"), extra.get("windows_seen_with_initial")
+    else:
+        time_s, windows = extra.get("train_wall_s"), extra.get("windows_seen")
+    return {"training_time_s": time_s, "windows_seen": windows}
 
 
 def resume_run(run: Run, checkpoint: dict) -> None:
@@ -308,6 +367,7 @@ def resume_run(run: Run, checkpoint: dict) -> None:
         best_epoch=extra.get("best_epoch"),
         best_key=tuple(extra["best_key"]) if extra.get("best_key") is not None else None,
         training_time_s=extra["training_time_s"], resumed_at_epochs=list(extra.get("resumed_at_epochs", [])),
+        initialized_from=extra.get("initialized_from"),
     )
     run.resumed = True
 
@@ -470,6 +530,7 @@ def save_run(run: Run, improved: bool) -> None:
             "best_key": list(state.best_key),
             "training_time_s": state.training_time_s,
             "resumed_at_epochs": state.resumed_at_epochs,
+            "initialized_from": state.initialized_from,
             "train_config": dataclasses.asdict(train),
             "data_config": dataclasses.asdict(run.data),
             "shards": run.shard_names,
@@ -515,4 +576,7 @@ def summarise_run(run: Run) -> dict:
         "checkpoints": {"last": str(run.out_dir / LAST_CHECKPOINT),
                         "best": str(run.out_dir / BEST_CHECKPOINT) if best else None},
         "resumed_at_epochs": state.resumed_at_epochs,
+        # a fine-tuning run: the model it started from, and that model's own training (training_time_s,
+        # windows_seen, None where unknown); this run's own figures above do not include it
+        "initialized_from": state.initialized_from,
     }

@@ -113,3 +113,16 @@ def test_dry_run_end_to_end(tmp_path, morphology_path):
         assert training["finished"] is False and training["epochs_completed"] == summary["epochs_completed"]
     curves = json.loads((work / "report" / "data_efficiency.json").read_text())
     assert [p["training_simulations"] for p in curves["branch-elm-d2"]] == [2, 3, 4]
+
+    # a later session: INIT_<RUN> starts a run afresh from the released checkpoint (fit --init-from), and the JSON
+    # reports the training it started from beside its own
+    released = work / "checkpoints" / "branch-elm-d100"
+    import shutil
+
+    shutil.rmtree(work / "runs" / "branch-elm-d100")
+    tuned = run_script(work, morphology_path, "fit-branch-elm-d100", "evaluate", "assemble", MODELS=models,
+                       PARALLEL="1", DATA_SIZES="2 3", INIT_BRANCH_ELM_D100=str(released), EVALUATE_STOPPED="1", **extra)
+    assert tuned.returncode == 0 and "all stages done" in tuned.stdout, tuned.stdout[-3000:] + tuned.stderr[-3000:]
+    entry = json.loads((work / "surrogate_accuracy.json").read_text())["models"]["branch-elm-d100"]
+    assert entry["initialized_from"]["source"] == str(released.resolve())
+    assert entry["train_wall_s_with_initial"] == pytest.approx(entry["train_wall_s"] + out["models"]["branch-elm-d100"]["train_wall_s"])

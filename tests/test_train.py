@@ -388,6 +388,81 @@ def test_a_full_disk_stops_fit_in_one_line_and_the_run_resumes(dataset_dir, tmp_
     assert json.loads((run / "summary.json").read_text())["resumed_at_epochs"] == [1]
 
 
+def test_a_run_started_from_trained_weights_fine_tunes_them_and_resumes(dataset_dir, tmp_path):
+    """--init-from: the new run's model starts from the trained weights (not a random draw), records where they
+    came from and how long they had trained, resumes like any run; a model of another config is a one-line error."""
+    base = tmp_path / "base"
+    base_summary = fit("elm", TRAIN, ELM, dataset_dir, base, data_config=DATA)
+    trained = load_checkpoint(base / "checkpoint_best.pt")["model_state"]
+
+    # at a learning rate of 1e-12 Adam moves no weight by more than a few 1e-12: the run ends where it started
+    still = TrainConfig(**{**TRAIN.__dict__, "epochs": 1, "batches_per_epoch": 2, "learning_rate": 1e-12, "seed": 7})
+    tuned = tmp_path / "tuned"
+    summary = fit("elm", still, ELM, dataset_dir, tuned, data_config=DATA, init_from=base)
+    state = load_checkpoint(tuned / "checkpoint_last.pt")["model_state"]
+    for name, tensor in trained.items():
+        assert torch.allclose(state[name], tensor, atol=1e-9), name
+    fresh = tmp_path / "fresh"
+    fit("elm", still, ELM, dataset_dir, fresh, data_config=DATA)
+    fresh_state = load_checkpoint(fresh / "checkpoint_last.pt")["model_state"]
+    assert not all(torch.allclose(fresh_state[n], t, atol=1e-6) for n, t in trained.items())
+    started = summary["initialized_from"]
+    assert started["source"] == str(base.resolve()) and not started["published"]
+    assert started["epoch"] == base_summary["best_epoch"]
+    best_row = next(r for r in _history(base) if r["epoch"] == base_summary["best_epoch"])
+    assert started["training_time_s"] == pytest.approx(best_row["elapsed_s"], rel=0.2)
+    assert started["windows_seen"] == base_summary["best_epoch"] * TRAIN.batches_per_epoch * TRAIN.batch_size
+    # its first epoch validates near the trained model's AUC, far from a fresh model's
+    assert _history(tuned)[0]["valid_auc"] == pytest.approx(base_summary["best_valid_auc"], abs=1e-3)
+
+    # more epochs: the run resumes (from the same weights or with no --init-from), keeping its origin
+    more = TrainConfig(**{**still.__dict__, "epochs": 2})
+    again = fit("elm", more, ELM, dataset_dir, tuned, data_config=DATA, init_from=base)
+    assert again["resumed_at_epochs"] == [1] and again["initialized_from"] == started
+    # a run started from the fine-tuned one counts both trainings behind it
+    chained = fit("elm", still, ELM, dataset_dir, tmp_path / "chained", data_config=DATA, init_from=tuned)
+    behind = chained["initialized_from"]
+    assert behind["windows_seen"] == again["best_epoch"] * 2 * TRAIN.batch_size + started["windows_seen"]
+    assert behind["training_time_s"] > started["training_time_s"]
+    with pytest.raises(RunMismatchError, match="started from .*base, not from .*fresh"):
+        fit("elm", TrainConfig(**{**still.__dict__, "epochs": 3}), ELM, dataset_dir, tuned, data_config=DATA,
+            init_from=fresh)
+
+    with pytest.raises(RunMismatchError, match=r"differs in: num_memory\)") as err:
+        fit("elm", still, ELMConfig(num_memory=5), dataset_dir, tmp_path / "other", data_config=DATA, init_from=base)
+    assert "\n" not in str(err.value)
+    with pytest.raises(RunMismatchError, match="holds a model of kind elm, not branch-elm"):
+        fit("branch-elm", still, {"num_memory": 4}, dataset_dir, tmp_path / "kind", data_config=DATA, init_from=base)
+    # the CLI: a missing checkpoint is exit 2 and one line, and no run directory is left behind
+    config = tmp_path / "fit.toml"
+    config.write_text(CONFIG_TOML.format(epochs=1))
+    result = _cli("--model", "elm", "--config", str(config), "--data", str(dataset_dir), "--out",
+                  str(tmp_path / "cli"), "--init-from", str(tmp_path / "missing"))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "checkpoint not found" in result.stderr and "missing" in result.stderr
+    assert not (tmp_path / "cli" / "checkpoint_last.pt").exists()
+
+
+def test_the_published_branch_elm_fine_tunes_from_its_folder(dataset_dir, tmp_path):
+    """--init-from a published elmneuron folder (../shared/pretrained): its weights, recorded as published."""
+    from test_checkpoints import PRETRAINED
+
+    folder = PRETRAINED / "num_memory_20"
+    if not folder.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"published ELM checkpoints not found at {PRETRAINED}")
+        pytest.skip(f"published ELM checkpoints not found at {PRETRAINED}")
+    still = TrainConfig(**{**TRAIN.__dict__, "epochs": 1, "batches_per_epoch": 1, "learning_rate": 1e-12})
+    summary = fit("branch-elm", still, {"num_memory": 20}, dataset_dir, tmp_path / "run", data_config=DATA,
+                  init_from=folder)
+    published, _ = load_model(folder)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["model_state"]
+    for name, tensor in published.state_dict().items():
+        assert torch.allclose(state[name], tensor, atol=1e-9), name
+    assert summary["initialized_from"] == {"source": str(folder.resolve()), "published": True, "epoch": None,
+                                           "global_step": None, "training_time_s": None, "windows_seen": None}
+
+
 def _surrogate_accuracy_bench():
     """bench/surrogate_accuracy.py as a module (bench/ is not a package)."""
     import importlib.util
