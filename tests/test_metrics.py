@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import sklearn.metrics
 import pytest
 
 from simulation.errors import InputShapeError
@@ -205,3 +206,32 @@ def test_paired_auc_difference_sees_a_better_model_and_no_difference_between_twi
     assert twins["difference"] == 0 and twins["interval_95"] == [0.0, 0.0] and twins["fraction_a_higher"] == 0
     with pytest.raises(InputShapeError, match="one shape"):
         metrics.paired_auc_difference(spikes, good, poor[:, :-1])
+
+
+def test_the_auc_of_a_resample_from_pair_counts_is_sklearns_on_the_resampled_bins():
+    """simulation_pair_wins: the bootstrap's AUCs, from pair counts between simulations, are roc_auc_score's on the
+    concatenated resampled bins (ties included: scores rounded to 2 decimals), and the paired bootstrap gives what
+    scoring every resample with roc_auc_score gives."""
+    rng = np.random.default_rng(3)
+    spikes = rng.random((12, 300)) < 0.02
+    spikes[0, 5] = True
+    scores = np.round(spikes * 0.3 + rng.random(spikes.shape) * 0.6, 2)
+    other = np.round(spikes * 0.2 + rng.random(spikes.shape) * 0.6, 2)
+    wins, positives, negatives = metrics.simulation_pair_wins(spikes, scores)
+    for _ in range(5):
+        rows = rng.integers(0, 12, 12)
+        m = np.bincount(rows, minlength=12).astype(float)
+        expected = sklearn.metrics.roc_auc_score(spikes[rows].ravel(), scores[rows].ravel())
+        assert m @ wins @ m / ((m @ positives) * (m @ negatives)) == pytest.approx(expected, abs=1e-12)
+
+    result = metrics.paired_auc_difference(spikes, scores, other, ignore_first_ms=0, max_spike_bins=300,
+                                           resamples=30, seed=4)
+    draw = np.random.default_rng(4)
+    slow = []
+    for _ in range(30):
+        rows = draw.integers(0, 12, 12)
+        target = spikes[rows].ravel()
+        slow.append(sklearn.metrics.roc_auc_score(target, scores[rows].ravel())
+                    - sklearn.metrics.roc_auc_score(target, other[rows].ravel()))
+    assert result["interval_95"] == pytest.approx([np.percentile(slow, 2.5), np.percentile(slow, 97.5)], abs=1e-12)
+    assert result["fraction_a_higher"] == np.mean(np.array(slow) > 0) and result["resamples"] == 30
