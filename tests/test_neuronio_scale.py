@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,8 +118,6 @@ def test_dry_run_end_to_end(tmp_path, morphology_path):
     # a later session: INIT_<RUN> starts a run afresh from the released checkpoint (fit --init-from), and the JSON
     # reports the training it started from beside its own
     released = work / "checkpoints" / "branch-elm-d100"
-    import shutil
-
     shutil.rmtree(work / "runs" / "branch-elm-d100")
     tuned = run_script(work, morphology_path, "fit-branch-elm-d100", "evaluate", "assemble", MODELS=models,
                        PARALLEL="1", DATA_SIZES="2 3", INIT_BRANCH_ELM_D100=str(released), EVALUATE_STOPPED="1", **extra)
