@@ -76,21 +76,21 @@ def summary_of_stopped_run(run_dir: Path) -> dict:
     (fit writes summary.json after every epoch; a run killed during its first epochs by an older
     version, or one whose summary was lost, still has its checkpoints.)
     """
-    from surrogate.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, load_model
+    from surrogate.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_model
 
     name = LAST_CHECKPOINT if (run_dir / LAST_CHECKPOINT).is_file() else BEST_CHECKPOINT
-    checkpoint = load_checkpoint(run_dir / name)
-    extra, (_, info) = checkpoint["extra"], load_model(run_dir / name)
+    _, info = load_model(run_dir / name)
+    extra = info["extra"]
     history = extra["history"]
     best = next((row for row in history if row["epoch"] == extra["best_epoch"]), None)
     epochs = extra["train_config"]["epochs"]
     return {
-        "model_kind": checkpoint["model_kind"], "model_config": info["model_config"],
+        "model_kind": info["model_kind"], "model_config": info["model_config"],
         "num_parameters": info["num_parameters"], "training_time_s": extra["training_time_s"],
         "time_to_best_valid_s": best["elapsed_s"] if best else None, "best_epoch": extra["best_epoch"],
-        "best_valid_auc": best["valid_auc"] if best else None, "epochs_completed": checkpoint["epoch"],
-        "finished": checkpoint["epoch"] >= epochs, "epochs_planned": epochs,
-        "windows_seen": checkpoint["global_step"] * extra["train_config"]["batch_size"],
+        "best_valid_auc": best["valid_auc"] if best else None, "epochs_completed": info["epoch"],
+        "finished": info["epoch"] >= epochs, "epochs_planned": epochs,
+        "windows_seen": info["global_step"] * extra["train_config"]["batch_size"],
         "training_simulations": None, "device": extra["device"], "shards": extra["shards"],
         "summary_from": f"{name} (the run stopped before writing summary.json)",
     }

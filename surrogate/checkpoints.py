@@ -349,7 +349,8 @@ def load_model(path_or_dir: str | Path, device: str | torch.device = "cpu") -> t
     - a published elmneuron folder, or its neuronio_best_model_state.pt.
     Returns (model, info) with info: model_kind, model_config, num_parameters, source,
     published, soma_transform (surrogate.targets.SomaTransform: how its soma channel decodes
-    to mV), plus epoch, global_step, best_metric for project checkpoints.
+    to mV), plus epoch, global_step, best_metric and extra (what the run stored beside the model)
+    for project checkpoints.
     """
     path = Path(path_or_dir)
     if not path.exists():
@@ -387,6 +388,7 @@ def load_model(path_or_dir: str | Path, device: str | torch.device = "cpu") -> t
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
         "best_metric": checkpoint.get("best_metric"),
+        "extra": checkpoint.get("extra") or {},  # what the run stored beside the model (history, provenance)
     }
     return _finish(model, info, device)
 

@@ -332,7 +332,7 @@ def initialise_from(run: Run, source: Path) -> dict:
     run.model.load_state_dict(model.state_dict())
     prior = {"training_time_s": None, "windows_seen": None}
     if not info["published"]:
-        prior = _training_behind(load_checkpoint(info["source"]).get("extra") or {}, info.get("global_step") or 0)
+        prior = _training_behind(info["extra"], info.get("global_step") or 0)
     return {"source": str(source.resolve()), "published": info["published"], "epoch": info.get("epoch"),
             "global_step": info.get("global_step"), **prior}
 
