@@ -57,6 +57,19 @@ def scores_of(evaluation: dict) -> dict:
     }
 
 
+def _master_seed(data_dir: Path, shard_names: list[str]) -> int | None:
+    """The master seed the named shards were simulated from (None where the dataset is not on this machine)."""
+    import h5py
+
+    seeds = set()
+    for name in shard_names:
+        if not (data_dir / name).is_file():
+            return None
+        with h5py.File(data_dir / name, "r") as f:
+            seeds.add(int(f.attrs["master_seed"]))
+    return seeds.pop() if len(seeds) == 1 else None
+
+
 def _count_simulations(data_dir: Path, shard_names: list[str]) -> int | None:
     """Simulations in the named shards of `data_dir` (None where the dataset is not on this machine)."""
     import h5py
@@ -176,7 +189,7 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
                       None)
     datasets = {
         "train": {"simulations": first["training_simulations"], "simulated_ms": first["training_simulated_ms"],
-                  "shards": len(shards["train"]), "data_dir": str(data)},
+                  "shards": len(shards["train"]), "data_dir": str(data), "master_seed": _master_seed(data, shards["train"])},
         "valid": {"simulations": _count_simulations(data, shards["valid"]), "shards": len(shards["valid"])},
         "test_gpu_engine": {"simulations": _count_simulations(data, shards["test"]), "shards": len(shards["test"])},
     }
@@ -187,7 +200,8 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
     if cvode_data is not None and cvode_data.is_dir():
         cvode_shards = sorted(p.name for p in cvode_data.glob("shard_*.h5"))
         datasets["test_cvode"] = {"simulations": _count_simulations(cvode_data, cvode_shards),
-                                  "shards": len(cvode_shards), "data_dir": str(cvode_data)}
+                                  "shards": len(cvode_shards), "data_dir": str(cvode_data),
+                                  "master_seed": _master_seed(cvode_data, cvode_shards)}
     elif cvode_runs is not None:  # the CVode data stayed on the GPU machine: its size as evaluated
         cvode_evaluation = next((_read(cvode_runs / k / "evaluation.json") for k in entries
                                  if (cvode_runs / k / "evaluation.json").is_file()), None)

@@ -55,6 +55,7 @@ def test_dry_run_end_to_end(tmp_path, morphology_path):
     out = json.loads((work / "surrogate_accuracy.json").read_text())
     assert out["datasets"]["train"]["simulations"] == 4 and out["datasets"]["test_gpu_engine"]["simulations"] == 2
     assert out["datasets"]["test_cvode"]["simulations"] == 2
+    assert out["datasets"]["train"]["master_seed"] == 2021 and out["datasets"]["test_cvode"]["master_seed"] == 4242
     assert "fits side by side" in result.stdout
     assert set(out["models"]) == {"elm", "branch-elm", "branch-elm-d100", "tcn", "lstm"}  # not branch-elm-n2
     assert out["models"]["branch-elm-d100"]["model_config"]["num_memory"] == 100
