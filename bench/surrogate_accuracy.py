@@ -189,7 +189,8 @@ def assemble(runs: Path, data: Path, cvode_runs: Path | None = None, cvode_data:
                       None)
     datasets = {
         "train": {"simulations": first["training_simulations"], "simulated_ms": first["training_simulated_ms"],
-                  "shards": len(shards["train"]), "data_dir": str(data), "master_seed": _master_seed(data, shards["train"])},
+                  "shards": len(shards["train"]), "data_dir": str(data),
+                  "master_seed": _master_seed(data, shards["train"])},
         "valid": {"simulations": _count_simulations(data, shards["valid"]), "shards": len(shards["valid"])},
         "test_gpu_engine": {"simulations": _count_simulations(data, shards["test"]), "shards": len(shards["test"])},
     }

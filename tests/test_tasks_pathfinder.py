@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import h5py
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import ConfigError
+from common.errors import ConfigError, DatasetError
 from common.files import file_sha256
 from surrogate.tasks import TASKS, open_split, prepare_task, task_settings
-from surrogate.tasks.pathfinder import draw_image, image_stream
+from surrogate.tasks.pathfinder import draw_image, image_stream, segment_distance
 
 SMALL = {"train_size": 24, "valid_size": 6, "test_size": 6, "chunk_size": 10, "seed": 2}
 
@@ -52,6 +53,21 @@ def _check_geometry(s, image, label, details):
         gaps = np.hypot(p[1:, 0] - p[:-1, 2], p[1:, 1] - p[:-1, 3])  # 2 x margin along the bent path
         assert np.all(gaps <= 2 * m + 1e-9) and np.all(gaps >= 2 * m * math.cos(math.pi / 4) - 1e-9)
         assert p.min() >= s.padding - 1e-9 and p.max() <= s.image_size - s.padding + 1e-9
+    # contours keep apart (the original's non-overlapping clearance masks): centre lines of paddles of different
+    # contours, and of non-neighbouring paddles of one contour, at least 2 x margin + thickness apart, less what the
+    # collision grid can miss (half a cell's diagonal, and half the spacing of the points tested along a paddle).
+    # That is more than the 2 x margin gap between a contour's consecutive paddles, so linking paddles closer than
+    # 2 x margin recovers exactly the contours, and with them the label: it is in the image, not only in the seed.
+    clearance = 2 * m + s.paddle_thickness - (math.sqrt(2) / 2 + 0.25) / s.antialias
+    assert clearance > 2 * m
+    paddles = [(k, i, p) for k, c in enumerate(contours) for i, p in enumerate(c.paddles)]
+    t = np.linspace(0.0, 1.0, 9)
+    for k, i, (y0, x0, y1, x1) in paddles:
+        ys, xs = y0 + (y1 - y0) * t, x0 + (x1 - x0) * t
+        for k2, i2, q in paddles:
+            if (k2, i2) <= (k, i) or (k2 == k and abs(i2 - i) < 2):
+                continue
+            assert segment_distance(ys, xs, *q).min() >= clearance - 1e-9, (k, i, k2, i2)
     # the targets start seed_distance apart; the circles sit on a start and an end
     assert math.dist(targets[0].start, targets[1].start) == pytest.approx(s.seed_distance)
     origin, other = details["marked"]
@@ -140,3 +156,21 @@ def test_bad_settings():
     impossible = task_settings("pathfinder32", {"contour_length": 400, "image_size": 12, "paddle_length": 3})
     with pytest.raises(ConfigError, match="no contour of 400 paddles fitted into a 12 x 12 image"):
         draw_image(impossible, image_stream(0, 0, 0))
+
+
+def test_files_of_an_older_generator_are_refused(tmp_path, pathfinder_dir):
+    """Splits made before the generator's last change (no generator_revision stored) are neither trained on nor
+    mixed with new ones: one DatasetError naming the file and the difference."""
+    old = tmp_path / "pathfinder32"
+    old.mkdir()
+    for split in ("train", "valid", "test"):
+        (old / f"{split}.h5").write_bytes((pathfinder_dir / "pathfinder32" / f"{split}.h5").read_bytes())
+        with h5py.File(old / f"{split}.h5", "r+") as f:
+            settings = json.loads(f.attrs["settings"])
+            del settings["generator_revision"]
+            f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+    with pytest.raises(DatasetError, match=r"train\.h5: made by revision 1 of the Pathfinder generator, this code makes revision 2"):
+        open_split("pathfinder32", tmp_path, "train")
+    with pytest.raises(DatasetError, match=r"train\.h5 was generated with other settings \(generator_revision: none -> 2\)"):
+        prepare_task("pathfinder32", tmp_path, SMALL)
+

@@ -112,6 +112,7 @@ def _generate(name: str, task_dir: Path, s, progress) -> None:
         from . import pathfinder
 
         width = s.image_size * s.image_size
+        fp = fp | {"generator_revision": pathfinder.GENERATOR_REVISION}
 
     def tick(n: int) -> None:
         nonlocal done

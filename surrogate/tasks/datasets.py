@@ -40,6 +40,14 @@ class GeneratedSplit(Dataset):
             if int(f.attrs.get("size", -1)) != n:
                 raise DatasetError(f"{self.path}: holds {n} samples but was written for {int(f.attrs.get('size', -1))}; {hint}")
             self.settings = read_settings_attr(f)
+            if task.startswith("pathfinder"):
+                from .pathfinder import GENERATOR_REVISION
+
+                made = self.settings.get("generator_revision", 1)
+                if made != GENERATOR_REVISION:
+                    raise DatasetError(f"{self.path}: made by revision {made} of the Pathfinder generator, this code makes "
+                                       f"revision {GENERATOR_REVISION} (see surrogate/tasks/pathfinder.py); remove the "
+                                       f"task's files, then {hint}")
             self.seq_len = int(f["inputs"].shape[1])
             self.labels = f["labels"][...].astype(np.int64)
             self.lengths = f["lengths"][...].astype(np.int64)

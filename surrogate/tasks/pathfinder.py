@@ -4,8 +4,11 @@ An image holds two target contours, distractor contours and two circles (markers
 is a chain of paddles (short line segments) with gaps between them: paddle k+1 starts
 2 x margin after paddle k ends, turned from it by an angle whose probability falls with
 cos(min(|turn| x continuity, 90 deg))^2 (turns of 90 / continuity degrees or more never
-happen), and no paddle comes within the margin of another contour's paddles or leaves the
-image (minus `padding`). As in the original generator:
+happen), and no paddle leaves the image (minus `padding`). Each paddle keeps a clear zone of
+`margin` around its stroke, and zones of different paddles never overlap (the original's
+mask test), so the centre lines of neighbouring contours stay at least 2 x margin + thickness
+apart: wider than the 2 x margin gaps within a contour, which keeps contours apart from dashes.
+As in the original generator:
 
 - the two target contours start `seed_distance` apart, near the image centre (the first one
   at least 2 x seed_distance from every border), and grow one paddle each in turn to
@@ -35,6 +38,10 @@ from common.errors import ConfigError
 from .settings import PathfinderSettings
 
 SEED_TRIES = 3  # placements tried for the first paddle of a contour (the original's paddle retrials + 1)
+# Stored with every split's settings, so files of an older generator are refused, not mixed with new ones.
+# 2: contours at least 2 x margin + thickness apart (revision 1 let them come within margin + thickness / 2,
+# closer than the gaps between a contour's own paddles, so that following a contour was ambiguous).
+GENERATOR_REVISION = 2
 
 
 @dataclass
@@ -65,7 +72,8 @@ class Canvas:
         self.scale = s.antialias
         self.cells = s.image_size * s.antialias
         self.count = np.zeros((self.cells, self.cells), dtype=np.int16)
-        self.radius = margin + s.paddle_thickness / 2  # centre line to centre line, pixels
+        # the closest two paddles' centre lines may come, pixels: each keeps `margin` clear around its stroke
+        self.radius = 2 * margin + s.paddle_thickness
         self.low, self.high = float(s.padding), float(s.image_size - s.padding)
         n_points = max(2, math.ceil(s.paddle_length * s.antialias * 2) + 1)
         self.along = np.linspace(0.0, 1.0, n_points)

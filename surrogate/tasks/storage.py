@@ -81,6 +81,16 @@ def _matches(f: h5py.File, attrs: dict[str, Any]) -> bool:
     return True
 
 
+def _differences(f: h5py.File, attrs: dict[str, Any]) -> str:
+    """The settings in which a stored split differs from `attrs`, as 'key: stored -> wanted' (all stored if none)."""
+    stored = read_settings_attr(f)
+    wanted = json.loads(attrs["settings"])
+    keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    if not keys:
+        return f"stored: {dumps_json(stored, indent=None, sort_keys=True)}"
+    return ", ".join(f"{k}: {stored.get(k, 'none')} -> {wanted.get(k, 'none')}" for k in keys)
+
+
 def split_status(path: Path, attrs: dict[str, Any], width: int, hint: str) -> bool:
     """True when `path` is a finished split of exactly these settings; False when absent.
 
@@ -91,8 +101,7 @@ def split_status(path: Path, attrs: dict[str, Any], width: int, hint: str) -> bo
     with read_hdf5(path, "task split", hint) as f:
         check_rows(f, path, hint, size=attrs["size"], width=width)
         if not _matches(f, attrs):
-            stored = f.attrs.get("settings", "?")
-            raise DatasetError(f"{path} was generated with other settings ({stored}); "
+            raise DatasetError(f"{path} was generated with other settings ({_differences(f, attrs)}); "
                                "remove it, or generate into another --data-dir")
     return True
 
