@@ -34,6 +34,9 @@ from simulation.tasks import TASK_PREFIX
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SEED = 7
+# how long a killed worker's nanny may take to start a new one: seconds on an idle machine, more than a minute
+# on a 2-core machine busy with other simulations (wait_for_workers returns as soon as both are back)
+WORKER_RESTART_S = 240
 
 
 def write_config(directory: Path, n_shards: int = 3, seed: int = SEED, duration_ms: int = 300, retries: int = 1,
@@ -237,7 +240,7 @@ def test_simulation_on_a_killed_worker_is_retried(reference, client, tmp_path, m
         stop.set()
         killer.join()
     assert len(kills) == 1 and kills[0][1] in pids_before
-    client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+    client.wait_for_workers(2, timeout=WORKER_RESTART_S)  # the nanny restarted the killed worker
     assert kills[0][1] not in worker_pids(client).values()
     assert_same_shards(paths, reference_paths)
 
@@ -245,7 +248,7 @@ def test_simulation_on_a_killed_worker_is_retried(reference, client, tmp_path, m
 def test_simulation_failing_after_retries_is_reported_by_index_and_seed(reference, client, tmp_path, morphology_path):
     _, config, reference_paths = reference
     out = tmp_path / "data"
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=WORKER_RESTART_S)
     stop, kills = threading.Event(), []
     # the cluster allows one retry: killing the worker under simulation 3 twice fails it for good
     killer = threading.Thread(target=kill_worker_running, args=(client, 3, stop, kills, 2), daemon=True)
@@ -265,7 +268,7 @@ def test_simulation_failing_after_retries_is_reported_by_index_and_seed(referenc
     assert sorted(p.name for p in out.glob("shard_*")) == ["shard_00000.h5", "shard_00002.h5"]
 
     # a re-run simulates only the missing shard
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=WORKER_RESTART_S)
     kept = identity(out / "shard_00000.h5")
     paths = generate_dataset(config, out, morphology_path, client)
     assert identity(out / "shard_00000.h5") == kept
