@@ -59,14 +59,11 @@ def scores_of(evaluation: dict) -> dict:
 
 def _master_seed(data_dir: Path, shard_names: list[str]) -> int | None:
     """The master seed the named shards were simulated from (None where the dataset is not on this machine)."""
-    import h5py
+    from simulation.dataset import read_shard_attrs
 
-    seeds = set()
-    for name in shard_names:
-        if not (data_dir / name).is_file():
-            return None
-        with h5py.File(data_dir / name, "r") as f:
-            seeds.add(int(f.attrs["master_seed"]))
+    if not all((data_dir / name).is_file() for name in shard_names):
+        return None
+    seeds = {int(read_shard_attrs(data_dir / name)["master_seed"]) for name in shard_names}
     return seeds.pop() if len(seeds) == 1 else None
 
 
