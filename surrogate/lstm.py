@@ -27,6 +27,10 @@ class LSTMConfig:
     hidden_size: int = 150  # units per layer
     num_layers: int = 1
     dropout: float = 0.0  # between LSTM layers (needs num_layers > 1)
+    # Chrono initialisation (Tallec & Ollivier 2018, "Can recurrent neural networks warp time?"):
+    # forget-gate biases log(u), u ~ U(1, chrono_max_steps - 1), input-gate biases -log(u), so the
+    # units start with memory spans spread up to chrono_max_steps steps. 0: PyTorch's default init.
+    chrono_max_steps: float = 0.0
     # initial bias of the spike logit; None keeps PyTorch's default. Near the logit of the firing
     # rate (1 Hz: about -7) a short training run does not spend its steps pushing it down.
     spike_bias_init: float | None = None
@@ -40,6 +44,8 @@ class LSTMConfig:
             raise ValueError("dropout acts between LSTM layers: it needs num_layers > 1")
         if self.spike_bias_init is not None and not -30.0 <= self.spike_bias_init <= 30.0:
             raise ValueError(f"spike_bias_init must be a logit in [-30, 30], got {self.spike_bias_init}")
+        if self.chrono_max_steps != 0 and self.chrono_max_steps <= 2:
+            raise ValueError(f"chrono_max_steps must be 0 (off) or > 2, got {self.chrono_max_steps}")
 
 
 class LSTM(nn.Module):
@@ -54,6 +60,18 @@ class LSTM(nn.Module):
         if config.spike_bias_init is not None:
             with torch.no_grad():
                 self.head.bias[0] = config.spike_bias_init
+        if config.chrono_max_steps:
+            self._chrono_init(config.chrono_max_steps)
+
+    @torch.no_grad()
+    def _chrono_init(self, max_steps: float) -> None:
+        """b_f = log(u), b_i = -log(u), u ~ U(1, max_steps - 1) (Tallec & Ollivier 2018); gate order i, f, g, o."""
+        h = self.config.hidden_size
+        for layer in range(self.config.num_layers):
+            log_u = torch.log(torch.empty(h).uniform_(1.0, max_steps - 1.0))
+            bias_ih, bias_hh = getattr(self.lstm, f"bias_ih_l{layer}"), getattr(self.lstm, f"bias_hh_l{layer}")
+            bias_ih[:h], bias_hh[:h] = -log_u, 0.0  # input gate
+            bias_ih[h:2 * h], bias_hh[h:2 * h] = log_u, 0.0  # forget gate
 
     def forward(self, input_spikes: torch.Tensor) -> torch.Tensor:
         x = input_spikes.to(self.head.weight.dtype)

@@ -6,8 +6,12 @@ Arena (ListOps, Pathfinder, Pathfinder-X) and on SHD-Adding. Here the same neuro
 any input width and writes any number of outputs:
 
     inputs (B, T) tokens / pixels, or (B, T, C) spikes / real values
-      -> input encoding            tokens: nn.Embedding(vocab, E, padding_idx=0)
-                                   pixels: nn.Linear(1, E) on value / 255
+      -> input encoding            encoding "learned": tokens nn.Embedding(vocab, E, padding_idx=0),
+                                                       pixels nn.Linear(1, E) on value / 255
+                                   encoding "one-hot" (the paper's LRA setup, its appendix B: "pixel
+                                   and token sequences were encoded categorically"): tokens one-hot
+                                   over the vocabulary (padding all zero), pixels one-hot over
+                                   `grey_levels` bins of the 256 grey values (16; Pathfinder-X 8)
                                    spikes, real: the C channels as they are
       -> optional input dropout
       -> core                      ELM / Branch-ELM (surrogate.elm.ELM, num_input = E or C,
@@ -47,6 +51,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from common.config import require as _require
 
@@ -55,6 +60,7 @@ from .lstm import LSTM, LSTMConfig
 
 INPUT_KINDS = ("tokens", "pixels", "spikes", "real")
 READOUTS = ("last", "mean", "per-step")
+ENCODINGS = ("learned", "one-hot")  # tokens and pixels: a learned linear encoding, or categorical (one-hot)
 SEQUENCE_MODELS = ("elm", "branch-elm", "lstm")  # --model of fit-task
 ROUTINGS = ("windows", "random")
 PIXEL_SCALE = 255.0  # pixel values 0..255 enter the encoding as value / 255
@@ -65,14 +71,19 @@ class SequenceModelConfig:
     """[model]: what every sequence model shares (encoding, readout)."""
 
     readout: str = "last"  # "last", "mean" or "per-step"
-    embedding_dim: int = 32  # tokens and pixels: encoding width E (spikes and real values: the channels themselves)
+    encoding: str = "learned"  # tokens and pixels: "learned" (width embedding_dim) or "one-hot"
+    embedding_dim: int = 32  # encoding "learned": width E (spikes and real values: the channels themselves)
+    grey_levels: int = 16  # pixels with encoding "one-hot": the 256 grey values binned into this many levels
     input_dropout: float = 0.0  # dropout on the encoded inputs (training only)
     branch_routing: str = "windows"  # Branch-ELM: "windows" (overlapping runs of consecutive inputs) or "random"
     routing_seed: int = 0  # branch_routing = "random": the draw
 
     def __post_init__(self):
         _require(self.readout in READOUTS, f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+        _require(self.encoding in ENCODINGS, f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         _require(self.embedding_dim >= 1, f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        _require(2 <= self.grey_levels <= 256 and 256 % self.grey_levels == 0,
+                 f"grey_levels must divide 256 (2, 4, ..., 256), got {self.grey_levels}")
         _require(0.0 <= self.input_dropout < 1.0, f"input_dropout must be in [0, 1), got {self.input_dropout}")
         _require(self.branch_routing in ROUTINGS,
                  f"branch_routing must be one of {', '.join(ROUTINGS)}, got {self.branch_routing!r}")
@@ -87,38 +98,62 @@ class LSTMBaselineConfig:
     num_layers: int = 1
     parameter_budget: int = 0  # 0: the parameter count of the `match` model of the same config
     match: str = "elm"  # which ELM sets the budget when parameter_budget = 0: "elm" or "branch-elm"
+    chrono_max_steps: float = 0.0  # > 2: Chrono-LSTM gate biases for memory spans up to this many steps (the paper's baseline); 0: off
 
     def __post_init__(self):
         _require(self.hidden_size >= 0, f"hidden_size must be >= 0 (0: from the parameter budget), got {self.hidden_size}")
         _require(self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}")
         _require(self.parameter_budget >= 0, f"parameter_budget must be >= 0, got {self.parameter_budget}")
         _require(self.match in ("elm", "branch-elm"), f"match must be 'elm' or 'branch-elm', got {self.match!r}")
+        _require(self.chrono_max_steps == 0 or self.chrono_max_steps > 2,
+                 f"chrono_max_steps must be 0 (off) or > 2, got {self.chrono_max_steps}")
 
 
 # --------------------------------------------------------------------------- pieces
 
 class InputEncoding(nn.Module):
-    """Tokens (B, T) -> embeddings; pixels (B, T) -> Linear(1, E)(value / 255); spikes, real (B, T, C) as they are."""
+    """Tokens / pixels (B, T) -> (B, T, width), learned or one-hot; spikes, real (B, T, C) as they are.
 
-    def __init__(self, input_kind: str, input_size: int, embedding_dim: int):
+    learned: tokens nn.Embedding(vocab, E, padding_idx=0), pixels nn.Linear(1, E)(value / 255);
+    one-hot: tokens one-hot over the vocabulary with padding (id 0) all zero, pixels one-hot over
+    grey_levels equal bins of the values 0..255 (value * grey_levels // 256).
+    """
+
+    def __init__(self, input_kind: str, input_size: int, embedding_dim: int, encoding: str = "learned",
+                 grey_levels: int = 16):
         super().__init__()
         if input_kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
-        self.input_kind, self.input_size = input_kind, input_size
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+        self.input_kind, self.input_size, self.one_hot = input_kind, input_size, encoding == "one-hot"
+        self.grey_levels = grey_levels
+        self.encode = None
         if input_kind == "tokens":
-            self.encode = nn.Embedding(input_size, embedding_dim, padding_idx=0)
-            self.width = embedding_dim
+            self.width = input_size if self.one_hot else embedding_dim
+            if not self.one_hot:
+                self.encode = nn.Embedding(input_size, embedding_dim, padding_idx=0)
         elif input_kind == "pixels":
-            self.encode = nn.Linear(1, embedding_dim)
-            self.width = embedding_dim
+            self.width = grey_levels if self.one_hot else embedding_dim
+            if not self.one_hot:
+                self.encode = nn.Linear(1, embedding_dim)
         else:
-            self.encode = None
             self.width = input_size
+
+    @classmethod
+    def for_model(cls, input_kind: str, input_size: int, model: SequenceModelConfig) -> "InputEncoding":
+        return cls(input_kind, input_size, model.embedding_dim, model.encoding, model.grey_levels)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.input_kind == "tokens":
+            if self.one_hot:  # padding (id 0) -> the zero vector
+                ids = inputs.long()
+                return F.one_hot(ids, self.input_size).float() * (ids != 0).unsqueeze(-1)
             return self.encode(inputs.long())
         if self.input_kind == "pixels":
+            if self.one_hot:
+                level = inputs.long() * self.grey_levels // (int(PIXEL_SCALE) + 1)
+                return F.one_hot(level, self.grey_levels).float()
             return self.encode(inputs.float().unsqueeze(-1) / PIXEL_SCALE)
         if inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
             raise ValueError(f"expected inputs (B, T, {self.input_size}), got {tuple(inputs.shape)}")
@@ -201,14 +236,14 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"kind must be one of {', '.join(SEQUENCE_MODELS)}, got {kind!r}")
         self.kind, self.input_kind, self.input_size, self.num_classes = kind, input_kind, input_size, num_classes
         self.model_config, self.core_config = model, core
-        self.encoding = InputEncoding(input_kind, input_size, model.embedding_dim)
+        self.encoding = InputEncoding.for_model(input_kind, input_size, model)
         self.dropout = nn.Dropout(model.input_dropout) if model.input_dropout > 0 else nn.Identity()
         width = self.encoding.width
         if kind == "lstm":
             if core.hidden_size < 1:
                 raise ValueError("LSTMBaselineConfig.hidden_size must be set (see build_sequence_model)")
             self.core = LSTM(LSTMConfig(num_input=width, num_output=num_classes, hidden_size=core.hidden_size,
-                                        num_layers=core.num_layers))
+                                        num_layers=core.num_layers, chrono_max_steps=core.chrono_max_steps))
         else:
             if core.num_input != width or core.num_output != num_classes:
                 raise ValueError(f"ELMConfig must have num_input {width}, num_output {num_classes}; "
@@ -249,7 +284,7 @@ def build_sequence_model(kind: str, input_kind: str, input_size: int, num_classe
     parameter count of the classifier with the ELM `budget_core` (same encoding and readout).
     """
     model = model or SequenceModelConfig()
-    width = InputEncoding(input_kind, input_size, model.embedding_dim).width
+    width = InputEncoding.for_model(input_kind, input_size, model).width
     if kind == "lstm":
         core = core or LSTMBaselineConfig()
         if core.hidden_size == 0:
@@ -259,7 +294,7 @@ def build_sequence_model(kind: str, input_kind: str, input_size: int, num_classe
                     raise ValueError("an LSTM with hidden_size 0 needs parameter_budget or an ELM config to match")
                 reference = build_sequence_model(core.match, input_kind, input_size, num_classes, model, budget_core)
                 budget = num_parameters(reference)
-            encoding = num_parameters(InputEncoding(input_kind, input_size, model.embedding_dim))
+            encoding = num_parameters(InputEncoding.for_model(input_kind, input_size, model))
             hidden = lstm_hidden_for_budget(budget, width, num_classes, core.num_layers, fixed=encoding)
             core = dataclasses.replace(core, hidden_size=hidden, parameter_budget=budget)
     else:

@@ -180,7 +180,7 @@ def load_task_config(paths: list[str | os.PathLike], spec, kind: str) -> TaskRun
     train = _train_config(tables.get("train", {}), kind, where)
     model = from_table(SequenceModelConfig, tables.get("model"), f"{where} [model]")
     try:
-        width = InputEncoding(spec.input_kind, spec.input_size, model.embedding_dim).width
+        width = InputEncoding.for_model(spec.input_kind, spec.input_size, model).width
     except ValueError as err:
         raise ConfigError(f"task {spec.name}: {err}") from None
     elms = {name: _elm_config(tables.get(MODEL_TABLES[name]), name, width, spec.num_classes,

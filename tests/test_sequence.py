@@ -106,6 +106,59 @@ def test_encodings_and_input_kinds():
     assert real(torch.randn(4, 7, 3)).shape == (4, 2)
 
 
+def test_one_hot_encoding_of_tokens_and_grey_levels():
+    # the paper's LRA input (appendix B): tokens one-hot, grey values binned into 16 (Pathfinder-X: 8) levels
+    model = SequenceModelConfig(encoding="one-hot", grey_levels=16)
+    tokens = build_sequence_model("elm", "tokens", 16, 10, model, ELMConfig(num_memory=4))
+    assert tokens.core.config.num_input == 16
+    ids = torch.tensor([[3, 15, 0, 0]])
+    encoded = tokens.encoding(ids)
+    assert encoded.shape == (1, 4, 16)
+    assert encoded[0, 0].argmax() == 3 and encoded[0, 1].argmax() == 15 and encoded[0, :2].sum() == 2
+    assert encoded[0, 2:].abs().sum() == 0  # padding enters as nothing
+    pixels = build_sequence_model("elm", "pixels", 256, 2, model, ELMConfig(num_memory=4))
+    grey = torch.tensor([[0, 15, 16, 128, 255]])
+    levels = pixels.encoding(grey).argmax(-1)
+    assert levels.tolist() == [[0, 0, 1, 8, 15]] and pixels.encoding(grey).sum().item() == 5
+    eight = build_sequence_model("elm", "pixels", 256, 2, SequenceModelConfig(encoding="one-hot", grey_levels=8),
+                                 ELMConfig(num_memory=4))
+    assert eight.core.config.num_input == 8 and eight.encoding(grey).argmax(-1).tolist() == [[0, 0, 0, 4, 7]]
+    assert num_parameters(pixels.encoding) == 0
+    with pytest.raises(ValueError, match="grey_levels"):
+        SequenceModelConfig(encoding="one-hot", grey_levels=12)
+    with pytest.raises(ValueError, match="encoding"):
+        SequenceModelConfig(encoding="onehot")
+
+
+@pytest.mark.parametrize("num_memory, published", [(100, 44_000), (150, 96_000), (200, 168_000)])
+def test_pathfinder_elm_has_the_papers_parameter_count(num_memory, published):
+    # Table S5 of the ELM paper: the Pathfinder ELM (16 one-hot grey levels, d_m memory units) has 44k / 96k / 168k
+    model = build_sequence_model("elm", "pixels", 256, 2, SequenceModelConfig(encoding="one-hot", grey_levels=16),
+                                 ELMConfig(num_memory=num_memory))
+    assert abs(num_parameters(model) - published) / published < 0.01
+
+
+def test_chrono_lstm_starts_with_long_memory_spans():
+    # Tallec & Ollivier (2018): forget-gate bias log(u), input-gate bias -log(u), u ~ U(1, T_max - 1)
+    torch.manual_seed(0)
+    model = build_sequence_model("lstm", "pixels", 256, 2, SequenceModelConfig(encoding="one-hot"),
+                                 LSTMBaselineConfig(hidden_size=40, chrono_max_steps=1000.0))
+    lstm = model.core.lstm
+    forget = (lstm.bias_ih_l0 + lstm.bias_hh_l0)[40:80].detach()
+    gate_in = (lstm.bias_ih_l0 + lstm.bias_hh_l0)[:40].detach()
+    assert forget.min() >= 0 and forget.max() <= torch.log(torch.tensor(999.0)) + 1e-5
+    assert forget.max() > torch.log(torch.tensor(100.0))  # spans of hundreds of steps among 40 units
+    torch.testing.assert_close(gate_in, -forget)
+    # a unit's characteristic memory span 1 / (1 - sigmoid(b_f)) reaches past 100 steps, far beyond the default init's ~2
+    default = build_sequence_model("lstm", "pixels", 256, 2, SequenceModelConfig(encoding="one-hot"),
+                                   LSTMBaselineConfig(hidden_size=40)).core.lstm
+    span = 1 / (1 - torch.sigmoid(forget))
+    default_span = 1 / (1 - torch.sigmoid((default.bias_ih_l0 + default.bias_hh_l0)[40:80].detach()))
+    assert span.max() > 100 and default_span.max() < 5
+    with pytest.raises(ValueError, match="chrono_max_steps"):
+        LSTMBaselineConfig(chrono_max_steps=1.5)
+
+
 def test_the_neuron_is_surrogate_elm_without_neuronio_signs():
     model = small_elm(kind="branch-elm")
     from surrogate.elm import ELM
