@@ -252,7 +252,8 @@ def test_every_shipped_task_config_loads_for_every_model():
     tasks = pytest.importorskip("surrogate.tasks")
     names = {"listops": "listops", "pathfinder32": "pathfinder32", "pathfinder128": "pathfinder128",
              "shd-adding": "shd_adding"}
-    overlays = ([], ["configs/tasks/smoke.toml"], ["configs/tasks/mean_readout.toml"])
+    overlays = ([], ["configs/tasks/smoke.toml"], ["configs/tasks/mean_readout.toml"], ["configs/tasks/dm128.toml"],
+                ["configs/tasks/higher_lr.toml"])
     for task, file in names.items():
         for kind in ("elm", "branch-elm", "lstm"):
             for overlay in overlays:
