@@ -63,7 +63,8 @@ READOUTS = ("last", "mean", "per-step")
 ENCODINGS = ("learned", "one-hot")  # tokens and pixels: a learned linear encoding, or categorical (one-hot)
 SEQUENCE_MODELS = ("elm", "branch-elm", "lstm")  # --model of fit-task
 ROUTINGS = ("windows", "random")
-PIXEL_SCALE = 255.0  # pixel values 0..255 enter the encoding as value / 255
+PIXEL_SCALE = 255.0  # pixel values 0..255 enter the learned encoding as value / 255
+GREY_VALUES = 256  # pixel values 0..255: the one-hot encoding bins them into grey_levels equal bins
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class SequenceModelConfig:
         _require(self.readout in READOUTS, f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
         _require(self.encoding in ENCODINGS, f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         _require(self.embedding_dim >= 1, f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        _require(2 <= self.grey_levels <= 256 and 256 % self.grey_levels == 0,
+        _require(2 <= self.grey_levels <= GREY_VALUES and GREY_VALUES % self.grey_levels == 0,
                  f"grey_levels must divide 256 (2, 4, ..., 256), got {self.grey_levels}")
         _require(0.0 <= self.input_dropout < 1.0, f"input_dropout must be in [0, 1), got {self.input_dropout}")
         _require(self.branch_routing in ROUTINGS,
@@ -152,7 +153,7 @@ class InputEncoding(nn.Module):
             return self.encode(inputs.long())
         if self.input_kind == "pixels":
             if self.one_hot:
-                level = inputs.long() * self.grey_levels // (int(PIXEL_SCALE) + 1)
+                level = inputs.long() * self.grey_levels // GREY_VALUES
                 return F.one_hot(level, self.grey_levels).float()
             return self.encode(inputs.float().unsqueeze(-1) / PIXEL_SCALE)
         if inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
