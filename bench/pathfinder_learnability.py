@@ -1,0 +1,127 @@
+"""Is the generated Pathfinder-32 learnable at all? A small CNN on the images, independent of the ELM.
+
+    python bench/pathfinder_learnability.py [--variant default --variant easy] [--train 30000] [--test 2000] [--epochs 4]
+                                            [--workers 2] [--out bench/results/pathfinder_learnability.json]
+
+A sequence model that stays at chance (docs/long_horizon.md) says nothing by itself: the task
+may be hard, or its images may not carry the label. This trains a reference model that sees the
+whole image at once, a CNN of five 3x3 convolutions with dilations 1, 2, 4, 8, 1 (a receptive
+field of 33 pixels, the whole 32 x 32 image) and a global max-pool, on images drawn by the
+project's generator (surrogate.tasks.pathfinder, current revision), and reports its test
+accuracy after every epoch. Variants: "default" (the LRA settings, contours of 14 paddles and
+5 distractors) and "easy" (contours of 6 paddles, no distractors). Adam 1e-3, batch 64, seed 0,
+on the CPU. Prints a table and writes one row per variant to the JSON (rows of other variants stay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from common.jsonio import update_json_rows  # noqa: E402
+
+VARIANTS = {"default": {}, "easy": {"contour_length": 6, "num_distractors": 0}}
+BATCH = 64
+
+
+def _draw(job):
+    from surrogate.tasks import task_settings
+    from surrogate.tasks.pathfinder import Generator
+
+    table, split_code, start, stop = job
+    inputs, _, labels = Generator(task_settings("pathfinder32", table), split_code).make(start, stop)
+    return inputs, labels
+
+
+def draw_split(table: dict, split_code: int, count: int, workers: int, chunk: int = 500):
+    """count images of one split (0 train, 2 test) as float tensors (N, 1, 32, 32) in [0, 1] and int64 labels."""
+    import torch
+
+    with Pool(workers) as pool:
+        parts = pool.map(_draw, [(table, split_code, a, min(a + chunk, count)) for a in range(0, count, chunk)])
+    images = np.concatenate([p[0] for p in parts]).reshape(-1, 1, 32, 32).astype(np.float32) / 255
+    return torch.from_numpy(images), torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64))
+
+
+def reference_cnn():
+    import torch.nn as nn
+
+    layers, channels = [], 1
+    for dilation in (1, 2, 4, 8, 1):
+        layers += [nn.Conv2d(channels, 32, 3, padding=dilation, dilation=dilation), nn.BatchNorm2d(32), nn.ReLU()]
+        channels = 32
+    return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 2))
+
+
+def run_variant(name: str, train_size: int, test_size: int, epochs: int, workers: int) -> dict:
+    import torch
+
+    started = time.perf_counter()
+    x_train, y_train = draw_split(VARIANTS[name], 0, train_size, workers)
+    x_test, y_test = draw_split(VARIANTS[name], 2, test_size, workers)
+    drawn_s = time.perf_counter() - started
+    print(f"{name}: {train_size} + {test_size} images drawn in {drawn_s:.0f} s", flush=True)
+    torch.manual_seed(0)
+    model = reference_cnn()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order, losses = torch.randperm(train_size), []
+        for first in range(0, train_size, BATCH):
+            batch = order[first:first + BATCH]
+            loss = torch.nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        model.eval()
+        with torch.no_grad():
+            accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "test_accuracy": accuracy,
+                        "elapsed_s": time.perf_counter() - started})
+        print(f"{name} epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, test accuracy {accuracy:.4f} "
+              f"({test_size} images), {history[-1]['elapsed_s']:.0f} s", flush=True)
+    from surrogate.tasks.pathfinder import GENERATOR_REVISION
+
+    return {"variant": name, "settings": VARIANTS[name], "generator_revision": GENERATOR_REVISION,
+            "train_images": train_size, "test_images": test_size, "label_share_train": float(y_train.float().mean()),
+            "epochs": epochs, "history": history, "final_test_accuracy": history[-1]["test_accuracy"],
+            "draw_s": drawn_s, "wall_s": time.perf_counter() - started, "threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="default: default and easy")
+    parser.add_argument("--train", type=int, default=30000, help="training images per variant")
+    parser.add_argument("--test", type=int, default=2000, help="test images per variant (split 2 of the generator)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="processes drawing images")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "pathfinder_learnability.json")
+    args = parser.parse_args(argv)
+    rows = [run_variant(name, args.train, args.test, args.epochs, args.workers) for name in args.variant or ["default", "easy"]]
+    print(f"\n{'variant':<9} {'revision':>8} {'train':>7} {'epochs':>6} {'test acc':>9} {'wall s':>7}")
+    for row in rows:
+        print(f"{row['variant']:<9} {row['generator_revision']:>8} {row['train_images']:>7} {row['epochs']:>6} "
+              f"{row['final_test_accuracy']:>9.4f} {row['wall_s']:>7.0f}")
+    update_json_rows(args.out, "rows", rows, key=lambda row: row["variant"], benchmark="pathfinder_learnability",
+                     updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     host=platform.node(), machine=f"{platform.processor() or platform.machine()}, "
+                                                   f"{os.cpu_count()} cores", python=platform.python_version())
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

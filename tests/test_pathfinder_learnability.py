@@ -1,0 +1,25 @@
+"""bench/pathfinder_learnability.py end to end on a few images: draws with the real generator, trains, writes its row."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_learnability_benchmark_writes_a_row_per_variant(tmp_path):
+    out = tmp_path / "learnability.json"
+    command = [sys.executable, str(ROOT / "bench" / "pathfinder_learnability.py"), "--variant", "easy", "--train", "96",
+               "--test", "32", "--epochs", "2", "--workers", "1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["variant"] for row in rows] == ["easy"]
+    row = rows[0]
+    assert row["generator_revision"] == 2 and row["settings"] == {"contour_length": 6, "num_distractors": 0}
+    assert row["train_images"] == 96 and row["test_images"] == 32 and len(row["history"]) == 2
+    assert 0.0 <= row["final_test_accuracy"] <= 1.0 and 0.2 < row["label_share_train"] < 0.8
+    assert "easy" in done.stdout.splitlines()[-2]  # the table's row
