@@ -1,13 +1,13 @@
 """Is the generated Pathfinder-32 learnable at all? A small CNN on the images, independent of the ELM.
 
     python bench/pathfinder_learnability.py [--variant default --variant easy] [--train 30000] [--test 2000] [--epochs 4]
-                                            [--workers 2] [--out bench/results/pathfinder_learnability.json]
+                                            [--workers 2] [--data-dir DIR] [--out bench/results/pathfinder_learnability.json]
 
 A sequence model that stays at chance (docs/long_horizon.md) says nothing by itself: the task
 may be hard, or its images may not carry the label. This trains a reference model that sees the
 whole image at once, a CNN of five 3x3 convolutions with dilations 1, 2, 4, 8, 1 (a receptive
-field of 33 pixels, the whole 32 x 32 image) and a global max-pool, on images drawn by the
-project's generator (surrogate.tasks.pathfinder, current revision), and reports its test
+field of 33 pixels, the whole 32 x 32 image) and a global max-pool, on images made by
+prepare-task's code (surrogate.tasks, the current generator revision), and reports its test
 accuracy after every epoch. Variants: "default" (the LRA settings, contours of 14 paddles and
 5 distractors) and "easy" (contours of 6 paddles, no distractors). Adam 1e-3, batch 64, seed 0,
 on the CPU. Prints a table and writes one row per variant to the JSON (rows of other variants stay).
@@ -20,8 +20,8 @@ import datetime
 import os
 import platform
 import sys
+import tempfile
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -35,23 +35,23 @@ VARIANTS = {"default": {}, "easy": {"contour_length": 6, "num_distractors": 0}}
 BATCH = 64
 
 
-def _draw(job):
-    from surrogate.tasks import task_settings
-    from surrogate.tasks.pathfinder import Generator
-
-    table, split_code, start, stop = job
-    inputs, _, labels = Generator(task_settings("pathfinder32", table), split_code).make(start, stop)
-    return inputs, labels
-
-
-def draw_split(table: dict, split_code: int, count: int, workers: int, chunk: int = 500):
-    """count images of one split (0 train, 2 test) as float tensors (N, 1, 32, 32) in [0, 1] and int64 labels."""
+def draw_splits(name: str, train_size: int, test_size: int, workers: int, data_dir: Path):
+    """The variant's training and test images through prepare-task's generator (seeded, resumable, `workers`
+    processes; one validation image, unused), as float tensors (N, 1, 32, 32) in [0, 1] and int64 labels."""
+    import h5py
     import torch
 
-    with Pool(workers) as pool:
-        parts = pool.map(_draw, [(table, split_code, a, min(a + chunk, count)) for a in range(0, count, chunk)])
-    images = np.concatenate([p[0] for p in parts]).reshape(-1, 1, 32, 32).astype(np.float32) / 255
-    return torch.from_numpy(images), torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64))
+    from surrogate.tasks import open_split, prepare_task
+
+    table = {**VARIANTS[name], "train_size": train_size, "valid_size": 1, "test_size": test_size, "workers": workers}
+    prepare_task("pathfinder32", data_dir / name, table)
+    splits = []
+    for split in ("train", "test"):
+        dataset = open_split("pathfinder32", data_dir / name, split)  # checks the file (format, generator revision)
+        with h5py.File(dataset.path, "r") as f:
+            images = f["inputs"][...].reshape(-1, 1, 32, 32).astype(np.float32) / 255
+        splits += [torch.from_numpy(images), torch.from_numpy(dataset.labels)]
+    return splits
 
 
 def reference_cnn():
@@ -64,12 +64,11 @@ def reference_cnn():
     return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 2))
 
 
-def run_variant(name: str, train_size: int, test_size: int, epochs: int, workers: int) -> dict:
+def run_variant(name: str, train_size: int, test_size: int, epochs: int, workers: int, data_dir: Path) -> dict:
     import torch
 
     started = time.perf_counter()
-    x_train, y_train = draw_split(VARIANTS[name], 0, train_size, workers)
-    x_test, y_test = draw_split(VARIANTS[name], 2, test_size, workers)
+    x_train, y_train, x_test, y_test = draw_splits(name, train_size, test_size, workers, data_dir)
     drawn_s = time.perf_counter() - started
     print(f"{name}: {train_size} + {test_size} images drawn in {drawn_s:.0f} s", flush=True)
     torch.manual_seed(0)
@@ -108,9 +107,14 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=int, default=2000, help="test images per variant (split 2 of the generator)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="processes drawing images")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the drawn images here (DIR/<variant>/pathfinder32/; a re-run reuses them); default: a temporary directory")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "pathfinder_learnability.json")
     args = parser.parse_args(argv)
-    rows = [run_variant(name, args.train, args.test, args.epochs, args.workers) for name in args.variant or ["default", "easy"]]
+    with tempfile.TemporaryDirectory(prefix="pathfinder_learnability_") as scratch:
+        data_dir = args.data_dir or Path(scratch)
+        rows = [run_variant(name, args.train, args.test, args.epochs, args.workers, data_dir)
+                for name in args.variant or ["default", "easy"]]
     print(f"\n{'variant':<9} {'revision':>8} {'train':>7} {'epochs':>6} {'test acc':>9} {'wall s':>7}")
     for row in rows:
         print(f"{row['variant']:<9} {row['generator_revision']:>8} {row['train_images']:>7} {row['epochs']:>6} "
