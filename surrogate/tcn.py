@@ -32,6 +32,10 @@ class TCNConfig:
     batch_norm: bool = True
     activation: str = "relu"  # "relu" or "silu"
     dropout: float = 0.0
+    # how many leading layers run as one matrix product over the channels plus a shifted sum over the
+    # kernel taps instead of a cuDNN/oneDNN convolution: the same function, a different kernel (the
+    # first layer's 1278 input channels are 80 % of the network's arithmetic and run faster as a GEMM)
+    matmul_layers: int = 0
     # initial bias of the spike logit: the published -2 (sigmoid 0.12); a short training run
     # starts better near the logit of the firing rate (1 Hz: about -7), which Adam would
     # otherwise take thousands of steps to reach
@@ -44,6 +48,8 @@ class TCNConfig:
             raise ValueError("kernel sizes and dilation must be >= 1")
         if self.activation not in ("relu", "silu"):
             raise ValueError(f"activation must be 'relu' or 'silu', got {self.activation!r}")
+        if not 0 <= self.matmul_layers <= self.depth:
+            raise ValueError(f"matmul_layers must be in 0..depth ({self.depth}), got {self.matmul_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not -30.0 <= self.spike_bias_init <= 30.0:
@@ -64,19 +70,47 @@ def published_tcn_config() -> TCNConfig:
 
 
 class CausalConv1d(nn.Conv1d):
-    """Conv1d over (B, C, T) padded on the left only, so output t sees inputs <= t."""
+    """Conv1d over (B, C, T) padded on the left only, so output t sees inputs <= t.
+
+    y[:, :, t] = bias + sum_k W[:, :, k] x[:, :, t + k d - (K - 1) d]. With `as_matmul` the same sum
+    is formed as every tap's product at once, one (B T, C) x (C, K out) matrix product, then the K
+    products added along a diagonal of time and tap: what a wide first layer needs to reach a GPU's
+    matrix units (the weights, and so checkpoints, are those of the convolution).
+    """
+
+    def __init__(self, *args, as_matmul: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.as_matmul = as_matmul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         left = (self.kernel_size[0] - 1) * self.dilation[0]
+        if self.as_matmul:
+            return self._forward_as_matmul(x, left)
         return super().forward(F.pad(x, (left, 0)))
+
+    def _forward_as_matmul(self, x: torch.Tensor, left: int) -> torch.Tensor:
+        batch, _, steps = x.shape
+        taps, width, dilation = self.kernel_size[0], self.out_channels, self.dilation[0]
+        weight = self.weight.permute(1, 2, 0).reshape(self.in_channels, taps * width)  # [c, k * out + o]
+        # (B, T + left, K out): products[b, s, k * out + o] = sum_c W[o, c, k] x_padded[b, c, s]
+        products = (F.pad(x.transpose(1, 2), (0, 0, left, 0)) @ weight).contiguous()
+        # the diagonal view diagonal[b, t, k, o] = products[b, t + k d, k * out + o], summed over k
+        row = taps * width
+        diagonal = products.as_strided(
+            (batch, steps, taps, width), (products.stride(0), row, dilation * row + width, 1), products.storage_offset()
+        )
+        y = diagonal.sum(dim=2)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.transpose(1, 2)
 
 
 class TCNLayer(nn.Module):
     """causal conv -> activation -> batch norm (-> dropout), as the published network."""
 
-    def __init__(self, in_channels: int, config: TCNConfig, kernel_size: int):
+    def __init__(self, in_channels: int, config: TCNConfig, kernel_size: int, as_matmul: bool = False):
         super().__init__()
-        self.conv = CausalConv1d(in_channels, config.width, kernel_size, dilation=config.dilation)
+        self.conv = CausalConv1d(in_channels, config.width, kernel_size, dilation=config.dilation, as_matmul=as_matmul)
         self.activation = nn.ReLU() if config.activation == "relu" else nn.SiLU()
         self.norm = nn.BatchNorm1d(config.width) if config.batch_norm else nn.Identity()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -97,7 +131,8 @@ class TCN(nn.Module):
         self.config = config
         channels = [config.num_input] + [config.width] * config.depth
         self.layers = nn.ModuleList(
-            TCNLayer(channels[i], config, k) for i, k in enumerate(config.kernel_sizes)
+            TCNLayer(channels[i], config, k, as_matmul=i < config.matmul_layers)
+            for i, k in enumerate(config.kernel_sizes)
         )
         self.head = nn.Conv1d(config.width, config.num_output, kernel_size=1)
         with torch.no_grad():

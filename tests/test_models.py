@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -161,6 +163,25 @@ def test_tcn_receptive_field_is_exact():
     assert touched.min().item() == 50 - (rf - 1) and touched.max().item() == 50
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_tcn_layers_as_matrix_products_are_the_convolution(dilation):
+    """matmul_layers computes the same causal convolution (one product per tap, summed on a diagonal), gradients too."""
+    config = TCNConfig(num_input=30, depth=3, width=6, first_kernel_size=7, kernel_size=4, dilation=dilation,
+                       batch_norm=False, activation="silu")
+    torch.manual_seed(0)
+    conv = TCN(config).double()
+    matmul = TCN(dataclasses.replace(config, matmul_layers=3)).double()
+    matmul.load_state_dict(conv.state_dict())  # the same parameters: checkpoints do not depend on the path
+    assert [layer.conv.as_matmul for layer in matmul.layers] == [True, True, True]
+    x = (torch.rand(3, 40, 30, generator=torch.Generator().manual_seed(1)) < 0.2).double().requires_grad_(True)
+    y_conv, y_matmul = conv(x), matmul(x)
+    assert torch.allclose(y_conv, y_matmul, rtol=0, atol=1e-12)
+    grads_conv = torch.autograd.grad(y_conv.square().sum(), [x, *conv.parameters()])
+    grads_matmul = torch.autograd.grad(y_matmul.square().sum(), [x, *matmul.parameters()])
+    for a, b in zip(grads_conv, grads_matmul):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
 def test_elm_forward_is_the_memory_dynamics_step_by_step():
     """On CPU the ELM's memory is memory_dynamics applied at every step from m_0 = 0, bit for bit."""
     model = small_models()["branch-elm"]
@@ -235,6 +256,8 @@ def test_config_validation():
         TCNConfig(activation="gelu")
     with pytest.raises(ValueError, match="spike_bias_init"):
         TCNConfig(spike_bias_init=-100.0)
+    with pytest.raises(ValueError, match="matmul_layers"):
+        TCNConfig(depth=3, matmul_layers=4)
     with pytest.raises(ValueError, match="num_layers > 1"):
         LSTMConfig(dropout=0.1)
     with pytest.raises(ValueError, match="positive"):
