@@ -1,0 +1,29 @@
+"""bench/input_drawing.py: draws real rasters on threads, writes its table as JSON, refuses bad arguments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "input_drawing.py"
+
+
+def test_input_drawing_measures_threads_and_writes_json(tmp_path):
+    out = tmp_path / "drawing.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--threads", "1", "2", "--rasters", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert [row["threads"] for row in result["rows"]] == [1, 2]
+    assert all(row["rasters"] == 2 and row["rasters_per_s"] > 0 and row["seconds"] > 0 for row in result["rows"])
+    assert result["duration_ms"] == 6000
+
+
+def test_input_drawing_refuses_a_zero_thread_count(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--threads", "0", "--out", str(tmp_path / "x.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "must be positive" in done.stderr
+    assert not (tmp_path / "x.json").exists()
