@@ -7,6 +7,8 @@ stochastic raster of 1278 x 6000 ms (simulation.inputs.generate_input_spikes, se
 dataset), its event list for the engine and its bit-packed copy for the shard. Threads share one
 process, as in the worker (numpy's generators and FFTs release the GIL). A warm-up round of one
 raster per thread is not timed. Prints a table and writes bench/results/input_drawing.json.
+With MALLOC_TRIM_THRESHOLD_=65536 in the environment it draws as a dask worker with dask's default
+settings would (simulation/cluster.py starts GPU workers without it).
 The GPU integrates about 21 cells of 6 s per second on an H200 (docs/gpu_engine.md), so drawing
 keeps up when it makes at least that many rasters per second beside the engine.
 """

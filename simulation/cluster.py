@@ -97,8 +97,17 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
                 workers[f"gpu-{device or k}"] = {"cls": Nanny, "options": {
                     "nthreads": 1, "resources": {GPU_RESOURCE: 1}, "env": env, "silence_logs": worker_logs,
                     "memory_limit": 0}}
-            cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-                                  silence_logs=worker_logs)
+            # dask starts worker processes with MALLOC_TRIM_THRESHOLD_=65536, which also turns off glibc's
+            # adaptive mmap threshold: every array above 128 KB is then mapped and unmapped, and a GPU worker's
+            # draw threads (tens of such arrays per raster) fault pages in all the time (2 busy cores: twice the
+            # system CPU time, 1.0-1.1 against 1.4-2.0 rasters per second; bench/results/input_drawing.json).
+            # GPU workers start without it.
+            environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+                       if key != "MALLOC_TRIM_THRESHOLD_"}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler,
+                                                                  "options": {"dashboard_address": ":0"}},
+                                      silence_logs=worker_logs)
     return Client(cluster)
 
 

@@ -158,6 +158,27 @@ def test_local_gpu_workers_have_no_memory_limit():
         close_client(client)
 
 
+def test_gpu_workers_keep_glibcs_adaptive_mmap_threshold():
+    """dask's MALLOC_TRIM_THRESHOLD_ (set for every worker it spawns) would turn off glibc's adaptive mmap
+    threshold; GPU workers, whose threads draw rasters of tens of large arrays, start without it, and
+    CPU workers keep dask's setting."""
+    import os
+
+    def environ():
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+
+    client = make_client(gpu_devices=[""])
+    try:
+        assert list(client.run(environ).values()) == [(None, "1")]  # dask's other pre-spawn settings stay
+    finally:
+        close_client(client)
+    client = make_client(n_workers=1)
+    try:
+        assert list(client.run(environ).values()) == [("65536", "1")]
+    finally:
+        close_client(client)
+
+
 def test_gpu_tasks_need_gpu_workers(tmp_path, morphology_path):
     """A cluster whose workers offer no GPU is refused with a clear error, never left waiting."""
     config = load_simulation_config(write_config(tmp_path))
