@@ -1,7 +1,8 @@
 """`python -m pipelines morphology`: put the L5PC morphology (cell1.asc) at data/morphology/.
 
-Source, in this order: the file named by $L5PC_MORPHOLOGY, else a download of the public
-ModelDB copy (--url). The content is checked against the known sha256 after normalising
+Source, in this order: the file named by $L5PC_MORPHOLOGY, else a local copy beside the project
+(--local-copy, default ../shared/morphologies/cell1.asc) if there is one, else a download of the
+public ModelDB copy (--url). The content is checked against the known sha256 after normalising
 CRLF line endings to LF (published copies differ only in line endings), and written
 atomically; a wrong hash writes nothing. A destination that already holds the right file
 is left alone.
@@ -22,6 +23,9 @@ DOWNLOAD_TIMEOUT_S = 30
 
 def add_arguments(parser) -> None:
     parser.add_argument("--url", default=MORPHOLOGY_URL, help="where to download cell1.asc when $L5PC_MORPHOLOGY is not set")
+    parser.add_argument("--local-copy", type=Path, default=None,
+                        help="cell1.asc to copy when $L5PC_MORPHOLOGY is not set and the file exists "
+                             "(default: ../shared/morphologies/cell1.asc beside the project)")
     parser.add_argument("--dest", type=Path, default=None, help="destination file (default: data/morphology/cell1.asc)")
 
 
@@ -54,7 +58,7 @@ def _download(url: str, dest: Path) -> bytes:
 
 def main(args) -> int:
     from simulation.errors import MorphologyError
-    from simulation.paths import DEFAULT_MORPHOLOGY, MORPHOLOGY_ENV
+    from simulation.paths import DEFAULT_MORPHOLOGY, MORPHOLOGY_ENV, SHARED_MORPHOLOGY
 
     dest = Path(args.dest) if args.dest else DEFAULT_MORPHOLOGY
     if dest.is_file() and sha256_of(dest.read_bytes()) == MORPHOLOGY_SHA256:
@@ -62,11 +66,14 @@ def main(args) -> int:
         return 0
 
     source = os.environ.get(MORPHOLOGY_ENV)
+    local_copy = Path(args.local_copy) if args.local_copy else SHARED_MORPHOLOGY
     if source:
         path = Path(source)
         if not path.is_file():
             raise MorphologyError(f"${MORPHOLOGY_ENV} names {path}, which is not a file")
         content, origin = path.read_bytes(), str(path)
+    elif local_copy.is_file():
+        content, origin = local_copy.read_bytes(), str(local_copy)
     else:
         content, origin = _download(args.url, dest), args.url
 

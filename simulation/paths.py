@@ -11,6 +11,8 @@ from .morphology import check_morphology
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MORPHOLOGY = PROJECT_ROOT / "data" / "morphology" / "cell1.asc"
 MORPHOLOGY_ENV = "L5PC_MORPHOLOGY"
+# the read-only folder beside a checkout that holds cell1.asc where no download is possible (CI, the dev machines)
+SHARED_MORPHOLOGY = PROJECT_ROOT.parent / "shared" / "morphologies" / "cell1.asc"
 
 
 def resolve_morphology(cli_path: str | os.PathLike | None = None) -> Path:

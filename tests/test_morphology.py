@@ -70,11 +70,21 @@ def test_offline_without_source_gives_a_clear_one_line_error(tmp_path, monkeypat
     monkeypatch.delenv(MORPHOLOGY_ENV, raising=False)
     dest = tmp_path / "cell1.asc"
     with pytest.raises(MorphologyError) as info:
-        morphology.main(parse(["--url", unused_localhost_url(), "--dest", str(dest)]))
+        morphology.main(parse(["--url", unused_localhost_url(), "--dest", str(dest),
+                               "--local-copy", str(tmp_path / "no_such_copy.asc")]))
     message = str(info.value)
     assert "\n" not in message
     assert MORPHOLOGY_ENV in message and str(dest) in message
     assert not dest.exists()
+
+
+def test_a_copy_beside_the_project_is_used_before_any_download(morphology_path, tmp_path, monkeypatch):
+    # a fresh clone with ../shared beside it and no network: `make all` needs no variable set
+    monkeypatch.delenv(MORPHOLOGY_ENV, raising=False)
+    dest = tmp_path / "cell1.asc"
+    assert morphology.main(parse(["--url", unused_localhost_url(), "--dest", str(dest),
+                                  "--local-copy", str(morphology_path)])) == 0
+    assert morphology.sha256_of(dest.read_bytes()) == morphology.MORPHOLOGY_SHA256
 
 
 # --------------------------------------------------------------------------- malformed files never reach NEURON
