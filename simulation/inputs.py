@@ -42,6 +42,13 @@ def gaussian_smoothing_window(sigma_ms: int) -> np.ndarray:
     return window / window.sum()
 
 
+# Rows per FFT call in smooth_rates. One call over all 639 rows pads them into complex work arrays of
+# about 70-170 MB; blocks of 64 keep those within a few MB, which many draw threads of one process (the
+# GPU worker's) can hold at once without faulting in fresh pages. Each row is transformed alone either
+# way, so the result is bitwise that of one call (tests/test_inputs.py).
+SMOOTHING_BLOCK_ROWS = 64
+
+
 def smooth_rates(rates: np.ndarray, sigma_ms: int) -> np.ndarray:
     """Convolve each row with the Gaussian window, 'same' size with zero padding.
 
@@ -49,10 +56,13 @@ def smooth_rates(rates: np.ndarray, sigma_ms: int) -> np.ndarray:
     therefore attenuated (about 50% at the very edge). FFT convolution keeps this at a few
     tens of ms for 639 x 6000 even for the widest windows (M up to 4334).
     """
-    window = gaussian_smoothing_window(sigma_ms)
-    smoothed = fftconvolve(rates, window[np.newaxis, :], mode="same", axes=1)
+    window = gaussian_smoothing_window(sigma_ms)[np.newaxis, :]
+    smoothed = np.empty(rates.shape, dtype=np.result_type(rates, window))
+    for start in range(0, rates.shape[0], SMOOTHING_BLOCK_ROWS):
+        block = slice(start, start + SMOOTHING_BLOCK_ROWS)
+        smoothed[block] = fftconvolve(rates[block], window, mode="same", axes=1)
     # FFT round-off can leave -1e-20 where the rate is 0; a rate is never negative
-    return np.maximum(smoothed, 0.0)
+    return np.maximum(smoothed, 0.0, out=smoothed)
 
 
 def _tree_counts(rng: np.random.Generator, config: InputConfig, n_intervals: int) -> tuple[np.ndarray, np.ndarray]:

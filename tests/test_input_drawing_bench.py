@@ -13,11 +13,13 @@ SCRIPT = ROOT / "bench" / "input_drawing.py"
 
 def test_input_drawing_measures_threads_and_writes_json(tmp_path):
     out = tmp_path / "drawing.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--threads", "1", "2", "--rasters", "2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    out.write_text(json.dumps({"rows": [{"threads": 16}], "kept": "an earlier run's note"}))
+    done = subprocess.run([sys.executable, str(SCRIPT), "--threads", "1", "2", "--rasters", "2", "--block-rows", "64", "1278",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert [row["threads"] for row in result["rows"]] == [1, 2]
+    assert [(row["threads"], row["smoothing_block_rows"]) for row in result["rows"]] == [(1, 64), (2, 64), (1, 1278), (2, 1278)]
+    assert result["kept"] == "an earlier run's note"  # the file's other entries stay
     assert all(row["rasters"] == 2 and row["rasters_per_s"] > 0 and row["seconds"] > 0 for row in result["rows"])
     assert result["duration_ms"] == 6000
 

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.signal import fftconvolve
 from scipy.signal.windows import gaussian
 
 from simulation.config import InputConfig
 from simulation.errors import InputShapeError
 from simulation.inputs import (
+    SMOOTHING_BLOCK_ROWS,
     draw_jitter,
     draw_rates,
     gaussian_smoothing_window,
@@ -135,6 +137,16 @@ def test_smoothing_is_same_size_zero_padded_convolution(sigma):
     offset = (window.size - 1) // 2  # spec 5 step 10: output[t] = full[t + floor((M - 1) / 2)]
     expected = np.stack([np.convolve(row, window, mode="full")[offset:offset + 400] for row in rates])
     np.testing.assert_allclose(smooth_rates(rates, sigma), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma", [6, 86, 619])
+def test_smoothing_in_row_blocks_is_bitwise_one_call_over_all_rows(sigma):
+    # smooth_rates transforms SMOOTHING_BLOCK_ROWS rows at a time; the data must not depend on it
+    rates = np.repeat(np.random.default_rng(sigma).random((N_BASAL + N_APICAL, 60)), 100, axis=1)
+    window = gaussian_smoothing_window(sigma)[np.newaxis, :]
+    one_call = np.maximum(fftconvolve(rates, window, mode="same", axes=1), 0.0)
+    assert (N_BASAL + N_APICAL) % SMOOTHING_BLOCK_ROWS != 0  # a short last block too
+    np.testing.assert_array_equal(smooth_rates(rates, sigma), one_call)
 
 
 def test_smoothing_halves_a_constant_rate_at_the_edges():
