@@ -304,6 +304,7 @@ def test_event_lists_round_trip():
     # within a ms, rows ascend; across ms, time ascends
     ms = np.repeat(np.arange(300), np.diff(events.offsets))
     assert np.all(np.diff(ms) >= 0)
+    assert np.array_equal(np.lexsort((events.rows, ms)), np.arange(len(ms)))
     # the first ms of a run, as a shorter event list
     assert np.array_equal(events.head(40).to_raster(1278), raster[:, :40])
     assert events.head(1000).duration_ms == 300
