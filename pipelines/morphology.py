@@ -22,7 +22,7 @@ DOWNLOAD_TIMEOUT_S = 30
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--url", default=MORPHOLOGY_URL, help="where to download cell1.asc when $L5PC_MORPHOLOGY is not set")
+    parser.add_argument("--url", default=MORPHOLOGY_URL, help="where to download cell1.asc when neither $L5PC_MORPHOLOGY nor the local copy is there")
     parser.add_argument("--local-copy", type=Path, default=None,
                         help="cell1.asc to copy when $L5PC_MORPHOLOGY is not set and the file exists "
                              "(default: ../shared/morphologies/cell1.asc beside the project)")
