@@ -45,7 +45,10 @@ def gaussian_smoothing_window(sigma_ms: int) -> np.ndarray:
 # Rows per FFT call in smooth_rates. One call over all 639 rows pads them into complex work arrays of
 # about 70-170 MB; blocks of 64 keep those within a few MB, which many draw threads of one process (the
 # GPU worker's) can hold at once without faulting in fresh pages. Each row is transformed alone either
-# way, so the result is bitwise that of one call (tests/test_inputs.py).
+# way, so the result is bitwise that of one call (tests/test_inputs.py). Measured (bench/input_drawing.py,
+# bench/results/input_drawing.json): 1.29x / 1.51x the rasters/s on 1 / 2 threads of the 2-core machine, but
+# 0.87x alone on 16 threads of the GPU machine (repeats spread wider than that); simulate on that machine
+# reached its first GPU work sooner with the blocks (95 s against 123 s, another run's seed and machine).
 SMOOTHING_BLOCK_ROWS = 64
 
 
