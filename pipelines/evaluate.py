@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from surrogate.checkpoints import EPOCH_CHECKPOINTS
 from surrogate.registry import MODEL_KINDS
 
 
@@ -51,7 +52,9 @@ def _targets(args, runs: Path) -> list[tuple[str, Path, Path]]:
             if not path.exists():
                 raise UserInputError(f"checkpoint not found: {path}")
             folder = path if path.is_dir() else path.parent
-            targets.append((folder.name, path, runs / folder.name))
+            # an epoch checkpoint (RUN/epochs/epoch_NNNN.pt) is named after its run and epoch
+            name = f"{folder.parent.name}-{path.stem}" if folder.name == EPOCH_CHECKPOINTS else folder.name
+            targets.append((name, path, runs / name))
         return targets
 
     if not runs.is_dir():

@@ -34,6 +34,19 @@ from surrogate.targets import PUBLISHED_SOMA_TRANSFORM, SomaTransform
 CHECKPOINT_FORMAT = "l5pc-surrogate-checkpoint"
 CHECKPOINT_VERSION = 1
 BEST_CHECKPOINT, LAST_CHECKPOINT = "checkpoint_best.pt", "checkpoint_last.pt"
+EPOCH_CHECKPOINTS = "epochs"  # [train] epoch_checkpoints: RUN/epochs/epoch_NNNN.pt, one model-only checkpoint per epoch
+
+
+def epoch_checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where a run keeps the weights of one epoch ([train] epoch_checkpoints)."""
+    return Path(run_dir) / EPOCH_CHECKPOINTS / f"epoch_{epoch:04d}.pt"
+
+
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run directory a checkpoint file or directory belongs to (an epoch checkpoint's is two levels up)."""
+    path = Path(checkpoint)
+    folder = path if path.is_dir() else path.parent
+    return folder.parent if folder.name == EPOCH_CHECKPOINTS else folder
 PUBLISHED_CONFIG, PUBLISHED_STATE = "model_config.json", "neuronio_best_model_state.pt"
 
 

@@ -96,6 +96,9 @@ class TrainConfig:
     seed: int = 0
     valid_simulations: int = 8  # validation simulations scored after every epoch; 0 = all
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    # keep every epoch's weights too (epochs/epoch_NNNN.pt, model only: 32 KB for d_m 20), so that test accuracy can be
+    # scored against training time afterwards (bench/time_to_accuracy.py); off: only checkpoint_best/_last.pt
+    epoch_checkpoints: bool = False
 
     def __post_init__(self):
         _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

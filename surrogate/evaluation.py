@@ -253,7 +253,7 @@ def evaluate_model(checkpoint: str | Path, out_dir: str | Path, test_shards: Seq
                    modes: Sequence[str] = MODES, progress: Callable[[int], None] | None = None) -> dict:
     """Load a checkpoint (file, run directory or published folder), score it on `test_shards`,
     write out_dir/evaluation.json and out_dir/predictions.h5; return the evaluation dict."""
-    from surrogate.checkpoints import load_model
+    from surrogate.checkpoints import load_model, run_dir_of
 
     from simulation.dataset import validate_shard
 
@@ -262,8 +262,7 @@ def evaluate_model(checkpoint: str | Path, out_dir: str | Path, test_shards: Seq
         raise DatasetError("the test split is empty: no test shards to evaluate on")
     for path in test_shards:
         validate_shard(path)
-    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    summary = read_summary(run_dir)
+    summary = read_summary(run_dir_of(checkpoint))
     check_not_trained_on(summary, test_shards)
     check_writable(out_dir)  # before the computing, not after it
     device = resolve_device(evaluate_config.device)

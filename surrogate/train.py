@@ -53,7 +53,8 @@ from common.jsonio import plain, write_json
 from simulation.errors import UserInputError
 
 from . import metrics
-from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, load_model, save_checkpoint
+from .checkpoints import (BEST_CHECKPOINT, LAST_CHECKPOINT, epoch_checkpoint_path, load_checkpoint, load_model,
+                          save_checkpoint)
 from .config import DataConfig, TrainConfig
 from .data import (DeviceWindows, SplitArrays, TrainingWindows, find_shards, first_simulations, load_split_arrays,
                    soma_target, split_shards, training_loader, training_simulations, unpack_input_spikes)
@@ -540,6 +541,13 @@ def save_run(run: Run, improved: bool) -> None:
     for name in ((BEST_CHECKPOINT, LAST_CHECKPOINT) if improved else (LAST_CHECKPOINT,)):
         with as_output_error(run.out_dir / name):
             save_checkpoint(run.out_dir / name, **fields)
+    if train.epoch_checkpoints:  # the model alone, with this epoch's metrics row (its elapsed_s: training time so far)
+        path = epoch_checkpoint_path(run.out_dir, state.epoch)
+        with as_output_error(path):
+            save_checkpoint(path, **{key: fields[key] for key in ("model_kind", "model_config", "model_state",
+                                                                  "soma_transform", "epoch", "global_step")},
+                            extra={"history": state.history[-1:], "training_time_s": state.training_time_s,
+                                   "batch_size": train.batch_size})
     write_metrics(run.out_dir, state.history)
 
 
