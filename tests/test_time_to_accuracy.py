@@ -78,6 +78,17 @@ def test_without_the_option_no_epoch_checkpoints_are_written(fitted, tmp_path):
     assert (plain / "checkpoint_last.pt").is_file() and not (plain / "epochs").exists()
 
 
+def test_evaluate_names_an_epoch_checkpoint_after_its_run_and_epoch(fitted, tmp_path):
+    data, config, run = fitted
+    done = subprocess.run([sys.executable, "-m", "pipelines", "evaluate", "--config", str(config), "--data", str(data),
+                           "--runs", str(tmp_path / "evals"), "--checkpoint", str(epoch_checkpoint_path(run, 2))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluation = json.loads((tmp_path / "evals" / "run-epoch_0002" / "evaluation.json").read_text())
+    assert evaluation["name"] == "run-epoch_0002" and evaluation["test"]["shards"] == ["shard_00003.h5"]
+    assert evaluation["training"]["best_epoch"] >= 1  # the run's summary.json, found two levels up
+
+
 def test_an_epoch_checkpoint_is_refused_on_shards_its_run_trained_on(fitted, tmp_path):
     data, config, run = fitted
     data_config, evaluate_config = load_evaluation_config(config)
