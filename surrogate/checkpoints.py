@@ -34,6 +34,7 @@ from surrogate.targets import PUBLISHED_SOMA_TRANSFORM, SomaTransform
 CHECKPOINT_FORMAT = "l5pc-surrogate-checkpoint"
 CHECKPOINT_VERSION = 1
 BEST_CHECKPOINT, LAST_CHECKPOINT = "checkpoint_best.pt", "checkpoint_last.pt"
+PUBLISHED_CONFIG, PUBLISHED_STATE = "model_config.json", "neuronio_best_model_state.pt"
 EPOCH_CHECKPOINTS = "epochs"  # [train] epoch_checkpoints: RUN/epochs/epoch_NNNN.pt, one model-only checkpoint per epoch
 
 
@@ -47,7 +48,6 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     path = Path(checkpoint)
     folder = path if path.is_dir() else path.parent
     return folder.parent if folder.name == EPOCH_CHECKPOINTS else folder
-PUBLISHED_CONFIG, PUBLISHED_STATE = "model_config.json", "neuronio_best_model_state.pt"
 
 
 class CheckpointError(UserInputError):
