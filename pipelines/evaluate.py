@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from surrogate.checkpoints import EPOCH_CHECKPOINTS
+from surrogate.checkpoints import run_dir_of
 from surrogate.registry import MODEL_KINDS
 
 
@@ -51,9 +51,9 @@ def _targets(args, runs: Path) -> list[tuple[str, Path, Path]]:
         for path in args.checkpoint:
             if not path.exists():
                 raise UserInputError(f"checkpoint not found: {path}")
-            folder = path if path.is_dir() else path.parent
-            # an epoch checkpoint (RUN/epochs/epoch_NNNN.pt) is named after its run and epoch
-            name = f"{folder.parent.name}-{path.stem}" if folder.name == EPOCH_CHECKPOINTS else folder.name
+            folder, run_dir = (path if path.is_dir() else path.parent), run_dir_of(path)
+            # a checkpoint in its run's own folder is named after it; an epoch checkpoint after its run and epoch
+            name = folder.name if run_dir == folder else f"{run_dir.name}-{path.stem}"
             targets.append((name, path, runs / name))
         return targets
 
