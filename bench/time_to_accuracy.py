@@ -47,8 +47,8 @@ def score_epochs(run: Path, data: Path, config_paths: list[Path], device: str | 
 
     from surrogate.data import find_shards, split_shards
     from surrogate.devices import resolve_device
-    from surrogate.evaluation import (check_not_trained_on, load_evaluation_config, predict_shards, read_summary,
-                                      score_predictions)
+    from surrogate.evaluation import (check_not_trained_on, iter_test_blocks, load_evaluation_config, predict_blocks,
+                                      read_summary, score_predictions)
 
     checkpoints = epoch_checkpoints(run)
     data_config, evaluate_config = load_evaluation_config(config_paths)
@@ -59,11 +59,12 @@ def score_epochs(run: Path, data: Path, config_paths: list[Path], device: str | 
         raise UserInputError(f"the test split of {data} is empty")
     check_not_trained_on(read_summary(run), test_shards)
     torch_device = resolve_device(evaluate_config.device)
+    blocks = list(iter_test_blocks(test_shards, evaluate_config.batch_size))  # read once, scored for every epoch
     rows, test = [], None
     for path in checkpoints:
         model, info = load_model(path, device=torch_device)
         history = info["extra"]["history"][-1]
-        predictions = predict_shards(model, info["soma_transform"], test_shards, data_config, evaluate_config,
+        predictions = predict_blocks(model, info["soma_transform"], blocks, data_config, evaluate_config,
                                      torch_device, modes=("windowed",))
         result = score_predictions(predictions, data_config, evaluate_config)[0]["windowed"]
         batch_size = info["extra"].get("batch_size")

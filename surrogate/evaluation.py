@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -91,48 +91,69 @@ class TestPredictions:
     prediction_time_s: dict[str, float]
 
 
-def predict_shards(model: torch.nn.Module, transform: SomaTransform, shard_paths: Sequence[Path],
+@dataclass(frozen=True)
+class TestBlock:
+    """Up to [evaluate] batch_size consecutive simulations of one test shard (one decompressed HDF5 chunk)."""
+
+    shard_name: str
+    simulation_index: np.ndarray  # (b,) index within the shard
+    input_spikes: np.ndarray  # (b, 1278, T) bool
+    soma_voltage: np.ndarray  # (b, T) mV
+    output_spikes: np.ndarray  # (b, T) bool
+
+
+def iter_test_blocks(shard_paths: Sequence[Path], batch_size: int) -> Iterator[TestBlock]:
+    """The simulations of `shard_paths` in shard order, `batch_size` at a time, read as they are needed.
+
+    list() of it holds the whole split in memory, for scoring many models on one read
+    (bench/time_to_accuracy.py: every epoch of a run)."""
+    from simulation.dataset import open_shard
+
+    for path in shard_paths:
+        with open_shard(path) as f:
+            n = f["input_spikes"].shape[0]
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                yield TestBlock(Path(path).name, np.arange(start, stop), f["input_spikes"][start:stop],
+                                np.asarray(f["soma_voltage"][start:stop], dtype=np.float32),
+                                np.asarray(f["output_spikes"][start:stop], dtype=bool))
+
+
+def predict_blocks(model: torch.nn.Module, transform: SomaTransform, blocks: Iterable[TestBlock],
                    data_config: DataConfig, evaluate_config: EvaluateConfig, device: torch.device,
                    modes: Sequence[str] = MODES, progress: Callable[[int], None] | None = None) -> TestPredictions:
-    """Run `model` over every simulation of `shard_paths` in each mode; `progress(k)` after k more simulations.
+    """Run `model` over every simulation of `blocks` in each mode; `progress(k)` after k more simulations.
 
-    `transform` decodes the model's soma channel: its own, from load_model's info.
-
-    Simulations are read `batch_size` at a time (one decompressed HDF5 chunk each), and
-    every mode runs on the same block before the next is read.
+    `transform` decodes the model's soma channel: its own, from load_model's info. Every mode
+    runs on a block before the next one is read.
     """
-    from simulation.dataset import open_shard
     from surrogate.inference import predict_whole, predict_windowed
 
     names, index, soma, spikes = [], [], [], []
     soma_hat = {m: [] for m in modes}
     prob_hat = {m: [] for m in modes}
     elapsed = {m: 0.0 for m in modes}
-    for path in shard_paths:
-        with open_shard(path) as f:
-            n = f["input_spikes"].shape[0]
-            for start in range(0, n, evaluate_config.batch_size):
-                block = f["input_spikes"][start:start + evaluate_config.batch_size]  # (b, 1278, T) bool
-                for mode in modes:
-                    t0 = time.perf_counter()
-                    if mode == "windowed":
-                        prob, volt = predict_windowed(model, block, transform, window_ms=data_config.window_ms,
-                                                      burn_in_ms=data_config.burn_in_ms,
-                                                      batch_size=evaluate_config.window_batch_size, device=device)
-                    elif mode == "whole":
-                        prob, volt = predict_whole(model, block, transform, batch_size=evaluate_config.batch_size,
-                                                   device=device)
-                    else:
-                        raise ValueError(f"unknown prediction mode {mode!r}")
-                    elapsed[mode] += time.perf_counter() - t0
-                    prob_hat[mode].append(np.asarray(prob, dtype=np.float32))
-                    soma_hat[mode].append(np.asarray(volt, dtype=np.float32))
-                if progress is not None:
-                    progress(len(block))
-            names += [Path(path).name] * n
-            index.append(np.arange(n))
-            soma.append(np.asarray(f["soma_voltage"][()], dtype=np.float32))
-            spikes.append(np.asarray(f["output_spikes"][()], dtype=bool))
+    for block in blocks:
+        for mode in modes:
+            t0 = time.perf_counter()
+            if mode == "windowed":
+                prob, volt = predict_windowed(model, block.input_spikes, transform, window_ms=data_config.window_ms,
+                                              burn_in_ms=data_config.burn_in_ms,
+                                              batch_size=evaluate_config.window_batch_size, device=device)
+            elif mode == "whole":
+                prob, volt = predict_whole(model, block.input_spikes, transform, batch_size=evaluate_config.batch_size,
+                                           device=device)
+            else:
+                raise ValueError(f"unknown prediction mode {mode!r}")
+            elapsed[mode] += time.perf_counter() - t0
+            prob_hat[mode].append(np.asarray(prob, dtype=np.float32))
+            soma_hat[mode].append(np.asarray(volt, dtype=np.float32))
+        names += [block.shard_name] * len(block.simulation_index)
+        index.append(block.simulation_index)
+        soma.append(block.soma_voltage)
+        spikes.append(block.output_spikes)
+        if progress is not None:
+            progress(len(block.simulation_index))
     if not names:
         raise DatasetError("the test split is empty: no simulations to evaluate")
     durations = {a.shape[1] for a in soma}
@@ -145,6 +166,14 @@ def predict_shards(model: torch.nn.Module, transform: SomaTransform, shard_paths
         spike_probability={m: np.concatenate(v) for m, v in prob_hat.items()},
         prediction_time_s=elapsed,
     )
+
+
+def predict_shards(model: torch.nn.Module, transform: SomaTransform, shard_paths: Sequence[Path],
+                   data_config: DataConfig, evaluate_config: EvaluateConfig, device: torch.device,
+                   modes: Sequence[str] = MODES, progress: Callable[[int], None] | None = None) -> TestPredictions:
+    """predict_blocks over `shard_paths`, read [evaluate] batch_size simulations at a time."""
+    return predict_blocks(model, transform, iter_test_blocks(shard_paths, evaluate_config.batch_size), data_config,
+                          evaluate_config, device, modes=modes, progress=progress)
 
 
 def score_predictions(predictions: TestPredictions, data_config: DataConfig, evaluate_config: EvaluateConfig
