@@ -38,7 +38,8 @@
 # (processes of the CVode test set, default one per core: fewer leave cores to a GPU stage running beside it),
 # EVALUATE_STOPPED (1: fits stopped at FIT_TIME_S are evaluated and assembled from their best epoch so far, marked
 # finished: false, instead of waiting for the next call; for the last call of a session), CONFIG / SIM_CONFIG (the training
-# and simulation configs), OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
+# and simulation configs; SIM_CONFIG may list overlays, space-separated, e.g. "configs/neuronio_gpu.toml
+# configs/datasets/ten_thousand_simulations.toml" for the 9984 training simulations Branch-ELM d_m 100 needs), OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
 # from .whl/ on the GPU machine (bench/README.md); the morphology in $L5PC_MORPHOLOGY (default .carry/cell1.asc,
 # else data/morphology/cell1.asc).
 set -euo pipefail
@@ -185,12 +186,12 @@ EVALUATE_STOPPED="${EVALUATE_STOPPED:-0}"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 progress_filter() { tr '\r' '\n' | grep -E --line-buffered "^(training|resuming|epoch [0-9]+/|[a-z-]+: best|test split|  [a-z-]+ \[|error|.*shards x)" || true; }
-dataset_done() {  # all shards of the config present in the directory
+dataset_done() {  # all shards of the config (a file, or files layered, space-separated) present in the directory
   [ -d "$2" ] && "$PY" - "$1" "$2" <<'PY'
 import sys
 from pathlib import Path
 from simulation.config import load_simulation_config
-config = load_simulation_config(sys.argv[1])
+config = load_simulation_config(sys.argv[1].split())
 sys.exit(0 if len(list(Path(sys.argv[2]).glob("shard_*.h5"))) >= config.dataset.n_shards else 1)
 PY
 }
@@ -223,7 +224,9 @@ simulate_into() {  # simulate CONFIG into DIR within this call's time; finished 
   log "$name: $config -> $dir (this call: at most ${left} s)"
   local start=$SECONDS
   set +e
-  timeout --signal=TERM "$left" "$PY" -m pipelines simulate --config "$config" --out "$dir" 2>&1 | progress_filter
+  local layers=() layer
+  for layer in $config; do layers+=(--config "$layer"); done  # SIM_CONFIG may be a base and overlays
+  timeout --signal=TERM "$left" "$PY" -m pipelines simulate "${layers[@]}" --out "$dir" 2>&1 | progress_filter
   code=${PIPESTATUS[0]}
   set -e
   echo "$name $((SECONDS - start))" >> "$WORK/simulate_wall_s.txt"

@@ -1,4 +1,5 @@
-"""`python -m pipelines simulate --config C.toml --out DIR`: simulate a dataset of HDF5 shards with dask.
+"""`python -m pipelines simulate --config C.toml [--config OVERLAY.toml] --out DIR`: simulate a dataset of HDF5 shards
+with dask.
 
 Runs on a new local cluster (one single-threaded worker process per core, or --workers N)
 or on an existing one (--scheduler tcp://HOST:PORT, see docs/cluster.md). Re-running the same
@@ -18,7 +19,9 @@ from pipelines.common import ProgressBar, add_cluster_arguments, solver_name, st
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="TOML config (e.g. configs/quick.toml)")
+    parser.add_argument("--config", type=Path, required=True, action="append",
+                        help="TOML config (e.g. configs/quick.toml); repeat to layer overrides "
+                             "(configs/datasets/*.toml on configs/neuronio_gpu.toml)")
     parser.add_argument("--out", type=Path, required=True, help="dataset directory for shard_00000.h5, ...")
     parser.add_argument("--morphology", type=Path, default=None,
                         help="cell1.asc (default: $L5PC_MORPHOLOGY, else data/morphology/cell1.asc)")
@@ -42,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     morphology = resolve_morphology(args.morphology)
     d = config.dataset
     total = d.n_shards * d.simulations_per_shard
-    print(f"{args.config}: {d.n_shards} shards x {d.simulations_per_shard} simulations x "
+    print(f"{' + '.join(map(str, args.config))}: {d.n_shards} shards x {d.simulations_per_shard} simulations x "
           f"{config.inputs.duration_ms} ms, seed {d.seed}, solver {solver_name(config)} -> {args.out}")
 
     # report what a previous run left before starting any worker (also checks it is our dataset)

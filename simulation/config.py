@@ -12,9 +12,9 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from common.config import from_table, read_toml, require  # noqa: F401  (read_toml: imported from here by callers)
+from common.config import from_table, read_toml, read_toml_layers, require  # noqa: F401  (read_toml: imported from here by callers)
 from common.jsonio import plain
 
 
@@ -216,6 +216,8 @@ class SimulationConfig:
 CONFIG_TABLES = tuple(f.name for f in dataclasses.fields(SimulationConfig))
 
 
-def load_simulation_config(path: str | Path) -> SimulationConfig:
-    """Read the simulation tables of a config file."""
-    return SimulationConfig.from_dict(read_toml(path), where=str(path))
+def load_simulation_config(path: str | Path | Sequence[str | Path]) -> SimulationConfig:
+    """Read the simulation tables of a config file, or of several layered (common.config.read_toml_layers:
+    `simulate --config configs/neuronio_gpu.toml --config configs/datasets/ten_thousand.toml`)."""
+    raw, where = read_toml_layers(path)
+    return SimulationConfig.from_dict(raw, where=where)

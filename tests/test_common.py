@@ -111,6 +111,24 @@ def test_a_simulation_process_reads_a_whole_project_config_without_torch():
     assert result.returncode == 0, result.stderr
 
 
+def test_simulation_configs_layer_and_a_typo_in_an_overlay_names_the_overlay(tmp_path):
+    """`simulate --config configs/neuronio_gpu.toml --config configs/datasets/ten_thousand_simulations.toml`."""
+    from simulation.config import load_simulation_config
+
+    base = PROJECT_ROOT / "configs" / "neuronio_gpu.toml"
+    overlay = PROJECT_ROOT / "configs" / "datasets" / "ten_thousand_simulations.toml"
+    single, layered = load_simulation_config(base), load_simulation_config([base, overlay])
+    assert (single.dataset.n_shards, layered.dataset.n_shards) == (48, 80)
+    assert dataclasses.replace(layered, dataset=single.dataset) == single  # the overlay changes nothing else
+    seeded = tmp_path / "seed.toml"
+    seeded.write_text("[dataset]\nseed = 2026\n")
+    both = load_simulation_config([base, overlay, seeded])
+    assert (both.dataset.n_shards, both.dataset.seed, both.solver.method) == (80, 2026, "gpu")
+    seeded.write_text("[dataset]\nsed = 2026\n")
+    with pytest.raises(ConfigError, match=r"seed.toml \[dataset\]: unknown key 'sed'"):
+        load_simulation_config([base, overlay, seeded])
+
+
 def test_from_table_names_the_key_and_turns_range_checks_into_config_errors():
     @dataclasses.dataclass(frozen=True)
     class Table:

@@ -126,6 +126,21 @@ def test_a_batch_draws_the_next_batch_inputs_while_it_simulates(reference, morph
         np.testing.assert_array_equal(result["soma_voltage"], soma[result["simulation_index"]])
 
 
+def test_an_overlay_config_grows_the_dataset_as_one_file_would(reference, tmp_path, morphology_path):
+    """--config BASE --config OVERLAY (configs/datasets/*.toml): the overlay's [dataset] n_shards, the base's
+    everything else; the shards are those of the one-file config."""
+    _, paths = reference
+    base = write_config(tmp_path, n_shards=1)
+    overlay = tmp_path / "two_shards.toml"
+    overlay.write_text("[dataset]\nn_shards = 2\n")
+    out = tmp_path / "data"
+    assert dispatcher.main(["simulate", "--config", str(base), "--config", str(overlay), "--out", str(out),
+                            "--morphology", str(morphology_path)]) == 0
+    assert sorted(p.name for p in out.glob("shard_*.h5")) == [p.name for p in paths]
+    for ours, theirs in zip(sorted(out.glob("shard_*.h5")), paths):
+        np.testing.assert_array_equal(read_shard(ours).soma_voltage, read_shard(theirs).soma_voltage)
+
+
 def test_resume_keeps_finished_shards(reference, tmp_path, morphology_path):
     _, paths = reference
     out = tmp_path / "data"
