@@ -39,7 +39,8 @@
 # EVALUATE_STOPPED (1: fits stopped at FIT_TIME_S are evaluated and assembled from their best epoch so far, marked
 # finished: false, instead of waiting for the next call; for the last call of a session), CONFIG / SIM_CONFIG (the training
 # and simulation configs; SIM_CONFIG may list overlays, space-separated, e.g. "configs/neuronio_gpu.toml
-# configs/datasets/ten_thousand_simulations.toml" for the 9984 training simulations Branch-ELM d_m 100 needs), OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
+# configs/datasets/ten_thousand_simulations.toml" for the 9984 training simulations Branch-ELM d_m 100 needs),
+# OUT (default bench/results). Needs python3 with torch (CUDA) and h5py; NEURON and dask
 # from .whl/ on the GPU machine (bench/README.md); the morphology in $L5PC_MORPHOLOGY (default .carry/cell1.asc,
 # else data/morphology/cell1.asc).
 set -euo pipefail

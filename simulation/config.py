@@ -218,6 +218,6 @@ CONFIG_TABLES = tuple(f.name for f in dataclasses.fields(SimulationConfig))
 
 def load_simulation_config(path: str | Path | Sequence[str | Path]) -> SimulationConfig:
     """Read the simulation tables of a config file, or of several layered (common.config.read_toml_layers:
-    `simulate --config configs/neuronio_gpu.toml --config configs/datasets/ten_thousand.toml`)."""
+    `simulate --config configs/neuronio_gpu.toml --config configs/datasets/ten_thousand_simulations.toml`)."""
     raw, where = read_toml_layers(path)
     return SimulationConfig.from_dict(raw, where=where)
