@@ -1,4 +1,4 @@
-"""Two models on the same test bins: is the AUC difference larger than the test set's own spread?
+"""Two models on the same test bins: is the AUC (or soma RMSE) difference larger than the test set's own spread?
 
     python bench/paired_comparison.py --runs EVAL_DIR --pair A:B [--pair C:D ...] [--resamples 200]
                                       [--mode windowed] [--out bench/results/paired_comparison.json]
@@ -8,7 +8,9 @@ predictions.h5 with every test simulation under /all). For each pair A:B the AUC
 AUC of B is computed on the bins both were scored on (the published protocol: windowed
 inference, first 500 ms skipped, simulations with more than 24 spike bins left out), with a
 bootstrap over the test simulations (surrogate.metrics.paired_auc_difference): a 95 % interval
-and the fraction of resamples in which A scores higher. Two test splits of 128 simulations can
+and the fraction of resamples in which A scores higher; the same for the soma RMSE, raw and aligned
+(surrogate.metrics.paired_soma_rmse_difference: the alignment over each resample, as evaluate does over
+the test set). Two test splits of 128 simulations can
 move one model's AUC by more than the gap between two models (docs/results/README.md), which is
 what the paired interval accounts for. Nothing is re-simulated or re-predicted: the numbers come
 from the evaluate stage's files.
@@ -33,7 +35,7 @@ if str(ROOT) not in sys.path:
 from common.errors import DatasetError, UserInputError, first_line  # noqa: E402
 from common.jsonio import update_json_rows  # noqa: E402
 from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE  # noqa: E402
-from surrogate.metrics import paired_auc_difference  # noqa: E402
+from surrogate.metrics import paired_auc_difference, paired_soma_rmse_difference  # noqa: E402
 
 
 def read_all_predictions(run_dir: Path, mode: str) -> dict:
@@ -46,7 +48,9 @@ def read_all_predictions(run_dir: Path, mode: str) -> dict:
             raise DatasetError(f"{path} holds no /all/{mode} predictions (written by an older evaluate: "
                                "evaluate again)")
         return {"shard": list(f["all/shard"].asstr()[()]), "simulation_index": f["all/simulation_index"][()],
-                "output_spikes": f["all/output_spikes"][()], "spike_probability": f[f"all/{mode}/spike_probability"][()]}
+                "output_spikes": f["all/output_spikes"][()], "spike_probability": f[f"all/{mode}/spike_probability"][()],
+                "soma_voltage_mV": f["all/soma_voltage_mV"][()],
+                "predicted_soma_voltage_mV": f[f"all/{mode}/soma_voltage_mV"][()]}
 
 
 def parse_pair(pair: str) -> tuple[str, str]:
@@ -66,7 +70,12 @@ def compare(runs: Path, a_name: str, b_name: str, mode: str, resamples: int, set
     result = paired_auc_difference(a["output_spikes"], a["spike_probability"], b["spike_probability"],
                                    ignore_first_ms=settings["ignore_first_ms"], max_spike_bins=settings["max_spike_bins"],
                                    resamples=resamples)
-    return {"a": a_name, "b": b_name, "mode": mode, "test_shards": sorted(set(a["shard"])), **result}
+    soma = paired_soma_rmse_difference(a["soma_voltage_mV"], a["output_spikes"], a["predicted_soma_voltage_mV"],
+                                       b["predicted_soma_voltage_mV"], ignore_first_ms=settings["ignore_first_ms"],
+                                       max_spike_bins=settings["max_spike_bins"], soma_cap_mV=settings["voltage_cap_mV"],
+                                       soma_bias_mV=settings["voltage_bias_mV"], resamples=resamples)
+    return {"a": a_name, "b": b_name, "mode": mode, "test_shards": sorted(set(a["shard"])), **result,
+            "soma_rmse": {"raw": soma["raw"], "aligned": soma["aligned"]}}
 
 
 def main(argv=None) -> int:
@@ -91,7 +100,9 @@ def main(argv=None) -> int:
                      host=platform.node(),
                      method="AUC of a minus AUC of b on the same bins (published protocol); 95 % interval and "
                             "fraction a higher from a bootstrap over test simulations "
-                            "(surrogate.metrics.paired_auc_difference)")
+                            "(surrogate.metrics.paired_auc_difference); soma_rmse: the same for the soma RMSE, raw "
+                            "and aligned, the alignment redone on each resample (surrogate.metrics."
+                            "paired_soma_rmse_difference; rows without it are older)")
     print(f"-> {args.out}")
     return 0
 
@@ -107,10 +118,14 @@ def compare_pairs(args: argparse.Namespace) -> list[dict]:
         row["test_set"] = args.label or args.runs.name
         rows.append(row)
         low, high = row["interval_95"]
+        rmse = row["soma_rmse"]["aligned"]
+        rmse_low, rmse_high = rmse["interval_95_mV"]
         print(f"{row['a']} - {row['b']} ({row['test_set']}, {row['simulations']} simulations, {row['spike_bins']} "
               f"spike bins): AUC {row['auc_a']:.4f} - {row['auc_b']:.4f} = {row['difference']:+.4f}, 95 % "
               f"[{low:+.4f}, {high:+.4f}], a higher in {100 * row['fraction_a_higher']:.0f} % of {row['resamples']} "
-              "resamples", flush=True)
+              f"resamples; soma RMSE aligned {rmse['rmse_a_mV']:.3f} - {rmse['rmse_b_mV']:.3f} = "
+              f"{rmse['difference_mV']:+.3f} mV, 95 % [{rmse_low:+.3f}, {rmse_high:+.3f}], a lower in "
+              f"{100 * rmse['fraction_a_lower']:.0f} %", flush=True)
     return rows
 
 

@@ -207,6 +207,74 @@ def paired_auc_difference(spikes_true: np.ndarray, spike_prob_a: np.ndarray, spi
     }
 
 
+def _soma_sums(soma_target: np.ndarray, soma_raw: np.ndarray, window: np.ndarray, ignore_first_ms: int) -> np.ndarray:
+    """Per simulation (rows), the sums that make both soma RMSEs of any reweighting of the simulations:
+    over all bins n, sum p, sum p^2, sum y, sum y^2 (the alignment's statistics, spec 7.3), and over the
+    scored bins (a kept simulation's bins from ignore_first_ms on, spec 7.4) the same five and sum p*y."""
+    p, y = soma_raw, soma_target
+    ps, ys = p[:, ignore_first_ms:] * window[:, None], y[:, ignore_first_ms:] * window[:, None]
+    scored = window * (p.shape[1] - ignore_first_ms)
+    return np.stack([np.full(len(p), p.shape[1], float), p.sum(1), (p * p).sum(1), y.sum(1), (y * y).sum(1),
+                     scored.astype(float), ps.sum(1), (ps * ps).sum(1), ys.sum(1), (ys * ys).sum(1),
+                     (ps * ys).sum(1)], axis=1)
+
+
+def _soma_rmses(totals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw and aligned soma RMSE from _soma_sums totals (rows: reweightings). The aligned prediction is
+    a * p + b with a = std(y) / std(p) and b = mean(y) - a * mean(p) over all bins (align_soma_prediction)."""
+    n, sp, spp, sy, syy, m, wp, wpp, wy, wyy, wpy = totals.T
+    mean_p, mean_y = sp / n, sy / n
+    std_p = np.sqrt(np.maximum(spp / n - mean_p ** 2, 0.0))
+    std_y = np.sqrt(np.maximum(syy / n - mean_y ** 2, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(std_p > 0, std_y / std_p, 0.0)  # a constant prediction becomes the target's mean
+    b = mean_y - a * mean_p
+    aligned = (a * a * wpp + b * b * m + wyy + 2 * a * b * wp - 2 * a * wpy - 2 * b * wy) / m
+    raw = (wpp - 2 * wpy + wyy) / m
+    return np.sqrt(np.maximum(raw, 0.0)), np.sqrt(np.maximum(aligned, 0.0))
+
+
+def paired_soma_rmse_difference(soma_true_mV: np.ndarray, spikes_true: np.ndarray, soma_pred_a_mV: np.ndarray,
+                                soma_pred_b_mV: np.ndarray, ignore_first_ms: int = 500, max_spike_bins: int = 24,
+                                soma_cap_mV: float = -55.0, soma_bias_mV: float = -67.7, resamples: int = 200,
+                                seed: int = 0) -> dict:
+    """Soma RMSE (mV) of model a minus that of model b on the same simulations, raw and aligned, with a
+    bootstrap over simulations (the companion of paired_auc_difference).
+
+    Arrays (n, T) as in evaluate_predictions, whose steps it follows: the alignment (spec 7.3) over every
+    simulation and bin of the (resampled) set, the RMSE over the kept simulations' bins from
+    ignore_first_ms on (7.4). Every simulation is resampled, the unkept ones too, since they enter the
+    alignment; with each simulation once the two RMSEs are evaluate_predictions' own. Returns both models'
+    RMSEs, their difference, the 2.5 / 97.5 percentiles of the resampled difference and the fraction of
+    resamples in which a's RMSE is the lower, for "raw" and "aligned".
+    """
+    arrays = [np.asarray(x) for x in (soma_true_mV, spikes_true, soma_pred_a_mV, soma_pred_b_mV)]
+    if not (arrays[0].ndim == 2 and all(x.shape == arrays[0].shape for x in arrays)):
+        raise InputShapeError(f"soma {arrays[0].shape}, spikes {arrays[1].shape}, a {arrays[2].shape}, "
+                              f"b {arrays[3].shape}: expected four (simulations, time) arrays of one shape")
+    if not 0 <= ignore_first_ms < arrays[0].shape[1]:
+        raise InputShapeError(f"ignore_first_ms = {ignore_first_ms} leaves no bins of simulations "
+                              f"{arrays[0].shape[1]} ms long")
+    target = soma_target_from_voltage(arrays[0], soma_cap_mV, soma_bias_mV)
+    window = select_simulations(arrays[1].astype(bool), 0, max_spike_bins).astype(float)
+    if not window.any():
+        raise InputShapeError(f"no simulation has at most {max_spike_bins} spike bins: no soma RMSE to compare")
+    sums = [_soma_sums(target, x.astype(np.float64) - soma_bias_mV, window, ignore_first_ms) for x in arrays[2:]]
+    rng = np.random.default_rng(seed)
+    count = len(window)
+    weights = np.vstack([np.ones(count)] + [np.bincount(rng.integers(0, count, count), minlength=count)
+                                            for _ in range(resamples)])
+    weights = weights[weights @ window > 0]  # a resample must hold a scored simulation (the first row does)
+    (raw_a, aligned_a), (raw_b, aligned_b) = (_soma_rmses(weights @ s) for s in sums)
+    result = {"resamples": int(len(weights) - 1), "simulations": int(count), "simulations_kept": int(window.sum())}
+    for name, a, b in (("raw", raw_a, raw_b), ("aligned", aligned_a, aligned_b)):
+        differences = (a - b)[1:] if len(a) > 1 else np.array([np.nan])
+        result[name] = {"rmse_a_mV": float(a[0]), "rmse_b_mV": float(b[0]), "difference_mV": float(a[0] - b[0]),
+                        "interval_95_mV": [float(np.percentile(differences, 2.5)), float(np.percentile(differences, 97.5))],
+                        "fraction_a_lower": float(np.mean(differences < 0))}
+    return result
+
+
 # --------------------------------------------------------------------------- all of section 7
 
 def evaluate_predictions(soma_true_mV: np.ndarray, spikes_true: np.ndarray,

@@ -474,6 +474,10 @@ def test_paired_comparison_of_two_evaluated_models(evaluated, tmp_path):
         evaluation = json.loads((runs / name / "evaluation.json").read_text())
         assert row[key] == pytest.approx(evaluation["windowed"]["spike"]["auc"])
     assert row["interval_95"][0] <= row["interval_95"][1] and row["simulations"] == 3
+    for name, key in ((a, "rmse_a_mV"), (b, "rmse_b_mV")):  # the soma RMSEs of evaluation.json, paired too
+        evaluation = json.loads((runs / name / "evaluation.json").read_text())
+        for kind in ("raw", "aligned"):
+            assert row["soma_rmse"][kind][key] == pytest.approx(evaluation["windowed"]["soma"][kind]["rmse_mV"], rel=1e-6)
     for args, message in ((("--pair", f"{a}-{b}"), "expected NAME_A:NAME_B"),
                           (("--pair", f"{a}:nothing"), "not found")):
         failed = bench("--runs", runs, *args, "--out", out)

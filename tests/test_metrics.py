@@ -208,6 +208,40 @@ def test_paired_auc_difference_sees_a_better_model_and_no_difference_between_twi
         metrics.paired_auc_difference(spikes, good, poor[:, :-1])
 
 
+def test_paired_soma_rmse_difference_is_evaluates_rmse_and_sees_the_closer_model():
+    """The point estimates are evaluate_predictions' raw and aligned RMSEs (the alignment over every simulation
+    and bin, the unkept simulation too); each resample's RMSE is the one of the resampled arrays; a model closer
+    to the truth is lower in every resample; twins differ by nothing."""
+    rng = np.random.default_rng(5)
+    n, steps = 30, 800
+    soma = -70 + np.cumsum(rng.normal(0, 0.4, (n, steps)), axis=1)  # mV, some bins above the -55 mV cap
+    soma[3, 100:110] = -20.0
+    spikes = rng.random((n, steps)) < 0.005
+    spikes[7, :40] = True  # 40 spike bins: left out of the RMSE, inside the alignment
+    close = soma + rng.normal(0, 0.5, soma.shape) + 1.0  # an offset the alignment removes
+    far = 0.8 * soma + rng.normal(0, 1.5, soma.shape)
+    result = metrics.paired_soma_rmse_difference(soma, spikes, close, far, ignore_first_ms=100, resamples=40)
+    for model, key in ((close, "rmse_a_mV"), (far, "rmse_b_mV")):
+        expected = metrics.evaluate_predictions(soma, spikes, model, np.zeros_like(soma), ignore_first_ms=100)["soma"]
+        for kind in ("raw", "aligned"):
+            assert result[kind][key] == pytest.approx(expected[kind]["rmse_mV"], rel=1e-9)
+    assert result["simulations"] == n and result["simulations_kept"] == n - 1 and result["resamples"] == 40
+    for kind in ("raw", "aligned"):
+        low, high = result[kind]["interval_95_mV"]
+        assert low <= result[kind]["difference_mV"] <= high < 0 and result[kind]["fraction_a_lower"] == 1.0
+
+    rows = np.random.default_rng(0).integers(0, n, n)  # the first resample of seed 0, scored directly
+    first = metrics.paired_soma_rmse_difference(soma, spikes, close, far, ignore_first_ms=100, resamples=1)
+    direct = [metrics.evaluate_predictions(soma[rows], spikes[rows], m[rows], np.zeros((n, steps)), ignore_first_ms=100)
+              ["soma"]["aligned"]["rmse_mV"] for m in (close, far)]
+    assert first["aligned"]["interval_95_mV"][0] == pytest.approx(direct[0] - direct[1], rel=1e-9)
+
+    twins = metrics.paired_soma_rmse_difference(soma, spikes, close, close, ignore_first_ms=100, resamples=10)
+    assert twins["aligned"]["difference_mV"] == 0 and twins["aligned"]["interval_95_mV"] == [0.0, 0.0]
+    with pytest.raises(InputShapeError, match="one shape"):
+        metrics.paired_soma_rmse_difference(soma, spikes, close, far[:, :-1])
+
+
 def test_the_auc_of_a_resample_from_pair_counts_is_sklearns_on_the_resampled_bins():
     """simulation_pair_wins: the bootstrap's AUCs, from pair counts between simulations, are roc_auc_score's on the
     concatenated resampled bins (ties included: scores rounded to 2 decimals), and the paired bootstrap gives what
