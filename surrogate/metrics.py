@@ -133,6 +133,12 @@ def soma_target_from_voltage(soma_voltage_mV: np.ndarray, cap_mV: float = -55.0,
     return np.minimum(np.asarray(soma_voltage_mV, dtype=np.float64), cap_mV) - bias_mV
 
 
+def require_scored_bins(ignore_first_ms: int, duration_ms: int) -> None:
+    """Spec 7.4 skips the first ignore_first_ms bins of each simulation: some must remain."""
+    if not 0 <= ignore_first_ms < duration_ms:
+        raise InputShapeError(f"ignore_first_ms = {ignore_first_ms} leaves no bins of simulations {duration_ms} ms long")
+
+
 def select_simulations(spike_target: np.ndarray, min_spike_bins: int = 0, max_spike_bins: int = 24) -> np.ndarray:
     """Spec 7.4: keep simulations whose spike-bin count over the full duration lies in [min, max]."""
     counts = np.asarray(spike_target).astype(bool).sum(axis=1)
@@ -159,6 +165,14 @@ def simulation_pair_wins(spikes: np.ndarray, scores: np.ndarray) -> tuple[np.nda
         ties = np.searchsorted(negatives, spike_scores, side="right") - below
         wins[:, t] = np.bincount(spike_simulation, weights=below + 0.5 * ties, minlength=n)
     return wins, spikes.sum(axis=1).astype(float), (~spikes).sum(axis=1).astype(float)
+
+
+def bootstrap_counts(simulations: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, simulations): how many times each simulation is drawn in each bootstrap resample
+    (with replacement, as many draws as simulations), seeded."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, simulations, simulations), minlength=simulations)
+                     for _ in range(resamples)]).astype(float).reshape(resamples, simulations)
 
 
 def paired_auc_difference(spikes_true: np.ndarray, spike_prob_a: np.ndarray, spike_prob_b: np.ndarray,
@@ -189,9 +203,7 @@ def paired_auc_difference(spikes_true: np.ndarray, spike_prob_a: np.ndarray, spi
     # resample costs a quadratic form over simulations instead of a sort of all its bins (simulation_pair_wins).
     wins_a, positives, negatives = simulation_pair_wins(spikes, a)
     wins_b, _, _ = simulation_pair_wins(spikes, b)
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, len(kept), len(kept)), minlength=len(kept))
-                       for _ in range(resamples)]).astype(float)  # (resamples, simulations): each one's multiplicity
+    counts = bootstrap_counts(len(kept), resamples, seed)
     pairs = (counts @ positives) * (counts @ negatives)
     both_classes = pairs > 0
     counts, pairs = counts[both_classes], pairs[both_classes]
@@ -252,18 +264,14 @@ def paired_soma_rmse_difference(soma_true_mV: np.ndarray, spikes_true: np.ndarra
     if not (arrays[0].ndim == 2 and all(x.shape == arrays[0].shape for x in arrays)):
         raise InputShapeError(f"soma {arrays[0].shape}, spikes {arrays[1].shape}, a {arrays[2].shape}, "
                               f"b {arrays[3].shape}: expected four (simulations, time) arrays of one shape")
-    if not 0 <= ignore_first_ms < arrays[0].shape[1]:
-        raise InputShapeError(f"ignore_first_ms = {ignore_first_ms} leaves no bins of simulations "
-                              f"{arrays[0].shape[1]} ms long")
+    require_scored_bins(ignore_first_ms, arrays[0].shape[1])
     target = soma_target_from_voltage(arrays[0], soma_cap_mV, soma_bias_mV)
     window = select_simulations(arrays[1].astype(bool), 0, max_spike_bins).astype(float)
     if not window.any():
         raise InputShapeError(f"no simulation has at most {max_spike_bins} spike bins: no soma RMSE to compare")
     sums = [_soma_sums(target, x.astype(np.float64) - soma_bias_mV, window, ignore_first_ms) for x in arrays[2:]]
-    rng = np.random.default_rng(seed)
     count = len(window)
-    weights = np.vstack([np.ones(count)] + [np.bincount(rng.integers(0, count, count), minlength=count)
-                                            for _ in range(resamples)])
+    weights = np.vstack([np.ones(count), bootstrap_counts(count, resamples, seed)])  # row 0: the test set itself
     weights = weights[weights @ window > 0]  # a resample must hold a scored simulation (the first row does)
     (raw_a, aligned_a), (raw_b, aligned_b) = (_soma_rmses(weights @ s) for s in sums)
     result = {"resamples": int(len(weights) - 1), "simulations": int(count), "simulations_kept": int(window.sum())}
@@ -300,8 +308,7 @@ def evaluate_predictions(soma_true_mV: np.ndarray, spikes_true: np.ndarray,
     for name, a in arrays.items():
         if a.ndim != 2 or a.shape != shape:
             raise InputShapeError(f"{name} has shape {a.shape}; expected (simulations, time) = {shape}, the same for all four arrays")
-    if not 0 <= ignore_first_ms < shape[1]:
-        raise InputShapeError(f"ignore_first_ms = {ignore_first_ms} leaves no bins of simulations {shape[1]} ms long")
+    require_scored_bins(ignore_first_ms, shape[1])
 
     spikes = arrays["spikes_true"].astype(bool)
     soma_target = soma_target_from_voltage(arrays["soma_true_mV"], soma_cap_mV, soma_bias_mV)
