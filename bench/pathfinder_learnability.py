@@ -9,7 +9,8 @@ whole image at once, a CNN of five 3x3 convolutions with dilations 1, 2, 4, 8, 1
 field of 33 pixels, the whole 32 x 32 image) and a global max-pool, on images made by
 prepare-task's code (surrogate.tasks, the current generator revision), and reports its test
 accuracy after every epoch. Variants: "default" (the LRA settings, contours of 14 paddles and
-5 distractors) and "easy" (contours of 6 paddles, no distractors). Adam 1e-3, batch 64, seed 0,
+5 distractors), "easy" (contours of 6 paddles, no distractors) and "easy16" (16 x 16 pixels, contours
+of 4 paddles, no distractors: T = 256 for the sequence models). Adam 1e-3, batch 64, seed 0,
 on the CPU. Prints a table and writes one row per variant to the JSON (rows of other variants stay).
 """
 
@@ -31,13 +32,14 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from common.jsonio import update_json_rows  # noqa: E402
 
-VARIANTS = {"default": {}, "easy": {"contour_length": 6, "num_distractors": 0}}
+VARIANTS = {"default": {}, "easy": {"contour_length": 6, "num_distractors": 0},
+            "easy16": {"image_size": 16, "contour_length": 4, "num_distractors": 0, "seed_distance": 4.0}}
 BATCH = 64
 
 
 def draw_splits(name: str, train_size: int, test_size: int, workers: int, data_dir: Path):
     """The variant's training and test images through prepare-task's generator (seeded, resumable, `workers`
-    processes; one validation image, unused), as float tensors (N, 1, 32, 32) in [0, 1] and int64 labels."""
+    processes; one validation image, unused), as float tensors (N, 1, S, S) in [0, 1] and int64 labels."""
     import h5py
     import torch
 
@@ -49,7 +51,8 @@ def draw_splits(name: str, train_size: int, test_size: int, workers: int, data_d
     for split in ("train", "test"):
         dataset = open_split("pathfinder32", data_dir / name, split)  # checks the file (format, generator revision)
         with h5py.File(dataset.path, "r") as f:
-            images = f["inputs"][...].reshape(-1, 1, 32, 32).astype(np.float32) / 255
+            size = VARIANTS[name].get("image_size", 32)
+            images = f["inputs"][...].reshape(-1, 1, size, size).astype(np.float32) / 255
         splits += [torch.from_numpy(images), torch.from_numpy(dataset.labels)]
     return splits
 

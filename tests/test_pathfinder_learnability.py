@@ -23,3 +23,18 @@ def test_learnability_benchmark_writes_a_row_per_variant(tmp_path):
     assert row["train_images"] == 96 and row["test_images"] == 32 and len(row["history"]) == 2
     assert 0.0 <= row["final_test_accuracy"] <= 1.0 and 0.2 < row["label_share_train"] < 0.8
     assert "easy" in done.stdout.splitlines()[-2]  # the table's row
+
+
+def test_learnability_benchmark_draws_the_16_pixel_variant(tmp_path):
+    """easy16: 16 x 16 images (T = 256 for the sequence models), reshaped by the variant's own image size."""
+    out = tmp_path / "learnability.json"
+    command = [sys.executable, str(ROOT / "bench" / "pathfinder_learnability.py"), "--variant", "easy16", "--train", "64",
+               "--test", "16", "--epochs", "1", "--workers", "1", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["variant"] == "easy16" and row["settings"]["image_size"] == 16
+    import h5py
+
+    with h5py.File(tmp_path / "data" / "easy16" / "pathfinder32" / "train.h5", "r") as f:
+        assert f["inputs"].shape == (64, 256)
