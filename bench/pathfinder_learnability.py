@@ -43,15 +43,15 @@ def draw_splits(name: str, train_size: int, test_size: int, workers: int, data_d
     import h5py
     import torch
 
-    from surrogate.tasks import open_split, prepare_task
+    from surrogate.tasks import open_split, prepare_task, task_settings
 
     table = {**VARIANTS[name], "train_size": train_size, "valid_size": 1, "test_size": test_size, "workers": workers}
     prepare_task("pathfinder32", data_dir / name, table)
+    size = task_settings("pathfinder32", table).image_size  # the generator's own default where the variant sets none
     splits = []
     for split in ("train", "test"):
         dataset = open_split("pathfinder32", data_dir / name, split)  # checks the file (format, generator revision)
         with h5py.File(dataset.path, "r") as f:
-            size = VARIANTS[name].get("image_size", 32)
             images = f["inputs"][...].reshape(-1, 1, size, size).astype(np.float32) / 255
         splits += [torch.from_numpy(images), torch.from_numpy(dataset.labels)]
     return splits
