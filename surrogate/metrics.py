@@ -172,7 +172,7 @@ def bootstrap_counts(simulations: int, resamples: int, seed: int) -> np.ndarray:
     (with replacement, as many draws as simulations), seeded."""
     rng = np.random.default_rng(seed)
     return np.stack([np.bincount(rng.integers(0, simulations, simulations), minlength=simulations)
-                     for _ in range(resamples)]).astype(float).reshape(resamples, simulations)
+                     for _ in range(resamples)]).astype(float)
 
 
 def paired_auc_difference(spikes_true: np.ndarray, spike_prob_a: np.ndarray, spike_prob_b: np.ndarray,
