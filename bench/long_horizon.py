@@ -94,8 +94,10 @@ def plot_rows(rows: list[dict], path: Path) -> None:
 
     rows = [r for r in rows if r.get("valid_accuracy_by_epoch")]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    # a row of panels, and under each its legend in a blank axes of its own, so that no legend hides a curve
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3.6, 2.8]})
+    for ax, legend_ax, task in zip(axes[0], axes[1], tasks):
         for r in (r for r in rows if r["task"] == task):
             history = r["valid_accuracy_by_epoch"]
             seen = [r["examples_seen"] * (i + 1) / len(history) / 1e6 for i in range(len(history))]
@@ -104,10 +106,11 @@ def plot_rows(rows: list[dict], path: Path) -> None:
         paper = PAPER_ELM[task]["test_accuracy"]
         ax.axhline(paper[0] if isinstance(paper, list) else paper, color="k", ls="--", lw=0.8, label="paper's ELM (test)")
         ax.set(title=task, xlabel="training examples seen (millions)", ylabel="validation accuracy")
-        ax.legend(fontsize=7)
+        legend_ax.axis("off")
+        legend_ax.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
