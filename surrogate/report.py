@@ -553,6 +553,9 @@ def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published
         figures.append(("roc.png", "ROC curves of the output-spike prediction on the test split (left: linear; "
                                    "right: log false-positive rate). Solid: 500-ms windows with 150-ms burn-in as "
                                    "published; dotted: one pass over each whole simulation."))
+    elif not any(run.rocs for run in runs):
+        notes.append(f"ROC figure skipped: no run directory holds {PREDICTIONS_FILE} (evaluate writes it beside "
+                     f"{EVALUATION_FILE}; only the scores were kept)")
     else:
         notes.append("ROC figure skipped: no model has a defined ROC (the test split has no spike or no non-spike bin)")
     drawn, note = plot_traces(runs, data_dir, out_dir / "traces.png")

@@ -80,6 +80,21 @@ def test_report_without_data_or_training_curves_says_what_is_missing(reported, t
     assert "## Notes" in (out / "report.md").read_text()
 
 
+def test_report_from_scores_alone_says_the_predictions_are_missing(reported, tmp_path, capsys):
+    """Run directories with evaluation.json but no predictions.h5 (scores brought back from another machine):
+    the tables are written and the note names the missing file, not an undefined ROC."""
+    runs = tmp_path / "runs"
+    shutil.copytree(reported["runs"], runs)
+    for predictions in runs.glob("*/predictions.h5"):
+        predictions.unlink()
+    out = tmp_path / "reports"
+    assert cli(["report", "--runs", str(runs), "--out", str(out), "--published", str(reported["published"])]) == 0
+    printed = capsys.readouterr().out
+    assert "no run directory holds predictions.h5" in printed and "no defined ROC" not in printed
+    assert not (out / "roc.png").exists()
+    assert "| elm |" in (out / "report.md").read_text()
+
+
 def test_report_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     assert cli(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
