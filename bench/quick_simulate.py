@@ -6,8 +6,8 @@
 Each repeat runs `python -m pipelines simulate` twice on the same simulations (same seed): configs/quick.toml
 as it is (one worker integrating on every core) and with [solver] method = "cvode" and one single-threaded
 worker per core, alternating, so that the host's load falls on both alike. It times the whole command,
-start-up included, as `make all` pays it, and pairs the two datasets' output spikes (within 1 ms, the lag
-of the twin's spikes). Where `make all`'s time goes is this stage: bench/README.md, "The small default".
+start-up included, as `make all` pays it, and pairs the two datasets' output spikes (simulation.fidelity's
+pairing; how many fall within 1 ms). This stage is most of `make all`'s time (README.md, "On the small default").
 """
 
 from __future__ import annotations
