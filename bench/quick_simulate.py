@@ -6,8 +6,9 @@
 Each repeat runs `python -m pipelines simulate` twice on the same simulations (same seed): configs/quick.toml
 as it is (one worker integrating on every core) and with [solver] method = "cvode" and one single-threaded
 worker per core, alternating, so that the host's load falls on both alike. It times the whole command,
-start-up included, as `make all` pays it, and pairs the two datasets' output spikes (simulation.fidelity's
-pairing; how many fall within 1 ms). This stage is most of `make all`'s time (README.md, "On the small default").
+start-up included, as `make all` pays it, and scores the first quick dataset against the first CVode one
+with bench/solver_fidelity.py's figures (simulation.fidelity.compare: soma RMSE, spike shifts, missed and
+extra spikes). This stage is most of `make all`'s time (README.md, "On the small default").
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from common.jsonio import write_json  # noqa: E402
 from common.machine import available_cores  # noqa: E402
 from simulation.config import load_simulation_config  # noqa: E402
 from simulation.dataset import list_shards, read_shard  # noqa: E402
-from simulation.fidelity import pair_spikes  # noqa: E402
+from simulation.fidelity import compare  # noqa: E402
 
 QUICK = PROJECT_ROOT / "configs" / "quick.toml"
 SEED = 7
@@ -56,31 +57,11 @@ def simulate(overlays: list[Path], out_dir: Path) -> float:
     return seconds
 
 
-def spike_times(out_dir: Path) -> list[np.ndarray]:
-    return [np.asarray(t, dtype=float) for path in list_shards(out_dir)
-            for t in read_shard(path, inputs=False, segment_voltages=False).output_spike_times]
-
-
-def spike_agreement(reference: list[np.ndarray], other: list[np.ndarray]) -> dict:
-    """How the quick setting's spikes sit against CVode's, simulation by simulation (simulation.fidelity.pair_spikes)."""
-    shifts, missed, extra = [], 0, 0
-    for ref, times in zip(reference, other):
-        d, a, b = pair_spikes(ref, times)
-        shifts.append(d)
-        missed += a
-        extra += b
-    shifts = np.concatenate(shifts) if shifts else np.zeros(0)
-    n_reference = int(sum(len(r) for r in reference))
-    return {
-        "cvode_spikes": n_reference,
-        "spikes": int(sum(len(t) for t in other)),
-        "paired_spikes": int(shifts.size),
-        "missed_spikes": int(missed),
-        "extra_spikes": int(extra),
-        "fraction_within_1ms": float(np.sum(np.abs(shifts) <= 1.0) / n_reference) if n_reference else None,
-        "shift_mean_signed_ms": float(shifts.mean()) if shifts.size else None,
-        "shift_max_abs_ms": float(np.abs(shifts).max()) if shifts.size else None,
-    }
+def soma_and_spikes(out_dir: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every simulation's soma trace (1 ms) and output spike times, in shard order."""
+    shards = [read_shard(path, inputs=False, segment_voltages=False) for path in list_shards(out_dir)]
+    return ([v for shard in shards for v in shard.soma_voltage],
+            [np.asarray(t, dtype=float) for shard in shards for t in shard.output_spike_times])
 
 
 def main(argv=None) -> int:
@@ -92,7 +73,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.simulations < 1 or args.repeats < 1:
         parser.error("--simulations and --repeats must be at least 1")
-    duration_ms = args.duration_ms or load_simulation_config(QUICK).inputs.duration_ms
+    quick = load_simulation_config(QUICK)
+    duration_ms = args.duration_ms or quick.inputs.duration_ms
     load_at_start = list(os.getloadavg())
 
     walls: dict[str, list[float]] = {name: [] for name in SETTINGS}
@@ -109,10 +91,11 @@ def main(argv=None) -> int:
                 walls[name].append(simulate([size, scratch / f"{name}.toml"], out_dir))
                 print(f"repeat {repeat + 1}: {name:<6} {args.simulations} x {duration_ms} ms in {walls[name][-1]:6.1f} s",
                       flush=True)
-        agreement = spike_agreement(spike_times(scratch / "cvode_0"), spike_times(scratch / "quick_0"))
+        # the fidelity figures of bench/solver_fidelity.py (simulation.fidelity.compare), on these few simulations
+        agreement = compare(*soma_and_spikes(scratch / "cvode_0"), *soma_and_spikes(scratch / "quick_0"))
     ratios = [c / q for q, c in zip(walls["quick"], walls["cvode"])]
 
-    solver = load_simulation_config(QUICK).solver
+    solver = quick.solver
     result = {
         "benchmark": "quick_simulate",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -124,7 +107,7 @@ def main(argv=None) -> int:
                      "cvode": "configs/quick.toml with [solver] method = \"cvode\", one single-threaded worker per core"},
         "wall_s": walls,
         "cvode_over_quick_wall": ratios,
-        "spikes_against_cvode": agreement,
+        "fidelity_against_cvode": agreement,
     }
     write_json(args.out, result)
     print(f"\n{'setting':<8} {'wall s per run':>24}   CVode / quick")
@@ -132,8 +115,8 @@ def main(argv=None) -> int:
         print(f"{name:<8} {', '.join(f'{w:.1f}' for w in walls[name]):>24}")
     print(f"CVode takes {min(ratios):.2f}-{max(ratios):.2f}x the quick setting's wall time "
           f"({args.repeats} alternated pairs of {args.simulations} x {duration_ms} ms)")
-    within = agreement["fraction_within_1ms"]
-    print(f"spikes: {agreement['paired_spikes']} of {agreement['cvode_spikes']} CVode spikes paired "
+    within = agreement["spike_fraction_within_1ms"]
+    print(f"spikes: {agreement['paired_spikes']} of {agreement['reference_spikes']} CVode spikes paired "
           f"({agreement['missed_spikes']} missed, {agreement['extra_spikes']} extra)"
           + (f", {100 * within:.1f} % within 1 ms" if within is not None else "")
           + f" (a sanity check: bench/results/solver_fidelity.json scores the fidelity)  -> {args.out}")

@@ -24,10 +24,11 @@ def test_quick_simulate_times_both_solvers_on_the_same_simulations(tmp_path, mor
     assert set(result["wall_s"]) == {"quick", "cvode"}
     assert all(len(w) == 1 and w[0] > 0 for w in result["wall_s"].values())
     assert result["cvode_over_quick_wall"][0] == pytest.approx(result["wall_s"]["cvode"][0] / result["wall_s"]["quick"][0])
-    spikes = result["spikes_against_cvode"]
+    spikes = result["fidelity_against_cvode"]
     # every CVode spike is either paired with one of the twin's or counted as missed, and every twin spike likewise
-    assert spikes["paired_spikes"] + spikes["missed_spikes"] == spikes["cvode_spikes"]
-    assert spikes["paired_spikes"] + spikes["extra_spikes"] == spikes["spikes"]
+    assert spikes["paired_spikes"] + spikes["missed_spikes"] == spikes["reference_spikes"]
+    assert spikes["paired_spikes"] + spikes["extra_spikes"] == spikes["statistics"]["spikes"]
+    assert spikes["simulations"] == 1 and spikes["soma_rmse_clipped_median_mV"] >= 0
     assert "CVode takes" in done.stdout
 
 
