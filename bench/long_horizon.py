@@ -86,7 +86,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def plot_rows(rows: list[dict], path: Path) -> None:
-    """Validation accuracy after every epoch, one panel per task, one line per (model, label), the paper's ELM dashed."""
+    """Validation accuracy after every epoch, one panel per task, one line per (model, label), the paper's ELM dashed;
+    where a row has it, the training accuracy dotted in the same colour (the gap between the two shows over-fitting)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,11 +102,14 @@ def plot_rows(rows: list[dict], path: Path) -> None:
         for r in (r for r in rows if r["task"] == task):
             history = r["valid_accuracy_by_epoch"]
             seen = [r["examples_seen"] * (i + 1) / len(history) / 1e6 for i in range(len(history))]
-            ax.plot(seen, history, marker="." if len(history) < 20 else None,
-                    label=f"{r['model']} {r['label']} (test {r['test_accuracy']:.3f}, n {r['test_examples']})")
+            (line,) = ax.plot(seen, history, marker="." if len(history) < 20 else None,
+                              label=f"{r['model']} {r['label']} (test {r['test_accuracy']:.3f}, n {r['test_examples']})")
+            if len(r.get("train_accuracy_by_epoch") or []) == len(history):
+                ax.plot(seen, r["train_accuracy_by_epoch"], ls=":", lw=1, color=line.get_color(),
+                        label=f"{r['model']} {r['label']}: training accuracy")
         paper = PAPER_ELM[task]["test_accuracy"]
         ax.axhline(paper[0] if isinstance(paper, list) else paper, color="k", ls="--", lw=0.8, label="paper's ELM (test)")
-        ax.set(title=task, xlabel="training examples seen (millions)", ylabel="validation accuracy")
+        ax.set(title=task, xlabel="training examples seen (millions)", ylabel="accuracy (validation; training dotted)")
         legend_ax.axis("off")
         legend_ax.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper center")
     fig.tight_layout()
@@ -272,6 +276,7 @@ def main(argv=None) -> int:
                 "train_examples": summary["train_examples"],
                 "examples_seen": summary["global_step"] * summary["train_config"]["batch_size"],
                 "valid_accuracy_by_epoch": [round(h["valid_accuracy"], 4) for h in history],
+                "train_accuracy_by_epoch": [round(h["train_accuracy"], 4) for h in history],
                 "wall_time_s": wall,
                 "training_time_s": summary["training_time_s"],
                 "resumed_at_epochs": summary["resumed_at_epochs"],

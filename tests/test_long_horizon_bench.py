@@ -48,6 +48,7 @@ def test_a_time_limited_benchmark_row_says_where_it_stopped_and_a_rerun_finishes
     (row,) = results["rows"]
     assert row["finished"] is True and row["epochs_completed"] == 2 and row["resumed_at_epochs"] == [1]
     assert len(row["valid_accuracy_by_epoch"]) == 2 and 0 <= row["test_accuracy"] <= 1
+    assert len(row["train_accuracy_by_epoch"]) == 2 and all(0 <= a <= 1 for a in row["train_accuracy_by_epoch"])
 
     plot = bench("--plot", tmp_path / "history.png", "--out", tmp_path / "out.json")
     assert plot.returncode == 0, plot.stderr[-3000:]
