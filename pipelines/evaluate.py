@@ -12,6 +12,11 @@ points and a few example traces for the report. --checkpoint PATH (repeatable) s
 checkpoint file, run directory or published elmneuron folder instead; its results go to
 RUNS/<folder name>/. --all-shards scores every shard of --data (a separate test dataset)
 rather than its test split; a run is still refused shards it was trained or validated on.
+--data repeated (with --all-shards) pools several test datasets into one test set, so that a
+score rests on more spike bins than one test split holds:
+
+    python -m pipelines evaluate --config configs/neuronio.toml --all-shards --data TEST_A --data TEST_B \
+        --runs runs/pooled --checkpoint checkpoints/branch-elm-d20
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from surrogate.registry import MODEL_KINDS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, action="append",
                         help="TOML config ([data] split and windows, [evaluate]); repeat to layer overrides")
-    parser.add_argument("--data", required=True, type=Path, help="dataset directory of HDF5 shards")
+    parser.add_argument("--data", required=True, type=Path, action="append",
+                        help="dataset directory of HDF5 shards; repeat (with --all-shards) to pool test datasets")
     parser.add_argument("--runs", required=True, type=Path, help="directory of run directories (RUNS/<model>/)")
     parser.add_argument("--models", default=None,
                         help="comma-separated run names to score (default: every one of elm, branch-elm, tcn, lstm present)")
@@ -83,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from simulation.errors import ConfigError, DatasetError
+    from simulation.errors import ConfigError, DatasetError, UserInputError
     from surrogate.data import find_shards, split_shards
     from surrogate.evaluation import EVALUATION_FILE, evaluate_model, load_evaluation_config
 
@@ -95,10 +101,15 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ConfigError(f"command line: {err}") from None
     targets = _targets(args, args.runs)
-    shards = find_shards(args.data)
+    if len(args.data) > 1 and not args.all_shards:
+        raise UserInputError("several --data directories pool whole test datasets: add --all-shards "
+                             "(a [data] train/valid/test split belongs to one dataset)")
+    shards = [path for data_dir in args.data for path in find_shards(data_dir)]
+    if len({path.resolve() for path in shards}) < len(shards):
+        raise UserInputError("the same shard file is reached twice through --data; each test simulation must count once")
     test_shards = shards if args.all_shards else split_shards(shards, data_config)["test"]
     if not test_shards:
-        raise DatasetError(f"the test split of {args.data} is empty ([data] test_shards = {data_config.test_shards})")
+        raise DatasetError(f"the test split of {args.data[0]} is empty ([data] test_shards = {data_config.test_shards})")
     from simulation.dataset import open_shard
     n_simulations = 0
     for path in test_shards:

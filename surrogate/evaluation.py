@@ -265,10 +265,9 @@ def check_not_trained_on(summary: dict, test_shards: Sequence[Path]) -> None:
     data_dir = summary.get("data_dir")
     if not used or not data_dir or not test_shards:
         return
-    if Path(data_dir).resolve() != Path(test_shards[0]).parent.resolve():
-        return  # another dataset: shard names say nothing
-    seen = set(used.get("train", [])) | set(used.get("valid", []))
-    overlap = sorted(Path(p).name for p in test_shards if Path(p).name in seen)
+    # compared as resolved files, shard by shard: a pooled test set may mix datasets, or link to a training shard
+    seen = {(Path(data_dir) / name).resolve() for name in [*used.get("train", []), *used.get("valid", [])]}
+    overlap = sorted(Path(p).name for p in test_shards if Path(p).resolve() in seen)
     if overlap:
         raise UserInputError(f"test shard {overlap[0]} was used to train or validate this run; "
                              f"evaluate with the [data] split the run was fitted with (its test shards: "

@@ -209,6 +209,50 @@ def test_all_shards_scores_a_separate_test_dataset(evaluated, tmp_path):
     assert result["test"]["simulations"] == 2 * per_shard
 
 
+def test_several_data_directories_pool_into_one_test_set(evaluated, tmp_path, capsys):
+    """--data repeated with --all-shards: one test set of every shard of each, scored in one pass."""
+    first, second = tmp_path / "seed_a", tmp_path / "seed_b"
+    for folder, shard in ((first, evaluated["shards"][-1]), (second, evaluated["shards"][-2])):
+        folder.mkdir()
+        shutil.copy(shard, folder / "shard_00000.h5")  # the same name in both: pooled by path, not by name
+    runs = tmp_path / "pooled"
+    code = cli(["evaluate", "--config", str(evaluated["config"]), "--all-shards", "--data", str(first),
+                "--data", str(second), "--runs", str(runs), "--checkpoint", str(evaluated["runs"] / "elm")])
+    assert code == 0
+    result = json.loads((runs / "elm" / "evaluation.json").read_text())
+    assert result["test"]["shard_paths"] == [str(first / "shard_00000.h5"), str(second / "shard_00000.h5")]
+    with h5py.File(evaluated["shards"][-1], "r") as f:
+        per_shard = f["input_spikes"].shape[0]
+    assert result["test"]["simulations"] == 2 * per_shard
+    capsys.readouterr()
+
+    # without --all-shards a split would mix datasets; the same file twice would count its simulations twice
+    assert cli(["evaluate", "--config", str(evaluated["config"]), "--data", str(first), "--data", str(second),
+                "--runs", str(runs), "--checkpoint", str(evaluated["runs"] / "elm")]) == 2
+    assert "add --all-shards" in capsys.readouterr().err
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "shard_00000.h5").symlink_to(first / "shard_00000.h5")
+    assert cli(["evaluate", "--config", str(evaluated["config"]), "--all-shards", "--data", str(first),
+                "--data", str(tmp_path / "again"), "--runs", str(runs), "--checkpoint",
+                str(evaluated["runs"] / "elm")]) == 2
+    assert "same shard file" in capsys.readouterr().err
+
+
+def test_a_linked_training_shard_in_a_pooled_test_set_is_refused(evaluated, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_fake_run(runs / "elm", "elm")
+    summary = json.loads((runs / "elm" / "summary.json").read_text())
+    summary.update(data_dir=str(evaluated["data"]),
+                   shards={"train": ["shard_00000.h5"], "valid": ["shard_00001.h5"], "test": ["shard_00002.h5"]})
+    (runs / "elm" / "summary.json").write_text(json.dumps(summary))
+    pooled = tmp_path / "pooled"
+    pooled.mkdir()
+    (pooled / "shard_00007.h5").symlink_to(evaluated["data"] / "shard_00000.h5")  # another name, the training file
+    assert cli(["evaluate", "--config", str(evaluated["config"]), "--all-shards", "--data", str(pooled),
+                "--runs", str(tmp_path / "eval"), "--checkpoint", str(runs / "elm")]) == 2
+    assert "was used to train or validate this run" in capsys.readouterr().err
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
