@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from simulation.errors import ConfigError, DatasetError, UserInputError
-    from surrogate.data import find_shards, split_shards
+    from surrogate.data import find_shards, require_distinct_shards, split_shards
     from surrogate.evaluation import EVALUATION_FILE, evaluate_model, load_evaluation_config
 
     data_config, evaluate_config = load_evaluation_config(args.config)
@@ -105,8 +105,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserInputError("several --data directories pool whole test datasets: add --all-shards "
                              "(a [data] train/valid/test split belongs to one dataset)")
     shards = [path for data_dir in args.data for path in find_shards(data_dir)]
-    if len({path.resolve() for path in shards}) < len(shards):
-        raise UserInputError("the same shard file is reached twice through --data; each test simulation must count once")
+    require_distinct_shards(shards, "each test simulation must count once")
     test_shards = shards if args.all_shards else split_shards(shards, data_config)["test"]
     if not test_shards:
         raise DatasetError(f"the test split of {args.data[0]} is empty ([data] test_shards = {data_config.test_shards})")

@@ -81,6 +81,13 @@ def find_shards(data_dir: str | os.PathLike) -> list[Path]:
     return paths
 
 
+def require_distinct_shards(paths, consequence: str) -> None:
+    """A DatasetError when two paths reach the same shard file (a link, or one directory given twice)."""
+    resolved = [Path(p).resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise DatasetError(f"the same shard file is listed twice; {consequence}")
+
+
 def split_shards(paths, data: DataConfig) -> dict[str, list[Path]]:
     """Split by shard, so that no simulation is in two splits: sorted list = train..., valid, test.
 
@@ -88,9 +95,7 @@ def split_shards(paths, data: DataConfig) -> dict[str, list[Path]]:
     validation set, the rest (at least one) the training set.
     """
     paths = sorted(Path(p) for p in paths)
-    resolved = [p.resolve() for p in paths]
-    if len(set(resolved)) != len(resolved):
-        raise DatasetError("the same shard file is listed twice; a simulation would be in two splits")
+    require_distinct_shards(paths, "a simulation would be in two splits")
     needed = data.valid_shards + data.test_shards + 1
     if len(paths) < needed:
         raise DatasetError(
