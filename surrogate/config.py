@@ -99,6 +99,10 @@ class TrainConfig:
     # keep every epoch's weights too (epochs/epoch_NNNN.pt, model only: 32 KB for d_m 20), so that test accuracy can be
     # scored against training time afterwards (bench/time_to_accuracy.py); off: only checkpoint_best/_last.pt
     epoch_checkpoints: bool = False
+    # Polyak averaging of the weights (an exponential moving average, batch-norm statistics included), updated after
+    # every optimiser step: validation, checkpoint_best.pt and every later stage use the averaged weights. 0 = off;
+    # 0.999 averages over about the last 1000 steps. Evens out the last steps' noise of a model that over-fits early.
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -130,6 +134,7 @@ class TrainConfig:
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _require(self.valid_simulations >= 0, f"valid_simulations must be >= 0, got {self.valid_simulations}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
+        _require(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
 
     def epoch_value(self, steps, epoch: int):
         """The entry of a [[first epoch, ...], ...] schedule in force at `epoch` (1-based): its values after the epoch."""

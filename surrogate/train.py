@@ -47,6 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from common.files import as_output_error, check_writable, write_text_atomic
 from common.jsonio import plain, write_json
@@ -229,6 +230,13 @@ class Run:
     valid_simulations: int  # those validated every epoch ([train] valid_simulations caps the split)
     state: RunState = field(default_factory=RunState)
     resumed: bool = False
+    # [train] ema_decay > 0: the moving average of `model`'s weights, the model that is validated and saved
+    average: AveragedModel | None = None
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights that validation scores and the checkpoints hand on: the averaged ones, when averaging."""
+        return self.average.module if self.average is not None else self.model
 
     @property
     def shard_names(self) -> dict[str, list[str]]:
@@ -311,7 +319,14 @@ def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, dev
                                    f"{init_from}; use another --out, or delete {out_dir} to start over")
     elif init_from is not None:
         run.state.initialized_from = initialise_from(run, Path(init_from))
+    if train.ema_decay > 0 and run.average is None:  # a new run: the average starts at the starting weights
+        run.average = weight_average(run.model, train.ema_decay)
     return run
+
+
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s parameters and buffers (batch-norm statistics), torch's own."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def initialise_from(run: Run, source: Path) -> dict:
@@ -358,11 +373,17 @@ def _training_behind(extra: dict, global_step: int) -> dict:
 def resume_run(run: Run, checkpoint: dict) -> None:
     """Continue from a checkpoint of the same run: model, optimiser, scaler and RunState."""
     _check_resumable(checkpoint, run)
-    run.model.load_state_dict(checkpoint["model_state"])
+    extra = checkpoint["extra"]
+    if run.train.ema_decay > 0:  # model_state holds the average; the weights being trained are kept beside it
+        run.model.load_state_dict(extra["training_model_state"])
+        run.average = weight_average(run.model, run.train.ema_decay)
+        run.average.module.load_state_dict(checkpoint["model_state"])
+        run.average.n_averaged.fill_(extra["ema_updates"])
+    else:
+        run.model.load_state_dict(checkpoint["model_state"])
     run.optimizer.load_state_dict(checkpoint["optimizer_state"])
     if run.amp == "fp16" and checkpoint.get("scaler_state"):
         run.scaler.load_state_dict(checkpoint["scaler_state"])
-    extra = checkpoint["extra"]
     run.state = RunState(
         epoch=checkpoint["epoch"], global_step=checkpoint["global_step"], history=list(extra["history"]),
         best_epoch=extra.get("best_epoch"),
@@ -391,6 +412,8 @@ def _check_resumable(checkpoint: dict, run: Run) -> None:
         changed = sorted(k for k in now if k not in free and k in before and now[k] != before[k])
         if changed:
             raise RunMismatchError(f"{out_dir} holds a run with other [{name}] settings (changed: {', '.join(changed)}); {hint}")
+    if run.train.ema_decay > 0 and "training_model_state" not in extra:  # a run from before ema_decay existed
+        raise RunMismatchError(f"{out_dir} holds a run trained without weight averaging ([train] ema_decay); {hint}")
     if extra.get("shards") and extra["shards"] != run.shard_names:
         raise RunMismatchError(f"{out_dir} holds a run on other shards (train/valid/test differ); {hint}")
 
@@ -422,7 +445,7 @@ def train_run(run: Run, report: Progress) -> dict:
             losses = train_epoch(run, epoch, batches, windows.num_inputs, report)
             train_seconds = time.perf_counter() - epoch_start
             report("validate", {"epoch": epoch})
-            valid = validate(run.model, valid_arrays, run.data, train, run.device, epoch)
+            valid = validate(run.evaluated_model, valid_arrays, run.data, train, run.device, epoch)
             row, improved = finish_epoch(run, epoch, losses, valid, time.perf_counter() - epoch_start, train_seconds)
             save_run(run, improved)
             # after every epoch, so that a run stopped between epochs (a time limit, a kill) still says how
@@ -467,6 +490,8 @@ def train_epoch(run: Run, epoch: int, batches, num_inputs: int, report: Progress
             torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip_norm)
         scaler.step(optimizer)
         scaler.update()
+        if run.average is not None:
+            run.average.update_parameters(model)
         state.global_step += 1
         sums += torch.stack([loss.detach(), spike_loss.detach(), soma_loss.detach()])
 
@@ -517,7 +542,7 @@ def save_run(run: Run, improved: bool) -> None:
     fields = dict(
         model_kind=run.kind,
         model_config=run.model_config,
-        model_state=run.model.state_dict(),
+        model_state=run.evaluated_model.state_dict(),
         soma_transform=SomaTransform.of(run.data),
         optimizer_state=run.optimizer.state_dict(),
         scheduler_state=run.scheduler_state,
@@ -536,6 +561,8 @@ def save_run(run: Run, improved: bool) -> None:
             "data_config": dataclasses.asdict(run.data),
             "shards": run.shard_names,
             "device": str(run.device),
+            **({"training_model_state": run.model.state_dict(), "ema_updates": int(run.average.n_averaged)}
+               if run.average is not None else {}),
         },
     )
     for name in ((BEST_CHECKPOINT, LAST_CHECKPOINT) if improved else (LAST_CHECKPOINT,)):

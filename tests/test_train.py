@@ -104,6 +104,7 @@ def test_optimizer_choice(name, kind):
     ('lr_schedule = "step"\nlr_steps = [[1, "fast"]]', "lr_steps\\[0\\]\\[1\\]: expected a number"),
     ('loss_weight_steps = [[1, 1.0]]', "loss_weight_steps\\[0\\]: expected a list of 3 values"),
     ('loss_weight_steps = [[1, 0.0, 0.0]]', "not both 0"),
+    ('ema_decay = 1.0', "ema_decay must be in \\[0, 1\\) \\(0: off\\), got 1.0"),
 ])
 def test_recipe_typos_are_one_line_config_errors(tmp_path, table, message):
     config = tmp_path / "c.toml"
@@ -386,6 +387,39 @@ def test_a_full_disk_stops_fit_in_one_line_and_the_run_resumes(dataset_dir, tmp_
     assert result.returncode == 0, result.stderr
     assert [row["epoch"] for row in _history(run)] == [1, 2]
     assert json.loads((run / "summary.json").read_text())["resumed_at_epochs"] == [1]
+
+
+def test_weight_averaging_saves_the_moving_average_and_resumes_exactly(dataset_dir, tmp_path):
+    """[train] ema_decay: the checkpoints hold the moving average of the trained weights (validated and handed on),
+    the trained weights travel beside it, and a run resumed after epoch 1 ends exactly as an uninterrupted one."""
+    one_step = {**TRAIN.__dict__, "batches_per_epoch": 1, "lr_schedule": "step", "lr_steps": ((1, 5e-3),)}
+    plain = [load_checkpoint(fit("elm", TrainConfig(**{**one_step, "epochs": e}), ELM, dataset_dir, tmp_path / f"plain{e}",
+                                 data_config=DATA)["checkpoints"]["last"])["model_state"] for e in (1, 2)]
+    averaged = TrainConfig(**{**one_step, "epochs": 2, "ema_decay": 0.5})
+    summary = fit("elm", averaged, ELM, dataset_dir, tmp_path / "ema", data_config=DATA)
+    checkpoint = load_checkpoint(summary["checkpoints"]["last"])
+    assert checkpoint["extra"]["ema_updates"] == 2
+    for name, w2 in plain[1].items():  # the trained weights are those of the plain run; the saved ones their average
+        assert torch.equal(checkpoint["extra"]["training_model_state"][name], w2), name
+        assert torch.allclose(checkpoint["model_state"][name], 0.5 * plain[0][name] + 0.5 * w2, atol=1e-7), name
+    assert not all(torch.equal(checkpoint["model_state"][n], w) for n, w in plain[1].items())
+    # validation scores the average: a fresh model loaded from the checkpoint validates the same
+    model, _ = load_model(tmp_path / "ema" / "checkpoint_last.pt")
+    assert all(torch.equal(p, checkpoint["model_state"][n]) for n, p in model.state_dict().items())
+
+    fit("elm", TrainConfig(**{**averaged.__dict__, "epochs": 1}), ELM, dataset_dir, tmp_path / "resumed", data_config=DATA)
+    resumed = fit("elm", averaged, ELM, dataset_dir, tmp_path / "resumed", data_config=DATA)
+    assert resumed["resumed_at_epochs"] == [1]
+    again = load_checkpoint(resumed["checkpoints"]["last"])
+    for name, tensor in checkpoint["model_state"].items():
+        assert torch.equal(again["model_state"][name], tensor), name
+    for key in ("train_loss", "valid_loss", "valid_auc"):
+        assert [r[key] for r in _history(tmp_path / "resumed")] == [r[key] for r in _history(tmp_path / "ema")], key
+
+    # a run trained without averaging is not resumed with it (its checkpoint holds no trained weights beside)
+    with pytest.raises(RunMismatchError, match="ema_decay"):
+        fit("elm", TrainConfig(**{**one_step, "epochs": 3, "ema_decay": 0.5}), ELM, dataset_dir, tmp_path / "plain2",
+            data_config=DATA)
 
 
 def test_a_run_started_from_trained_weights_fine_tunes_them_and_resumes(dataset_dir, tmp_path):
