@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -39,7 +40,10 @@ PUBLISHED_REFERENCES = (
      "auc": 0.9925, "tp_at_1pct": None, "rmse_mV": None},
 )
 KIND_COLOURS = {"elm": "tab:blue", "branch-elm": "tab:orange", "tcn": "tab:green", "lstm": "tab:purple"}
-EXTRA_COLOURS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+# runs that are not one model kind's own directory (named runs, published weights): each its own colour, as far as
+# these go (the palette then repeats)
+EXTRA_COLOURS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "black", "gold", "navy",
+                 "teal", "magenta", "lime")
 FIGURES = ("roc.png", "traces.png", "params.png", "training.png")  # data_efficiency.png too when the runs allow it
 DATA_EFFICIENCY_JSON = "data_efficiency.json"
 
@@ -90,7 +94,7 @@ def collect_runs(runs_dir: Path) -> list[RunResult]:
         raise UserInputError(f"no {EVALUATION_FILE} under {runs_dir}/*/ (run python -m pipelines evaluate first)")
     order = {kind: i for i, kind in enumerate(MODEL_KINDS)}  # the registry's kinds first, in its order
     found.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
-    runs, extra = [], iter(EXTRA_COLOURS)
+    runs, extra = [], itertools.cycle(EXTRA_COLOURS)
     for directory in found:
         try:
             evaluation = json.loads((directory / EVALUATION_FILE).read_text())
@@ -99,7 +103,7 @@ def collect_runs(runs_dir: Path) -> list[RunResult]:
         published = evaluation.get("published", False)
         colour = KIND_COLOURS.get(directory.name) if not published else None
         run = RunResult(name=evaluation.get("name", directory.name), directory=directory, evaluation=evaluation,
-                        colour=colour or next(extra, "black"))
+                        colour=colour or next(extra))
         predictions = directory / PREDICTIONS_FILE
         if predictions.is_file():
             with h5py.File(predictions, "r") as f:

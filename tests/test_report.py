@@ -95,6 +95,16 @@ def test_report_from_scores_alone_says_the_predictions_are_missing(reported, tmp
     assert "| elm |" in (out / "report.md").read_text()
 
 
+def test_every_named_run_gets_its_own_colour(reported, tmp_path):
+    """Runs named otherwise than a model kind (tcn-run28, tcn-run28-plain, ...) take colours of their own, so that
+    eight curves in one figure are eight colours (the sixth palette entry used to be the last, then all black)."""
+    runs = tmp_path / "runs"
+    for i in range(9):
+        shutil.copytree(reported["runs"] / "tcn", runs / f"tcn-run{i}")
+    colours = [run.colour for run in collect_runs(runs)]
+    assert len(colours) == 9 and len(set(colours)) == 9
+
+
 def test_report_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     assert cli(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
