@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.jsonio import write_json  # noqa: E402
+from surrogate.evaluation import shard_labels_of  # noqa: E402
 from surrogate.metrics import fp_label  # noqa: E402
 from surrogate.registry import MODEL_KINDS, sized_name  # noqa: E402
 from surrogate.report import PUBLISHED_REFERENCES  # noqa: E402
@@ -45,6 +46,7 @@ def _read(path: Path) -> dict:
 def scores_of(evaluation: dict) -> dict:
     """The published protocol's numbers of one evaluation.json (windowed mode)."""
     result = evaluation[MODE]
+    labels = shard_labels_of(evaluation["test"])
     return {
         "test_auc": result["spike"]["auc"],
         "test_tp_at_1pct_fp": result["spike"]["tp_at_fp"].get(fp_label(0.01)),
@@ -54,6 +56,8 @@ def scores_of(evaluation: dict) -> dict:
         "test_simulations_kept": result["simulations_kept"],
         "test_spike_bins": result["spike_bins_evaluated"],
         "test_shards": evaluation["test"]["shards"],
+        # a test set pooled from several dataset folders (evaluate --data repeated) is named by its shard paths too
+        **({"test_shard_paths": labels} if labels != evaluation["test"]["shards"] else {}),
     }
 
 

@@ -248,6 +248,13 @@ def write_predictions_file(path: Path, predictions: TestPredictions, rocs: dict,
                                  data=predictions.spike_probability[mode].astype(np.float32), **packed)
 
 
+def shard_labels_of(test: dict) -> list[str]:
+    """How to name the shards of an evaluation.json's "test": by file name, or by path when the test set was pooled
+    from several dataset folders (evaluate --data repeated), whose shard names repeat."""
+    paths = test.get("shard_paths", [])
+    return list(paths) if len({str(Path(p).parent) for p in paths}) > 1 else list(test.get("shards", []))
+
+
 def read_summary(run_dir: Path) -> dict:
     """The training summary.json of a run (empty when the run has none, e.g. a published folder)."""
     path = run_dir / SUMMARY_FILE

@@ -23,7 +23,7 @@ import numpy as np
 from common.files import as_output_error, atomic_path, check_writable, write_text_atomic
 from common.jsonio import write_json
 from simulation.errors import UserInputError
-from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE
+from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE, shard_labels_of
 from surrogate.registry import MODEL_KINDS, sized_name
 
 # Published reference points (NeuronIO test set). TCN: Beniaguev et al. 2021 as quoted by
@@ -587,6 +587,7 @@ def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published
     test = first.get("test", {})
     settings = first.get("settings", {})
     windowed = first.get("windowed", {})
+    shards = shard_labels_of(test)
     lines = [
         "# Surrogate evaluation report",
         "",
@@ -595,7 +596,7 @@ def write_report(runs_dir: Path, data_dir: Path | None, out_dir: Path, published
         "",
         "## Test-set scores (500-ms windows, 150-ms burn-in: the published protocol)",
         "",
-        f"Test split: {len(test.get('shards', []))} shard(s) ({', '.join(test.get('shards', []))}), "
+        f"Test split: {len(shards)} shard(s) ({', '.join(shards)}), "
         f"{test.get('simulations', '?')} simulations of {test.get('duration_ms', '?')} ms; "
         f"{windowed.get('simulations_kept', '?')} kept by the filter of 0-{settings.get('max_spike_bins', 24)} "
         f"spike bins, first {settings.get('ignore_first_ms', 500)} ms ignored: "

@@ -7,6 +7,7 @@ checkpoints saved through surrogate.checkpoints.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -224,6 +225,16 @@ def test_several_data_directories_pool_into_one_test_set(evaluated, tmp_path, ca
     with h5py.File(evaluated["shards"][-1], "r") as f:
         per_shard = f["input_spikes"].shape[0]
     assert result["test"]["simulations"] == 2 * per_shard
+    # bench/surrogate_accuracy.py records such a pooled set by its paths (its names repeat); one folder by names alone
+    spec = importlib.util.spec_from_file_location("surrogate_accuracy", REPO / "bench" / "surrogate_accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.scores_of(result)["test_shard_paths"] == result["test"]["shard_paths"]
+    single = json.loads((evaluated["runs"] / "elm" / "evaluation.json").read_text())
+    assert "test_shard_paths" not in bench.scores_of(single)
+    # and so does the report: two shards, by path, not one name
+    assert cli(["report", "--runs", str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert f"2 shard(s) ({first / 'shard_00000.h5'}, {second / 'shard_00000.h5'})" in (tmp_path / "report" / "report.md").read_text()
     capsys.readouterr()
 
     # without --all-shards a split would mix datasets; the same file twice would count its simulations twice

@@ -26,8 +26,9 @@ from surrogate.elm import ELMConfig
 from surrogate.inference import outputs_to_predictions
 from surrogate.targets import SomaTransform
 from simulation.errors import ConfigError
+from surrogate.data import load_split_arrays
 from surrogate.train import (RunMismatchError, TrainingDivergedError, cosine_learning_rate, fit, make_optimizer,
-                             step_learning_rate)
+                             step_learning_rate, validate)
 from test_data import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -403,9 +404,12 @@ def test_weight_averaging_saves_the_moving_average_and_resumes_exactly(dataset_d
         assert torch.equal(checkpoint["extra"]["training_model_state"][name], w2), name
         assert torch.allclose(checkpoint["model_state"][name], 0.5 * plain[0][name] + 0.5 * w2, atol=1e-7), name
     assert not all(torch.equal(checkpoint["model_state"][n], w) for n, w in plain[1].items())
-    # validation scores the average: a fresh model loaded from the checkpoint validates the same
+    # later stages load the average, and validation scored it: the loaded model validates to the recorded AUC
     model, _ = load_model(tmp_path / "ema" / "checkpoint_last.pt")
     assert all(torch.equal(p, checkpoint["model_state"][n]) for n, p in model.state_dict().items())
+    arrays = load_split_arrays([dataset_dir / name for name in summary["shards"]["valid"]], averaged.valid_simulations)
+    rescored = validate(model, arrays, DATA, averaged, torch.device("cpu"), epoch=2)
+    assert rescored["valid_auc"] == _history(tmp_path / "ema")[-1]["valid_auc"]
 
     fit("elm", TrainConfig(**{**averaged.__dict__, "epochs": 1}), ELM, dataset_dir, tmp_path / "resumed", data_config=DATA)
     resumed = fit("elm", averaged, ELM, dataset_dir, tmp_path / "resumed", data_config=DATA)
@@ -416,7 +420,7 @@ def test_weight_averaging_saves_the_moving_average_and_resumes_exactly(dataset_d
     for key in ("train_loss", "valid_loss", "valid_auc"):
         assert [r[key] for r in _history(tmp_path / "resumed")] == [r[key] for r in _history(tmp_path / "ema")], key
 
-    # a run trained without averaging is not resumed with it (its checkpoint holds no trained weights beside)
+    # a run trained without averaging is not resumed with it
     with pytest.raises(RunMismatchError, match="ema_decay"):
         fit("elm", TrainConfig(**{**one_step, "epochs": 3, "ema_decay": 0.5}), ELM, dataset_dir, tmp_path / "plain2",
             data_config=DATA)
