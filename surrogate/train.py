@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from common.files import as_output_error, check_writable, write_text_atomic
 from common.jsonio import plain, write_json
@@ -231,7 +231,7 @@ class Run:
     state: RunState = field(default_factory=RunState)
     resumed: bool = False
     # [train] ema_decay > 0: the moving average of `model`'s weights, the model that is validated and saved
-    average: AveragedModel | None = None
+    average: WeightAverage | None = None
 
     @property
     def evaluated_model(self) -> torch.nn.Module:
@@ -319,14 +319,37 @@ def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, dev
                                    f"{init_from}; use another --out, or delete {out_dir} to start over")
     elif init_from is not None:
         run.state.initialized_from = initialise_from(run, Path(init_from))
-    if train.ema_decay > 0 and run.average is None:  # a new run: the average starts at the starting weights
-        run.average = weight_average(run.model, train.ema_decay)
+    if train.ema_decay > 0 and run.average is None:  # a new run: the average's first update copies the weights
+        run.average = WeightAverage(run.model, train.ema_decay)
     return run
 
 
-def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of `model`'s parameters and buffers (batch-norm statistics), torch's own."""
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+class WeightAverage(AveragedModel):
+    """An exponential moving average of `model`'s parameters and buffers (batch-norm statistics included):
+    the first update copies the weights, every later one moves the average by (1 - decay) towards them.
+
+    The same arithmetic as torch's AveragedModel with get_ema_multi_avg_fn, without the two host-device
+    synchronisations its update_parameters makes each step (it reads the step count on the CPU and copies it
+    to the GPU, which waits for the GPU to finish the step): here the step count stays on the CPU."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [*model.parameters(), *model.buffers()]
+        if int(self.n_averaged) == 0:
+            for a, w in zip(averaged, current, strict=True):
+                a.copy_(w)
+        else:
+            floats = [(a, w) for a, w in zip(averaged, current, strict=True) if a.is_floating_point()]
+            torch._foreach_lerp_([a for a, _ in floats], [w for _, w in floats], 1 - self.decay)
+            for a, w in zip(averaged, current, strict=True):
+                if not a.is_floating_point():  # integer buffers (batch-norm's step counter), as torch averages them
+                    a.copy_(a * self.decay + w * (1 - self.decay))
+        self.n_averaged += 1
 
 
 def initialise_from(run: Run, source: Path) -> dict:
@@ -376,7 +399,7 @@ def resume_run(run: Run, checkpoint: dict) -> None:
     extra = checkpoint["extra"]
     if run.train.ema_decay > 0:  # model_state holds the average; the weights being trained are kept beside it
         run.model.load_state_dict(extra["training_model_state"])
-        run.average = weight_average(run.model, run.train.ema_decay)
+        run.average = WeightAverage(run.model, run.train.ema_decay)
         run.average.module.load_state_dict(checkpoint["model_state"])
         run.average.n_averaged.fill_(extra["ema_updates"])
     else:

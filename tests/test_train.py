@@ -27,8 +27,9 @@ from surrogate.inference import outputs_to_predictions
 from surrogate.targets import SomaTransform
 from simulation.errors import ConfigError
 from surrogate.data import load_split_arrays
-from surrogate.train import (RunMismatchError, TrainingDivergedError, cosine_learning_rate, fit, make_optimizer,
-                             step_learning_rate, validate)
+from surrogate.tcn import TCN, TCNConfig
+from surrogate.train import (RunMismatchError, TrainingDivergedError, WeightAverage, cosine_learning_rate, fit,
+                             make_optimizer, step_learning_rate, validate)
 from test_data import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -424,6 +425,28 @@ def test_weight_averaging_saves_the_moving_average_and_resumes_exactly(dataset_d
     with pytest.raises(RunMismatchError, match="ema_decay"):
         fit("elm", TrainConfig(**{**one_step, "epochs": 3, "ema_decay": 0.5}), ELM, dataset_dir, tmp_path / "plain2",
             data_config=DATA)
+
+
+def test_weight_average_matches_torchs_moving_average_without_syncing():
+    """WeightAverage (no host-device round trip per step) averages exactly as torch's AveragedModel with
+    get_ema_multi_avg_fn: a TCN with batch norm, five training steps, parameters and running statistics."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    torch.manual_seed(0)
+    model = TCN(TCNConfig(num_input=12, depth=2, width=8, first_kernel_size=5, kernel_size=3, dropout=0.1))
+    ours, theirs = WeightAverage(model, 0.9), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(5):
+        loss = model((torch.rand(3, 40, 12) < 0.2).float()).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ours.update_parameters(model)
+        theirs.update_parameters(model)
+    assert ours.n_averaged.device.type == "cpu" and int(ours.n_averaged) == 5
+    expected = theirs.module.state_dict()
+    for name, tensor in ours.module.state_dict().items():
+        assert torch.allclose(tensor, expected[name], rtol=1e-6, atol=1e-7), name
+    assert not torch.equal(ours.module.state_dict()["layers.0.norm.running_mean"], model.state_dict()["layers.0.norm.running_mean"])
 
 
 def test_a_run_started_from_trained_weights_fine_tunes_them_and_resumes(dataset_dir, tmp_path):
