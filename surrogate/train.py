@@ -328,9 +328,10 @@ class WeightAverage(AveragedModel):
     """An exponential moving average of `model`'s parameters and buffers (batch-norm statistics included):
     the first update copies the weights, every later one moves the average by (1 - decay) towards them.
 
-    The same arithmetic as torch's AveragedModel with get_ema_multi_avg_fn, without the two host-device
-    synchronisations its update_parameters makes each step (it reads the step count on the CPU and copies it
-    to the GPU, which waits for the GPU to finish the step): here the step count stays on the CPU."""
+    The same arithmetic as torch's AveragedModel with get_ema_multi_avg_fn, without the host-device
+    synchronisation its update_parameters makes each step (it copies the step count to the GPU with a blocking
+    copy, which waits for the GPU to finish the step, though the moving average never reads it): here the step
+    count stays on the CPU."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         super().__init__(model, use_buffers=True)
