@@ -4,10 +4,13 @@
 
 Measures surrogate.data.TrainingWindows through its DataLoader (batches of 500-ms windows,
 bool inputs, pinned memory on CUDA) for several worker counts, the cost of decompressing
-one simulation, and, where CUDA is present, one training step (forward + backward + Adam)
-of each model at the same batch, so the two rates can be compared. Without --data it
-writes a synthetic dataset (random rasters, timing only) to a temporary directory.
-Prints a table and writes bench/results/data_loading.json.
+one simulation, the bit-packing of one simulation's inputs against np.packbits along the
+stored axis, the time to load every simulation of the shards into DeviceWindows (what `fit`
+does before its first step with [data] windows_on_device; --device-windows-workers), and,
+where CUDA is present, one training step (forward + backward + Adam) of each model at the
+same batch, so the rates can be compared. Without --data it writes a synthetic dataset
+(random rasters, timing only) to a temporary directory. Prints a table and writes
+bench/results/data_loading.json.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import torch  # noqa: E402
 from common.jsonio import write_json  # noqa: E402
 from simulation.dataset import shard_path, write_shard  # noqa: E402
 from surrogate.config import DataConfig  # noqa: E402
-from surrogate.data import (SimulationCache, TrainingWindows, catalog_simulations, find_shards,  # noqa: E402
-                            training_loader, unpack_input_spikes)
+import surrogate.data  # noqa: E402
+from simulation.dataset import open_shard  # noqa: E402
+from surrogate.data import (DeviceWindows, SimulationCache, TrainingWindows, catalog_simulations,  # noqa: E402
+                            find_shards, pack_input_spikes, training_loader, unpack_input_spikes)
 
 N_SEGMENTS = 639
 
@@ -64,6 +69,51 @@ def time_decompression(paths, data: DataConfig, count: int) -> float:
     seconds = (time.perf_counter() - start) / len(refs)
     cache.close()
     return seconds
+
+
+def packbits_axis0(raster: np.ndarray) -> np.ndarray:
+    """The reference packing: np.packbits along the stored (strided) input axis; the same bytes as pack_input_spikes."""
+    return np.ascontiguousarray(np.packbits(raster, axis=0).T)
+
+
+PACKINGS = {"pack_input_spikes": pack_input_spikes, "np_packbits_axis0": packbits_axis0}
+
+
+def time_packing(paths, count: int) -> dict:
+    """ms to bit-pack one stored (inputs, T) raster, per packing of PACKINGS."""
+    ref = catalog_simulations(paths)[0]
+    with open_shard(ref.shard) as f:
+        raster = f["input_spikes"][ref.index]
+    if not np.array_equal(pack_input_spikes(raster), packbits_axis0(raster)):
+        raise SystemExit("pack_input_spikes differs from np.packbits")
+    timings = {}
+    for name, pack in PACKINGS.items():
+        pack(raster)
+        start = time.perf_counter()
+        for _ in range(count):
+            pack(raster)
+        timings[name] = 1000 * (time.perf_counter() - start) / count
+    return timings
+
+
+def time_device_windows(paths, data: DataConfig, device: torch.device, packing: str) -> dict:
+    """Seconds to read, decompress and pack every simulation of `paths` into DeviceWindows, with the
+    library's packing or, for comparison in the same run, the reference one (swapped in for the call;
+    forked loader workers inherit it)."""
+    library_pack = surrogate.data.pack_input_spikes
+    surrogate.data.pack_input_spikes = PACKINGS[packing]
+    try:
+        start = time.perf_counter()
+        windows = DeviceWindows(paths, data, batch_size=1, batches_per_epoch=1, seed=0, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    finally:
+        surrogate.data.pack_input_spikes = library_pack
+    n = windows.num_simulations
+    windows.close()
+    return {"packing": packing, "workers": data.loader_workers, "simulations": n, "load_s": seconds,
+            "simulations_per_s": n / seconds}
 
 
 def time_loader(paths, data: DataConfig, batch_size: int, batches: int, device: torch.device) -> dict:
@@ -131,6 +181,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=300, help="batches timed cold, then as many warm")
     parser.add_argument("--simulations-per-load", type=int, default=16)
+    parser.add_argument("--device-windows-workers", type=int, nargs="*", default=[],
+                        help="time loading every simulation of --data into DeviceWindows with these worker counts")
     parser.add_argument("--no-model-steps", action="store_true", help="skip the model-step timings")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "data_loading.json")
     args = parser.parse_args()
@@ -144,6 +196,10 @@ def main() -> int:
         paths = find_shards(data_dir)
         base = dict(streams=args.streams, simulations_per_load=args.simulations_per_load, load_fraction=0.5)
         decompress_s = time_decompression(paths, DataConfig(**base), count=8)
+        pack_ms = time_packing(paths, count=20)
+        device_windows = [time_device_windows(paths, DataConfig(**base, loader_workers=w), device, packing)
+                          for w in args.device_windows_workers if args.streams % max(w, 1) == 0
+                          for packing in PACKINGS]
         loader = []
         for workers in args.workers:
             if args.streams % max(workers, 1):
@@ -156,6 +212,11 @@ def main() -> int:
     steps = [] if args.no_model_steps or device.type != "cuda" else time_model_steps(args.batch_size, 500, device)
 
     print(f"\none simulation (1278 x 6000, gzip) read + decompressed + transposed: {1000 * decompress_s:.1f} ms")
+    print(f"bit-packing its inputs: pack_input_spikes {pack_ms['pack_input_spikes']:.2f} ms, np.packbits along "
+          f"axis 0 {pack_ms['np_packbits_axis0']:.2f} ms ({pack_ms['np_packbits_axis0'] / pack_ms['pack_input_spikes']:.1f}x)")
+    for row in device_windows:
+        print(f"DeviceWindows load, {row['workers']} workers, {row['packing']}: {row['simulations']} simulations in "
+              f"{row['load_s']:.1f} s ({row['simulations_per_s']:.1f}/s)")
     print(f"\nloader, batch {args.batch_size} x 500 ms, {args.streams} streams, "
           f"{args.simulations_per_load} simulations per load, device {device}")
     print("cold: caches filling (each simulation decompressed on first use); warm: all cached")
@@ -174,7 +235,8 @@ def main() -> int:
         "simulations_per_load": args.simulations_per_load, "data": str(args.data or "synthetic (timing only)"),
         "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "cpu_count": __import__("os").cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-        "decompress_one_simulation_ms": 1000 * decompress_s, "loader": loader, "model_steps": steps,
+        "decompress_one_simulation_ms": 1000 * decompress_s, "pack_ms": pack_ms, "device_windows_load": device_windows,
+        "loader": loader, "model_steps": steps,
     }
     write_json(args.out, result)
     print(f"\nwrote {args.out}")

@@ -135,8 +135,21 @@ class LoadedSimulation:
 
 
 def pack_input_spikes(raster: np.ndarray) -> np.ndarray:
-    """(inputs, T) bool -> (T, ceil(inputs / 8)) uint8, bits in np.packbits' big-endian order."""
-    return np.ascontiguousarray(np.packbits(raster, axis=0).T)
+    """(inputs, T) bool -> (T, ceil(inputs / 8)) uint8, bits in np.packbits' big-endian order.
+
+    Input 8k + b sets bit 7 - b of byte k. Shifting whole contiguous rows is about 5x faster than
+    np.packbits along axis 0 (strided) of the stored (inputs, T) layout; loading a training set
+    onto the GPU is mostly this and gzip (bench/data_loading.py, pack_ms).
+    """
+    num_inputs, duration = raster.shape
+    groups = -(-num_inputs // 8)
+    bits = np.zeros((groups * 8, duration), dtype=np.uint8)
+    bits[:num_inputs] = raster
+    bits = bits.reshape(groups, 8, duration)
+    packed = np.zeros((groups, duration), dtype=np.uint8)
+    for b in range(8):
+        packed |= bits[:, b] << (7 - b)
+    return np.ascontiguousarray(packed.T)
 
 
 def unpack_input_spikes(packed: torch.Tensor, num_inputs: int) -> torch.Tensor:
