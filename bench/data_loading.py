@@ -29,10 +29,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.jsonio import write_json  # noqa: E402
-from simulation.dataset import shard_path, write_shard  # noqa: E402
-from surrogate.config import DataConfig  # noqa: E402
 import surrogate.data  # noqa: E402
-from simulation.dataset import open_shard  # noqa: E402
+from simulation.dataset import open_shard, shard_path, write_shard  # noqa: E402
+from surrogate.config import DataConfig  # noqa: E402
 from surrogate.data import (DeviceWindows, SimulationCache, TrainingWindows, catalog_simulations,  # noqa: E402
                             find_shards, pack_input_spikes, training_loader, unpack_input_spikes)
 

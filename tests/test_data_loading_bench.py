@@ -1,4 +1,4 @@
-"""bench/data_loading.py: packs real shards both ways to the same bytes and times DeviceWindows with each."""
+"""bench/data_loading.py: packs stored rasters both ways to the same bytes and times DeviceWindows with each."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
-def test_both_packings_load_the_same_training_set(tmp_path):
+def test_device_windows_load_is_timed_with_each_packing_and_the_library_one_restored(tmp_path):
     bench.write_timing_dataset(tmp_path, n_shards=2, simulations_per_shard=3, duration_ms=1200)
     paths = find_shards(tmp_path)
     timings = bench.time_packing(paths, count=2)  # exits if the two packings differ
