@@ -13,7 +13,7 @@
 #     CARRY (default .carry/tcn): START-fp16.pt, and cell1.asc where L5PC_MORPHOLOGY is unset
 #     SIM_BASE (default configs/neuronio_gpu.toml), FIT_EXTRA (more fit options), SMALL=1: a dry run on a CPU machine:
 #     SMALL=1 OUT=/tmp/out SIM_BASE=configs/quick.toml FIT_EXTRA="--config TINY.toml --device cpu" bash bench/tcn_fine_tune_call.sh 7 3 800 tcn-run29 tcn-dry
-#   On the GPU machine, about 48 shards (6016 training simulations) fit one 10-minute call: 375 s of simulation.
+#   On the GPU machine, about 48 shards (5888 training simulations) fit one 10-minute call: 375 s of simulation.
 set -u
 SEED=$1; NS=$2; TIME_S=$3; START=$4; NEW=$5
 PY="${PYTHON:-python3}"; CARRY="${CARRY:-.carry/tcn}"; K=/tmp/weights
