@@ -15,6 +15,8 @@
 #     SMALL=1 OUT=/tmp/out SIM_BASE=configs/quick.toml FIT_EXTRA="--config TINY.toml --device cpu" bash bench/tcn_fine_tune_call.sh 7 3 800 tcn-run29 tcn-dry
 #   On the GPU machine, about 48 shards (5888 training simulations) fit one 10-minute call: 375 s of simulation.
 set -u
+[ $# -eq 5 ] || { echo "usage: bash bench/tcn_fine_tune_call.sh SEED N_SHARDS TIME_S START NEW" >&2; exit 2; }
+[ -n "${OUT:-}" ] || { echo "error: set OUT, the folder the results are left in" >&2; exit 2; }
 SEED=$1; NS=$2; TIME_S=$3; START=$4; NEW=$5
 PY="${PYTHON:-python3}"; CARRY="${CARRY:-.carry/tcn}"; K=/tmp/weights
 T0=$(date +%s); END=$(( T0 + TIME_S )); R=/tmp/run-$SEED; W=$R/work
@@ -27,10 +29,6 @@ pack() {
   ls -la "$OUT" | tail -n +4
 }
 trap pack EXIT
-if [ -d .whl ] && ! "$PY" -c "import neuron, dask" 2>/dev/null; then  # the bare GPU machine: the carried wheels
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
-[ -d /tmp/site ] && export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
 export L5PC_MORPHOLOGY="${L5PC_MORPHOLOGY:-$PWD/$CARRY/cell1.asc}" PYTHONUNBUFFERED=1 NEURON_MODULE_OPTIONS=-nogui
 TEST=$(printf 'shard_%05d.h5' $(( NS - 1 )))
 printf '[dataset]\nseed = %d\nn_shards = %d\n' "$SEED" "$NS" > "$R/out/seed.toml"
@@ -44,6 +42,8 @@ stamp "simulate $NS shards, seed $SEED"
 WORK=$W SIM_CONFIG="${SIM_BASE:-configs/neuronio_gpu.toml} $R/out/seed.toml" BUDGET_S=$(( $(left) - 150 )) OUT=$R/out \
   PYTHON="$PY" bench/neuronio_scale.sh setup simulate 2>&1 | grep -vE "it/s|s/it" | tail -n 5
 stamp "simulated: $(ls "$W/data" | wc -l) shards"
+# neuronio_scale.sh's setup installs the carried wheels into /tmp/site on the bare GPU machine; the fit needs them too
+[ -d /tmp/site ] && export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
 md5sum "$W/data/$TEST" > "$R/out/test_shard.md5" && split -b 15M "$W/data/$TEST" "$OUT/$TEST.part-"
 
 FIT=$(( $(left) - 60 ))
