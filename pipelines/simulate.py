@@ -3,10 +3,11 @@ with dask.
 
 Runs on a new local cluster (one single-threaded worker process per core, or --workers N)
 or on an existing one (--scheduler tcp://HOST:PORT, see docs/cluster.md). Re-running the same
-command resumes: finished shards are kept, the rest is simulated. One run at a time writes
-into a directory (a lock file, DIR/.lock, names its owner). Exit codes: 0 done, 2 bad input
-(config, morphology, an output directory in use, read-only or full), 1 some simulations
-failed (listed).
+command resumes: finished shards are kept, the rest is simulated. `--shards I ...` simulates
+only those shards (-1: the last, a dataset's test split), as they are in the whole dataset.
+One run at a time writes into a directory (a lock file, DIR/.lock, names its owner). Exit
+codes: 0 done, 2 bad input (config, morphology, an output directory in use, read-only or
+full), 1 some simulations failed (listed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="dataset directory for shard_00000.h5, ...")
     parser.add_argument("--morphology", type=Path, default=None,
                         help="cell1.asc (default: $L5PC_MORPHOLOGY, else data/morphology/cell1.asc)")
+    parser.add_argument("--shards", type=int, nargs="+", metavar="I", default=None,
+                        help="simulate only these shards of the dataset (-1: the last, its test split); "
+                             "the same command without --shards adds the others")
     add_cluster_arguments(parser)
 
 
@@ -39,19 +43,21 @@ def main(args: argparse.Namespace) -> int:
     from simulation.mechanisms import compile_mechanisms
     from simulation.parallel import SimulationsFailed, generate_dataset
     from simulation.paths import resolve_morphology
-    from simulation.plan import inspect_output_dir
+    from simulation.plan import inspect_output_dir, select_shards
 
     config = load_simulation_config(args.config)
     morphology = resolve_morphology(args.morphology)
     d = config.dataset
-    total = d.n_shards * d.simulations_per_shard
-    print(f"{' + '.join(map(str, args.config))}: {d.n_shards} shards x {d.simulations_per_shard} simulations x "
+    selected = sorted(select_shards(config, args.shards)) if args.shards is not None else range(d.n_shards)
+    total = len(selected) * d.simulations_per_shard
+    only = f" (only shard{'s' if len(selected) > 1 else ''} {', '.join(map(str, selected))})" if args.shards else ""
+    print(f"{' + '.join(map(str, args.config))}: {d.n_shards} shards{only} x {d.simulations_per_shard} simulations x "
           f"{config.inputs.duration_ms} ms, seed {d.seed}, solver {solver_name(config)} -> {args.out}")
 
     # report what a previous run left before starting any worker (also checks it is our dataset)
-    state = inspect_output_dir(config, args.out, morphology)
+    state = inspect_output_dir(config, args.out, morphology, args.shards)
     if state.done:
-        print(f"resuming: {len(state.done)} of {d.n_shards} shards already done")
+        print(f"resuming: {len(state.done)} of {len(selected)} shards already done")
     for name, reason in state.invalid.items():
         print(f"{name} is damaged and will be simulated again ({reason})")
     if not state.todo:
@@ -71,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
         failed = None
         try:
             with ProgressBar("simulate") as progress:
-                paths = generate_dataset(config, args.out, morphology, client, progress=progress)
+                paths = generate_dataset(config, args.out, morphology, client, progress=progress, shards=args.shards)
         except SimulationsFailed as err:
             failed, paths = err, err.written
         finally:

@@ -41,7 +41,7 @@ from .cluster import GPU_RESOURCE, gpu_workers, prepare_workers, unique_token
 from .config import SimulationConfig
 from .errors import InputShapeError
 from .morphology import check_morphology
-from .plan import OutputState, ShardPlan, dataset_attrs, inspect_output_dir, plan_shards
+from .plan import OutputState, ShardPlan, dataset_attrs, inspect_output_dir, plan_shards, select_shards
 from .gpu.worker import simulate_given_batch, simulate_seeded_batch
 from .tasks import Task, run_task, simulate_given, simulate_seeded
 
@@ -246,8 +246,12 @@ def generate_dataset(
     morphology: str | os.PathLike,
     client,
     progress: Progress | None = None,
+    shards: Sequence[int] | None = None,
 ) -> list[Path]:
     """Simulate every shard of `config` that `out_dir` lacks; returns the paths of all planned shards.
+
+    `shards` (indices, -1 the last): only those, e.g. a dataset's test split alone; a later
+    run without it adds the others, as if the dataset had been made in one go.
 
     Holds `out_dir`'s lock (common.locks) while it writes: DirectoryLocked if another run
     writes there. Raises DatasetError if `out_dir` holds another dataset's shards, OutputError
@@ -257,9 +261,11 @@ def generate_dataset(
     """
     out_dir = Path(out_dir)
     morphology = check_morphology(morphology)
-    total = config.dataset.n_shards * config.dataset.simulations_per_shard
-    paths = [out_dir / plan.file_name for plan in plan_shards(config)]
-    state = inspect_output_dir(config, out_dir, morphology)
+    wanted = select_shards(config, shards) if shards is not None else None
+    plans = [plan for plan in plan_shards(config) if wanted is None or plan.index in wanted]
+    total = sum(len(plan.simulation_indices) for plan in plans)
+    paths = [out_dir / plan.file_name for plan in plans]
+    state = inspect_output_dir(config, out_dir, morphology, shards)
     if not state.todo:  # nothing to write: a finished dataset may sit on a read-only disk
         if progress:
             progress(state.simulations_done, total)
@@ -267,7 +273,7 @@ def generate_dataset(
     with DirectoryLock(out_dir, "simulate"):  # re-entrant: the command line already holds it
         check_writable(out_dir)
         # again under the lock: the run that held it before may have finished shards meanwhile
-        state = inspect_output_dir(config, out_dir, morphology)
+        state = inspect_output_dir(config, out_dir, morphology, shards)
         for stale in state.stale_temporaries:  # no other writer can be running now
             stale.unlink(missing_ok=True)
         if state.todo:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from common.files import file_sha256, temporaries
 
@@ -49,6 +49,15 @@ def plan_shards(config: SimulationConfig) -> list[ShardPlan]:
     """Shard i holds simulations i*n .. i*n + n - 1: a shard's content never depends on n_shards."""
     n = config.dataset.simulations_per_shard
     return [ShardPlan(i, tuple(range(i * n, (i + 1) * n))) for i in range(config.dataset.n_shards)]
+
+
+def select_shards(config: SimulationConfig, shards: Sequence[int]) -> set[int]:
+    """Planned shard indices from `shards`, where -1 is the last (a dataset's test split), -2 the one before."""
+    n = config.dataset.n_shards
+    for index in shards:
+        if not -n <= index < n:
+            raise UserInputError(f"shard {index} is not in this dataset's {n} shards (0..{n - 1}, or -1 for the last)")
+    return {index % n for index in shards}
 
 
 # --------------------------------------------------------------------------- identity of a dataset
@@ -160,11 +169,13 @@ class OutputState:
         return sum(len(plan.simulation_indices) for plan in self.todo)
 
 
-def inspect_output_dir(config: SimulationConfig, out_dir: str | os.PathLike, morphology: Path) -> OutputState:
+def inspect_output_dir(config: SimulationConfig, out_dir: str | os.PathLike, morphology: Path,
+                       shards: Sequence[int] | None = None) -> OutputState:
     """Sort the planned shards into done and to-do; refuse a directory holding another dataset.
 
     Every readable shard_*.h5 in `out_dir` (planned or not) must come from the same data config,
-    mechanisms and morphology, else DatasetError.
+    mechanisms and morphology, else DatasetError. `shards` (select_shards' indices): only these
+    are done or to do; the others are left for a later run.
     """
     from .dataset import open_shard, read_attrs
 
@@ -172,7 +183,8 @@ def inspect_output_dir(config: SimulationConfig, out_dir: str | os.PathLike, mor
     state = OutputState()
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"output path exists and is not a directory: {out_dir}")
-    planned = {plan.file_name: plan for plan in plan_shards(config)}
+    wanted = select_shards(config, shards) if shards is not None else None
+    planned = {plan.file_name: plan for plan in plan_shards(config) if wanted is None or plan.index in wanted}
     existing = sorted(out_dir.glob("shard_*.h5")) if out_dir.is_dir() else []
     state.stale_temporaries = temporaries(out_dir, "shard_*.h5")
 

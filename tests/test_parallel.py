@@ -277,6 +277,36 @@ def test_simulation_failing_after_retries_is_reported_by_index_and_seed(referenc
 
 # --------------------------------------------------------------------------- the command line
 
+def test_a_test_split_alone_equals_the_same_shard_of_the_whole_dataset(reference, client, tmp_path, morphology_path):
+    """--shards -1: the last shard alone (e.g. to score a model on an earlier dataset's test split without its
+    training data); the same run without it adds the others, and the whole equals a dataset made in one go."""
+    config_path, config, reference_paths = reference
+    out = tmp_path / "data"
+    done = []
+    [last] = generate_dataset(config, out, morphology_path, client, progress=lambda n, total: done.append((n, total)),
+                              shards=[-1])
+    assert last.name == "shard_00002.h5" and sorted(p.name for p in out.glob("shard_*.h5")) == ["shard_00002.h5"]
+    assert done[-1] == (2, 2)
+    assert_same_shards([last], reference_paths[-1:])
+    before = identity(last)
+    paths = generate_dataset(config, out, morphology_path, client)
+    assert identity(last) == before  # kept, not simulated again
+    assert_same_shards(paths, reference_paths)
+
+
+def test_cli_simulates_only_the_shards_asked_for_and_refuses_one_outside_the_dataset(reference, tmp_path, capsys):
+    config_path, _, reference_paths = reference
+    done = run_cli("simulate", "--config", str(config_path), "--out", str(tmp_path / "data"), "--shards", "0", "-1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(only shards 0, 2)" in done.stdout and "2 shards, 4 of 4 simulations" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "data").glob("shard_*.h5")) == ["shard_00000.h5", "shard_00002.h5"]
+    assert_same_shards(sorted((tmp_path / "data").glob("shard_*.h5")), [reference_paths[0], reference_paths[2]])
+    code = dispatcher.main(["simulate", "--config", str(config_path), "--out", str(tmp_path / "other"), "--shards", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: shard 3 is not in this dataset's 3 shards") and err.count("\n") == 1
+    assert not (tmp_path / "other").exists()
+
+
 def test_cli_reports_bad_input_on_one_line(tmp_path, capsys, morphology_path):
     typo = write_config(tmp_path, extra="", name="typo.toml")
     typo.write_text(typo.read_text().replace("seed = 7", "sead = 7"))

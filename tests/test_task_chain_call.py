@@ -1,0 +1,55 @@
+"""bench/task_chain_call.sh on the CPU: a long-horizon run chained over two calls, the second on a "fresh machine"
+(an empty chain folder) resuming from the run directory the first call sent back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "task_chain_call.sh"
+TINY_LISTOPS = "[tasks.listops]\ntrain_size = 24\nvalid_size = 8\ntest_size = 8\nmin_length = 20\nmax_length = 120\nmax_depth = 4\n"
+
+
+def call(out: Path, chain: Path, run_tgz: Path, data: Path, **extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **extra, OUT=str(out), CHAIN=str(chain), RUN_TGZ=str(run_tgz), DATA=str(data), PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run(["bash", str(SCRIPT), "listops", "elm", "chain", "2", "600",
+                           "--extra-config", "configs/tasks/smoke.toml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_run_chained_over_two_calls_resumes_from_what_the_first_sent_back(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_LISTOPS)
+    data = tmp_path / "data"
+    prepared = subprocess.run([sys.executable, "-m", "pipelines", "prepare-task", "--task", "listops", "--data-dir", str(data),
+                               "--config", str(tmp_path / "tiny.toml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+
+    # call 1: a fit time limit that stops it after its first epoch of two
+    first = call(tmp_path / "out1", tmp_path / "machine1", tmp_path / "none.tgz", data, MAX_TIME_S="1e-6")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "a fresh run" in first.stdout
+    (row,) = json.loads((tmp_path / "out1" / "rows.json").read_text())["rows"]
+    assert row["finished"] is False and row["epochs_completed"] == 1 and row["epochs_planned"] == 2
+    assert (tmp_path / "out1" / "run.tgz").stat().st_size > 0 and (tmp_path / "out1" / "log.txt").stat().st_size > 0
+
+    # call 2 on another machine: nothing in its chain folder, the first call's run.tgz carried
+    second = call(tmp_path / "out2", tmp_path / "machine2", tmp_path / "out1" / "run.tgz", data)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resume from the carried" in second.stdout
+    (row,) = json.loads((tmp_path / "out2" / "rows.json").read_text())["rows"]
+    assert row["finished"] is True and row["epochs_completed"] == 2 and row["resumed_at_epochs"] == [1]
+
+    # call 3 on the second machine: its own run directory, already finished
+    third = call(tmp_path / "out3", tmp_path / "machine2", tmp_path / "none.tgz", data)
+    assert third.returncode == 0 and "resume from this machine's" in third.stdout
+
+
+def test_missing_task_data_is_a_one_line_error(tmp_path):
+    done = call(tmp_path / "out", tmp_path / "machine", tmp_path / "none.tgz", tmp_path / "nowhere")
+    assert done.returncode == 2 and done.stderr.startswith("error: no prepared listops data") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "machine").exists()
