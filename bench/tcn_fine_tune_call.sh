@@ -7,6 +7,8 @@
 # Nothing lives across calls, so a machine lost between two calls loses one call, not the session (device run 30
 # lost a run detached across calls three times). Calls on the same machine chain: START is read from /tmp/weights
 # (left there by an earlier call) when there, else from $CARRY/START-fp16.pt; NEW is written to /tmp/weights.
+# START "scratch": a new TCN trained from scratch (the recipe without tcn_new_data.toml: device run 25's, whose best
+# epoch came after 117 s of training), the first link of a new chain; scored alone, no paired comparison.
 #
 #   bash bench/tcn_fine_tune_call.sh SEED N_SHARDS TIME_S START NEW
 #     TIME_S: the whole call's seconds (the simulation gets all but 150 s of it, the fit all but 60 s of what is left)
@@ -20,7 +22,7 @@ set -u
 SEED=$1; NS=$2; TIME_S=$3; START=$4; NEW=$5
 PY="${PYTHON:-python3}"; CARRY="${CARRY:-.carry/tcn}"; K=/tmp/weights
 T0=$(date +%s); END=$(( T0 + TIME_S )); R=/tmp/run-$SEED; W=$R/work
-mkdir -p "$R/out" "$R/logs" "$R/eval" "$R/ck/$START" "$K" "$OUT"
+mkdir -p "$R/out" "$R/logs" "$R/eval" "$K" "$OUT"
 stamp() { echo "[T0+$(( $(date +%s) - T0 )) s] $*"; }
 left() { echo $(( END - $(date +%s) )); }
 pack() {
@@ -33,10 +35,16 @@ export L5PC_MORPHOLOGY="${L5PC_MORPHOLOGY:-$PWD/$CARRY/cell1.asc}" PYTHONUNBUFFE
 TEST=$(printf 'shard_%05d.h5' $(( NS - 1 )))
 printf '[dataset]\nseed = %d\nn_shards = %d\n' "$SEED" "$NS" > "$R/out/seed.toml"
 printf '[data]\nloader_workers = 8\n' > "$R/workers.toml"   # one fit on 16 cores; must divide [data] streams (8)
-if [ -f "$K/$START-fp16.pt" ]; then cp "$K/$START-fp16.pt" "$R/ck/$START/checkpoint_best.pt"
-else cp "$CARRY/$START-fp16.pt" "$R/ck/$START/checkpoint_best.pt" || exit 1; fi
-TCNCFG="--config configs/neuronio.toml --config configs/recipes/one_session.toml --config configs/recipes/tcn_small_batch.toml \
-  --config configs/recipes/tcn_new_data.toml --config configs/recipes/weight_average.toml"
+TCNCFG="--config configs/neuronio.toml --config configs/recipes/one_session.toml --config configs/recipes/tcn_small_batch.toml"
+if [ "$START" = scratch ]; then INIT=""; STARTS=""
+else
+  mkdir -p "$R/ck/$START"
+  if [ -f "$K/$START-fp16.pt" ]; then cp "$K/$START-fp16.pt" "$R/ck/$START/checkpoint_best.pt"
+  else cp "$CARRY/$START-fp16.pt" "$R/ck/$START/checkpoint_best.pt" || exit 1; fi
+  INIT="--init-from $R/ck/$START"; STARTS="$R/ck/$START"
+  TCNCFG="$TCNCFG --config configs/recipes/tcn_new_data.toml"
+fi
+TCNCFG="$TCNCFG --config configs/recipes/weight_average.toml"
 
 stamp "simulate $NS shards, seed $SEED"
 WORK=$W SIM_CONFIG="${SIM_BASE:-configs/neuronio_gpu.toml} $R/out/seed.toml" BUDGET_S=$(( $(left) - 150 )) OUT=$R/out \
@@ -49,16 +57,16 @@ md5sum "$W/data/$TEST" > "$R/out/test_shard.md5" && split -b 15M "$W/data/$TEST"
 FIT=$(( $(left) - 60 ))
 stamp "fit: at most $FIT s"
 timeout --signal=TERM $FIT "$PY" -m pipelines fit --model tcn $TCNCFG --config "$R/workers.toml" --data "$W/data" \
-  --out "$W/runs/$NEW" --init-from "$R/ck/$START" ${FIT_EXTRA:-} 2>&1 | tr '\r' '\n' \
+  --out "$W/runs/$NEW" $INIT ${FIT_EXTRA:-} 2>&1 | tr '\r' '\n' \
   | grep -E --line-buffered "^(training|epoch [0-9]+/|error|Traceback)|Error"
 stamp "fit ended"
 
-for src in "$W/runs/$NEW" "$R/ck/$START"; do
+for src in "$W/runs/$NEW" $STARTS; do
   "$PY" -m pipelines evaluate --config configs/neuronio.toml --data "$W/data" --runs "$R/eval" --checkpoint "$src" \
     > "$R/logs/eval-$(basename "$src").log" 2>&1 &
 done; wait
 grep -h -E "\[whole\]|error" "$R"/logs/eval-*.log | cut -c1-200
-"$PY" bench/paired_comparison.py --runs "$R/eval" --label "gpu_engine_seed$SEED" --pair "$NEW:$START" \
+[ -n "$STARTS" ] && "$PY" bench/paired_comparison.py --runs "$R/eval" --label "gpu_engine_seed$SEED" --pair "$NEW:$START" \
   --out "$R/out/paired.json" 2>&1 | tail -n 3
 
 # fp16 weights (half the bytes, so two 15-MB parts), the training copy of the weights left out
