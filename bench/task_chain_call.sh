@@ -13,7 +13,7 @@
 #     RUN_TGZ (default .carry/chain/LABEL.tgz): the run directory the last call sent back (absent: a fresh run)
 #     CHAIN (default /tmp/chain): where the run lives on the machine; PYTHON (default python3); DEVICE: fit-task --device
 #     MAX_TIME_S (default TIME_S - 60): the fit's --max-time-s, the rest left for start-up, the test split and packing
-#   e.g. bash bench/task_chain_call.sh pathfinder32 elm dm128_dropout 150 570 \
+#   e.g. bash bench/task_chain_call.sh pathfinder32 elm dm128_dropout 130 575 \
 #          --extra-config configs/tasks/dm128.toml --extra-config configs/tasks/input_dropout.toml
 set -u
 [ $# -ge 5 ] || { echo "usage: bash bench/task_chain_call.sh TASK MODEL LABEL EPOCHS TIME_S [--extra-config F ...]" >&2; exit 2; }
