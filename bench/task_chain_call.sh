@@ -10,9 +10,11 @@
 #   bash bench/task_chain_call.sh TASK MODEL LABEL EPOCHS TIME_S [--extra-config F ...]
 #     EPOCHS: the whole run's schedule (the cosine decay is fixed by it, so every call of a chain passes the same)
 #     DATA (default .carry/tasks): prepared task data, DATA/TASK/{train,valid,test}.h5 (prepare-task, carried)
+#     PREPARE: where DATA lacks the task, draw it on the machine into $CHAIN/data first (seeded: every machine draws the
+#       same data), with prepare-task --config PREPARE ("default": the task's defaults); for data too large to carry
 #     RUN_TGZ (default .carry/chain/LABEL.tgz): the run directory the last call sent back (absent: a fresh run)
 #     CHAIN (default /tmp/chain): where the run lives on the machine; PYTHON (default python3); DEVICE: fit-task --device
-#     MAX_TIME_S (default TIME_S - 60): the fit's --max-time-s, the rest left for start-up, the test split and packing
+#     MAX_TIME_S (default: what is left of TIME_S less 60 s): the fit's --max-time-s, the rest for the test split and packing
 #   e.g. bash bench/task_chain_call.sh pathfinder32 elm dm128_dropout 130 575 \
 #          --extra-config configs/tasks/dm128.toml --extra-config configs/tasks/input_dropout.toml
 set -u
@@ -21,9 +23,12 @@ set -u
 TASK=$1; MODEL=$2; LABEL=$3; EPOCHS=$4; TIME_S=$5; shift 5
 PY="${PYTHON:-python3}"; DATA="${DATA:-.carry/tasks}"; CHAIN="${CHAIN:-/tmp/chain}"
 RUN_TGZ="${RUN_TGZ:-.carry/chain/$LABEL.tgz}"; RUN="$CHAIN/runs/$LABEL/$TASK/$MODEL"
-T0=$(date +%s)
+T0=$(date +%s); END=$(( T0 + TIME_S ))
 stamp() { echo "[T0+$(( $(date +%s) - T0 )) s] $*"; }
-[ -f "$DATA/$TASK/test.h5" ] || { echo "error: no prepared $TASK data in $DATA/$TASK (run prepare-task, carry it)" >&2; exit 2; }
+left() { echo $(( END - $(date +%s) )); }
+if [ ! -f "$DATA/$TASK/test.h5" ] && [ -z "${PREPARE:-}" ]; then
+  echo "error: no prepared $TASK data in $DATA/$TASK (run prepare-task and carry it, or set PREPARE)" >&2; exit 2
+fi
 mkdir -p "$CHAIN" "$OUT"
 pack() {
   [ -d "$RUN" ] && tar czf "$OUT/run.tgz" -C "$CHAIN" "runs/$LABEL"
@@ -38,8 +43,16 @@ elif [ -f "$RUN_TGZ" ]; then tar xzf "$RUN_TGZ" -C "$CHAIN" || exit 1; stamp "re
 else stamp "a fresh run"; fi
 
 export PYTHONUNBUFFERED=1
-timeout --signal=TERM $(( TIME_S - 10 )) "$PY" bench/long_horizon.py --task "$TASK" --models "$MODEL" --label "$LABEL" \
-  --data-dir "$DATA" --runs "$CHAIN/runs" --epochs "$EPOCHS" --max-time-s "${MAX_TIME_S:-$(( TIME_S - 60 ))}" \
+if [ ! -f "$DATA/$TASK/test.h5" ]; then
+  DATA="$CHAIN/data"; [ "$PREPARE" = default ] && PREP_ARGS="" || PREP_ARGS="--config $PREPARE"
+  case $TASK in pathfinder*) PREP_ARGS="$PREP_ARGS --workers $(nproc)";; esac   # ListOps is drawn by one process
+  stamp "draw the $TASK data on this machine"
+  "$PY" -m pipelines prepare-task --task "$TASK" --data-dir "$DATA" $PREP_ARGS 2>&1 | tr '\r' '\n' \
+    | grep -v "%|" | tail -n 2
+  [ -f "$DATA/$TASK/test.h5" ] || { echo "error: prepare-task did not finish the $TASK data" >&2; exit 1; }
+fi
+timeout --signal=TERM $(( $(left) - 10 )) "$PY" bench/long_horizon.py --task "$TASK" --models "$MODEL" --label "$LABEL" \
+  --data-dir "$DATA" --runs "$CHAIN/runs" --epochs "$EPOCHS" --max-time-s "${MAX_TIME_S:-$(( $(left) - 60 ))}" \
   --out "$CHAIN/rows-$LABEL.json" ${DEVICE:+--device "$DEVICE"} "$@" 2>&1 | tr '\r' '\n' \
   | grep -v -E "it/s\]|s/it\]" >> "$CHAIN/log-$LABEL.txt"
 code=${PIPESTATUS[0]}

@@ -1,5 +1,5 @@
-"""bench/task_chain_call.sh on the CPU: a long-horizon run chained over two calls, the second on a "fresh machine"
-(an empty chain folder) resuming from the run directory the first call sent back."""
+"""bench/task_chain_call.sh on the CPU: a long-horizon run chained over three calls, the first drawing its data, the
+second on a "fresh machine" (an empty chain folder) resuming from the run directory the first call sent back."""
 
 from __future__ import annotations
 
@@ -22,22 +22,25 @@ def call(out: Path, chain: Path, run_tgz: Path, data: Path, **extra: str) -> sub
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_a_run_chained_over_two_calls_resumes_from_what_the_first_sent_back(tmp_path):
+def test_a_run_chained_over_calls_draws_its_data_and_resumes_from_what_the_last_call_sent_back(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY_LISTOPS)
     data = tmp_path / "data"
     prepared = subprocess.run([sys.executable, "-m", "pipelines", "prepare-task", "--task", "listops", "--data-dir", str(data),
                                "--config", str(tmp_path / "tiny.toml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
 
-    # call 1: a fit time limit that stops it after its first epoch of two
-    first = call(tmp_path / "out1", tmp_path / "machine1", tmp_path / "none.tgz", data, MAX_TIME_S="1e-6")
+    # call 1 draws the data on its machine (nothing carried), and its fit time limit stops it after its first epoch of two
+    first = call(tmp_path / "out1", tmp_path / "machine1", tmp_path / "none.tgz", tmp_path / "nothing", MAX_TIME_S="1e-6",
+                 PREPARE=str(tmp_path / "tiny.toml"))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "a fresh run" in first.stdout
+    assert "a fresh run" in first.stdout and "draw the listops data on this machine" in first.stdout
+    for split in ("train", "valid", "test"):  # seeded: the same files as those drawn here
+        assert (tmp_path / "machine1" / "data" / "listops" / f"{split}.h5").read_bytes() == (data / "listops" / f"{split}.h5").read_bytes()
     (row,) = json.loads((tmp_path / "out1" / "rows.json").read_text())["rows"]
     assert row["finished"] is False and row["epochs_completed"] == 1 and row["epochs_planned"] == 2
     assert (tmp_path / "out1" / "run.tgz").stat().st_size > 0 and (tmp_path / "out1" / "log.txt").stat().st_size > 0
 
-    # call 2 on another machine: nothing in its chain folder, the first call's run.tgz carried
+    # call 2 on another machine: nothing in its chain folder, the first call's run.tgz and the data carried
     second = call(tmp_path / "out2", tmp_path / "machine2", tmp_path / "out1" / "run.tgz", data)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resume from the carried" in second.stdout
