@@ -43,12 +43,12 @@ def main(args: argparse.Namespace) -> int:
     from simulation.mechanisms import compile_mechanisms
     from simulation.parallel import SimulationsFailed, generate_dataset
     from simulation.paths import resolve_morphology
-    from simulation.plan import inspect_output_dir, select_shards
+    from simulation.plan import inspect_output_dir, plan_shards
 
     config = load_simulation_config(args.config)
     morphology = resolve_morphology(args.morphology)
     d = config.dataset
-    selected = sorted(select_shards(config, args.shards)) if args.shards is not None else range(d.n_shards)
+    selected = [plan.index for plan in plan_shards(config, args.shards)]
     total = len(selected) * d.simulations_per_shard
     only = f" (only shard{'s' if len(selected) > 1 else ''} {', '.join(map(str, selected))})" if args.shards else ""
     print(f"{' + '.join(map(str, args.config))}: {d.n_shards} shards{only} x {d.simulations_per_shard} simulations x "

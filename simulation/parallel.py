@@ -41,7 +41,7 @@ from .cluster import GPU_RESOURCE, gpu_workers, prepare_workers, unique_token
 from .config import SimulationConfig
 from .errors import InputShapeError
 from .morphology import check_morphology
-from .plan import OutputState, ShardPlan, dataset_attrs, inspect_output_dir, plan_shards, select_shards
+from .plan import OutputState, ShardPlan, dataset_attrs, inspect_output_dir, plan_shards
 from .gpu.worker import simulate_given_batch, simulate_seeded_batch
 from .tasks import Task, run_task, simulate_given, simulate_seeded
 
@@ -261,8 +261,7 @@ def generate_dataset(
     """
     out_dir = Path(out_dir)
     morphology = check_morphology(morphology)
-    wanted = select_shards(config, shards) if shards is not None else None
-    plans = [plan for plan in plan_shards(config) if wanted is None or plan.index in wanted]
+    plans = plan_shards(config, shards)
     total = sum(len(plan.simulation_indices) for plan in plans)
     paths = [out_dir / plan.file_name for plan in plans]
     state = inspect_output_dir(config, out_dir, morphology, shards)

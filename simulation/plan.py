@@ -1,6 +1,6 @@
 """What a dataset is and what an output directory already holds: the plan, provenance, resume.
 
-    plan_shards(config)                 shard i holds simulations i*n .. i*n + n-1 (n = simulations_per_shard)
+    plan_shards(config[, shards])       shard i holds simulations i*n .. i*n + n-1 (n = simulations_per_shard)
     dataset_attrs(config, morphology)   the provenance every shard of the dataset carries
     data_identity(config_dict)          the parts of a config that fix a shard's arrays
     inspect_output_dir(...)             which planned shards are done, which are to simulate
@@ -45,19 +45,18 @@ class ShardPlan:
         return f"shard_{self.index:05d}.h5"
 
 
-def plan_shards(config: SimulationConfig) -> list[ShardPlan]:
-    """Shard i holds simulations i*n .. i*n + n - 1: a shard's content never depends on n_shards."""
-    n = config.dataset.simulations_per_shard
-    return [ShardPlan(i, tuple(range(i * n, (i + 1) * n))) for i in range(config.dataset.n_shards)]
+def plan_shards(config: SimulationConfig, shards: Sequence[int] | None = None) -> list[ShardPlan]:
+    """Shard i holds simulations i*n .. i*n + n - 1: a shard's content never depends on n_shards.
 
-
-def select_shards(config: SimulationConfig, shards: Sequence[int]) -> set[int]:
-    """Planned shard indices from `shards`, where -1 is the last (a dataset's test split), -2 the one before."""
-    n = config.dataset.n_shards
-    for index in shards:
-        if not -n <= index < n:
-            raise UserInputError(f"shard {index} is not in this dataset's {n} shards (0..{n - 1}, or -1 for the last)")
-    return {index % n for index in shards}
+    `shards`: only these of the dataset's shards (-1 is the last, a dataset's test split; -2 the one before).
+    """
+    n, count = config.dataset.simulations_per_shard, config.dataset.n_shards
+    for index in shards or ():
+        if not -count <= index < count:
+            raise UserInputError(f"shard {index} is not in this dataset's {count} shards "
+                                 f"(0..{count - 1}, or -1 for the last)")
+    wanted = range(count) if shards is None else sorted({index % count for index in shards})
+    return [ShardPlan(i, tuple(range(i * n, (i + 1) * n))) for i in wanted]
 
 
 # --------------------------------------------------------------------------- identity of a dataset
@@ -174,8 +173,8 @@ def inspect_output_dir(config: SimulationConfig, out_dir: str | os.PathLike, mor
     """Sort the planned shards into done and to-do; refuse a directory holding another dataset.
 
     Every readable shard_*.h5 in `out_dir` (planned or not) must come from the same data config,
-    mechanisms and morphology, else DatasetError. `shards` (select_shards' indices): only these
-    are done or to do; the others are left for a later run.
+    mechanisms and morphology, else DatasetError. `shards` (as plan_shards takes them): only
+    these are done or to do; the others are left for a later run.
     """
     from .dataset import open_shard, read_attrs
 
@@ -183,8 +182,7 @@ def inspect_output_dir(config: SimulationConfig, out_dir: str | os.PathLike, mor
     state = OutputState()
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"output path exists and is not a directory: {out_dir}")
-    wanted = select_shards(config, shards) if shards is not None else None
-    planned = {plan.file_name: plan for plan in plan_shards(config) if wanted is None or plan.index in wanted}
+    planned = {plan.file_name: plan for plan in plan_shards(config, shards)}
     existing = sorted(out_dir.glob("shard_*.h5")) if out_dir.is_dir() else []
     state.stale_temporaries = temporaries(out_dir, "shard_*.h5")
 
