@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
     # the logs added was noise, e.g. a heartbeat traceback when a run stopping on an error closed
     # the scheduler while a worker was still inside a simulation.
     worker_logs = logging.CRITICAL
-    with dask.config.set(settings):
+    with dask.config.set(settings), _parent_environ_restored(dask.config.get("distributed.nanny.pre-spawn-environ")):
         if gpu_devices is None:
             cluster = LocalCluster(
                 n_workers=n_workers or available_cores(), threads_per_worker=1, processes=True,
@@ -109,6 +110,25 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
                                                                   "options": {"dashboard_address": ":0"}},
                                       silence_logs=worker_logs)
     return Client(cluster)
+
+
+@contextmanager
+def _parent_environ_restored(keys):
+    """Put back this process's values of `keys` once the cluster has started.
+
+    A dask Nanny writes its pre-spawn settings (MALLOC_TRIM_THRESHOLD_, OMP_NUM_THREADS, ...) into
+    the environment of the process that starts it, where they stayed: a GPU cluster started after
+    a CPU one in the same process then spawned its workers with MALLOC_TRIM_THRESHOLD_ all the same.
+    """
+    kept = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in kept.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def close_client(client) -> None:
