@@ -2,7 +2,7 @@
 # One self-contained GPU-machine call of issue 8's TCN fine-tunes: simulate N_SHARDS of new data (master seed SEED)
 # with the GPU engine, fine-tune the TCN START on them (tcn_new_data.toml + weight_average.toml), score it and its start
 # on the new test shard (the last) with a paired comparison, and leave in $OUT: the new weights in fp16 and the test
-# shard, each in 15-MB parts (the device tool's limit per file), and progress.tgz (logs, scores, paired.json, md5s).
+# shard (unless TEST_PARTS=0), each in 15-MB parts (the device tool's limit per file), and progress.tgz (logs, scores, paired.json, md5s).
 #
 # Nothing lives across calls, so a machine lost between two calls loses one call, not the session (device run 30
 # lost a run detached across calls three times). Calls on the same machine chain: START is read from /tmp/weights
@@ -13,6 +13,8 @@
 #   bash bench/tcn_fine_tune_call.sh SEED N_SHARDS TIME_S START NEW
 #     TIME_S: the whole call's seconds (the simulation gets all but 150 s of it, the fit all but 60 s of what is left)
 #     CARRY (default .carry/tcn): START-fp16.pt, and cell1.asc where L5PC_MORPHOLOGY is unset
+#     TEST_PARTS=0: the test shard stays on the machine (its md5 and scores come back; 4 files fewer of the device's 8,
+#       for a call that runs another job beside this one)
 #     SIM_BASE (default configs/neuronio_gpu.toml), FIT_EXTRA (more fit options), SMALL=1: a dry run on a CPU machine:
 #     SMALL=1 OUT=/tmp/out SIM_BASE=configs/quick.toml FIT_EXTRA="--config TINY.toml --device cpu" bash bench/tcn_fine_tune_call.sh 7 3 800 tcn-run29 tcn-dry
 #   On the GPU machine, about 48 shards (5888 training simulations) fit one 10-minute call: 375 s of simulation.
@@ -52,7 +54,8 @@ WORK=$W SIM_CONFIG="${SIM_BASE:-configs/neuronio_gpu.toml} $R/out/seed.toml" BUD
 stamp "simulated: $(ls "$W/data" | wc -l) shards"
 # neuronio_scale.sh's setup installs the carried wheels into /tmp/site on the bare GPU machine; the fit needs them too
 [ -d /tmp/site ] && export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
-md5sum "$W/data/$TEST" > "$R/out/test_shard.md5" && split -b 15M "$W/data/$TEST" "$OUT/$TEST.part-"
+md5sum "$W/data/$TEST" > "$R/out/test_shard.md5"
+[ "${TEST_PARTS:-1}" = 0 ] || split -b 15M "$W/data/$TEST" "$OUT/$TEST.part-"
 
 FIT=$(( $(left) - 60 ))
 stamp "fit: at most $FIT s"

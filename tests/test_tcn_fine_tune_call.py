@@ -1,5 +1,6 @@
 """bench/tcn_fine_tune_call.sh as a dry run on the CPU: three chained self-contained calls (from scratch, then from the
-weights sent back, then from those left on the machine), each sending back its new fp16 weights and test shard in parts."""
+weights sent back, then from those left on the machine), each sending back its new fp16 weights and (but the last,
+with TEST_PARTS=0) its test shard in parts."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def test_a_chain_from_scratch_over_a_fresh_machine_and_the_same_machine(tmp_path
     for seed, start, new in zip(seeds, ("scratch", "tcn-a", "tcn-b"), names):
         out = tmp_path / f"out{seed}"
         env = {**os.environ, "SMALL": "1", "OUT": str(out), "PYTHON": sys.executable, "CARRY": str(carry),
+               "TEST_PARTS": "0" if new == "tcn-c" else "1",  # the last call keeps its test shard on the machine
                "L5PC_MORPHOLOGY": str(morphology_path), "SIM_BASE": f"configs/quick.toml {tmp_path / 'small.toml'}",
                "FIT_EXTRA": f"--config {tmp_path / 'tiny.toml'} --device cpu"}
         done = subprocess.run(["bash", str(SCRIPT), str(seed), "3", "600", start, new], cwd=REPO, env=env,
@@ -70,6 +72,9 @@ def test_a_chain_from_scratch_over_a_fresh_machine_and_the_same_machine(tmp_path
         checkpoint = load_checkpoint(weights)
         assert checkpoint["model_kind"] == "tcn"
         assert all(v.dtype == torch.float16 for v in checkpoint["model_state"].values() if v.is_floating_point())
+        if new == "tcn-c":
+            assert not list(out.glob("shard_*")) and Path(f"/tmp/run-{seed}/out/test_shard.md5").is_file()
+            continue
         with h5py.File(joined(out, "shard_00002.h5", tmp_path / f"test{seed}.h5")) as shard:
             assert shard["input_spikes"].shape == (2, 1278, 2000) and shard.attrs["master_seed"] == seed
     # call 1 scored its new TCN alone; calls 2 and 3 scored their start beside it and paired the two
