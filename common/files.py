@@ -6,6 +6,7 @@
     check_writable(directory)            OutputError unless a file can be created there
     with as_output_error(path): ...      an OSError while writing `path` becomes the one-line OutputError
     with read_hdf5(path, what) as f: ... an HDF5 file to read; missing, truncated or corrupt -> one-line DatasetError
+    hdf5_read_failed(err)                whether an exception (one of HDF5_ERRORS) is h5py failing on a damaged file
     temporaries(directory, pattern)      what writers killed mid-write left behind
     sha256_hex(data), file_sha256(path)  hex digests
 
@@ -113,11 +114,28 @@ def atomic_hdf5(path: str | os.PathLike):
 KEPT = "earlier outputs are intact: make room (or fix the permissions) and run the same command again"
 
 
+HDF5_ERRORS = (OSError, RuntimeError, KeyError)  # what h5py raises on a damaged file; see hdf5_read_failed
+
+
+def hdf5_read_failed(err: BaseException) -> bool:
+    """Whether `err` is HDF5 failing on a damaged file: an OSError (a damaged chunk), or a RuntimeError
+    or KeyError raised inside h5py (damaged metadata: a heap, a B-tree, an object header, which
+    h5py reports as those). The same kinds raised by the caller's own code are not the file's fault."""
+    if isinstance(err, OSError):
+        return True
+    if not isinstance(err, (RuntimeError, KeyError)):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "h5py" in Path(tb.tb_frame.f_code.co_filename).parts
+
+
 @contextlib.contextmanager
 def read_hdf5(path: str | os.PathLike, what: str, hint: str = "", **h5py_options):
     """An HDF5 file open for reading. A missing, truncated or unreadable file, and a damaged chunk
-    (which shows only when it is read), are one-line DatasetErrors naming `path` and `what`
-    ("shard", "listops train split"), ending with `hint` (what to run) when given."""
+    or damaged metadata (which show only when read), are one-line DatasetErrors naming `path` and
+    `what` ("shard", "listops train split"), ending with `hint` (what to run) when given."""
     import h5py
 
     path = Path(path)
@@ -126,11 +144,15 @@ def read_hdf5(path: str | os.PathLike, what: str, hint: str = "", **h5py_options
     tail = f"; {hint}" if hint else ""
     try:
         f = h5py.File(path, "r", **h5py_options)
-    except OSError as err:
+    except HDF5_ERRORS as err:
+        if not hdf5_read_failed(err):
+            raise
         raise DatasetError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {first_line(err)}{tail}") from None
     try:
         yield f
-    except OSError as err:
+    except HDF5_ERRORS as err:
+        if not hdf5_read_failed(err):
+            raise
         raise DatasetError(f"{path}: cannot read {what} (corrupt?): {first_line(err)}{tail}") from None
     finally:
         f.close()

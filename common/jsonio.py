@@ -4,6 +4,7 @@
     strict_json(value)       plain(), and NaN and infinities -> None (JSON null)
     dumps_json(value)        the JSON text (indented); raises on anything that is not JSON
     write_json(path, value)  dumps_json, written atomically
+    read_json(path)          a JSON file; not UTF-8 or not JSON -> one-line DatasetError naming it
     update_json_rows(path, section, rows, key, **fields)
                              a results file's list `section` with `rows` replacing those of the same key;
                              its other entries kept, `fields` set
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import DatasetError, first_line
 from .files import write_text_atomic
 
 
@@ -60,12 +62,21 @@ def write_json(path: str | os.PathLike, value: Any) -> Path:
     return write_text_atomic(path, dumps_json(value) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The value of a JSON file an earlier stage (or a release) wrote; a damaged one is a one-line DatasetError."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as err:  # JSONDecodeError and non-UTF-8 bytes
+        raise DatasetError(f"{path}: not valid JSON ({first_line(err)})") from None
+
+
 def update_json_rows(path: str | os.PathLike, section: str, rows: list[dict], key: Callable[[dict], Any],
                      **fields: Any) -> Path:
     """Rewrite the results file `path`: the list `section` keeps its rows whose key(row) none of `rows` has, then
     `rows`; every other entry of the file stays, and `fields` are set. A missing file starts empty."""
     path = Path(path)
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = read_json(path) if path.is_file() else {}  # a damaged file is refused, not replaced
     new = {key(row) for row in rows}
     kept = [row for row in results.get(section, []) if key(row) not in new]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ Source, in this order: the file named by $L5PC_MORPHOLOGY, else a local copy bes
 public ModelDB copy (--url). The content is checked against the known sha256 after normalising
 CRLF line endings to LF (published copies differ only in line endings), and written
 atomically; a wrong hash writes nothing. A destination that already holds the right file
-is left alone.
+is left alone; one that holds anything else (a directory, another file) is refused, not replaced.
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ def main(args) -> int:
     if dest.is_file() and sha256_of(dest.read_bytes()) == MORPHOLOGY_SHA256:
         print(f"morphology already in place: {dest}")
         return 0
+    if dest.exists():  # a typo in --dest must not replace someone's file by cell1.asc
+        what = "a directory" if dest.is_dir() else "a file that is not the Hay et al. cell1.asc"
+        raise MorphologyError(f"--dest {dest} exists and is {what}; remove it or choose another --dest")
 
     source = os.environ.get(MORPHOLOGY_ENV)
     local_copy = Path(args.local_copy) if args.local_copy else SHARED_MORPHOLOGY

@@ -45,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
     from surrogate.inference import predict_whole, predict_windowed, window_starts
 
     out = Path(args.out)
+    if out.resolve() == Path(args.inputs).resolve():  # --overwrite would replace the inputs by their predictions
+        raise UserInputError(f"--out must differ from --inputs ({args.inputs})")
     if out.exists() and not args.overwrite:  # checked before any work: it may be a dataset's shard
         what = "a directory" if out.is_dir() else "a file"
         raise UserInputError(f"--out {out} exists ({what}); choose another path, or give --overwrite to replace it")

@@ -32,25 +32,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config_and_provenance(args):
     """The config to simulate with, and what of INPUT.h5 to keep (indices, seed, source)."""
-    import h5py
     import numpy as np
 
+    from common.files import read_hdf5
     from simulation.config import SimulationConfig, load_simulation_config
     from simulation.dataset import read_attrs
 
     stored, kept = None, {"source_file": args.input.name}
     simulation_index = None
-    try:
-        with h5py.File(args.input, "r") as f:
-            attrs = read_attrs(f) if "schema_version" in f.attrs else {}
-            if isinstance(attrs.get("config"), dict):
-                stored = attrs["config"]
-            if "master_seed" in attrs:
-                kept["master_seed"] = int(attrs["master_seed"])
-            if "simulation_index" in f and f["simulation_index"].ndim == 1:
-                simulation_index = np.asarray(f["simulation_index"][()], dtype=np.int64)
-    except OSError:
-        pass  # read_input_spikes reports unreadable files with a clear message
+    with read_hdf5(args.input, "input file") as f:  # read whole by read_input_spikes already: damage here is metadata
+        attrs = read_attrs(f) if "schema_version" in f.attrs else {}
+        if isinstance(attrs.get("config"), dict):
+            stored = attrs["config"]
+        if "master_seed" in attrs:
+            kept["master_seed"] = int(attrs["master_seed"])
+        if "simulation_index" in f and f["simulation_index"].ndim == 1:
+            simulation_index = np.asarray(f["simulation_index"][()], dtype=np.int64)
     if args.config is not None:
         config = load_simulation_config(args.config)
     elif stored is not None:

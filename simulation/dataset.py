@@ -388,7 +388,7 @@ def read_input_spikes(path: str | os.PathLike, dataset: str = "input_spikes", n_
     can hold a raster far larger than memory, and reading it would fail only after minutes.
     """
     path = Path(path)
-    with _open_h5(path) as f:
+    with read_hdf5(path, "input file") as f:
         if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
             names = ", ".join(sorted(k for k in f if isinstance(f[k], h5py.Dataset))) or "none"
             raise DatasetError(f"{path}: no dataset '{dataset}' (datasets: {names})")
@@ -414,6 +414,8 @@ def read_input_spikes(path: str | os.PathLike, dataset: str = "input_spikes", n_
         spikes = spikes.astype(bool)
     if spikes.shape[2] == 0:
         raise InputShapeError(f"{path}:{dataset} has shape {spikes.shape}: no time bins")
+    if spikes.shape[0] == 0:  # else predict writes empty arrays and reports success
+        raise InputShapeError(f"{path}:{dataset} has shape {spikes.shape}: no simulations")
     return spikes
 
 

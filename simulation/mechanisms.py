@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.files import sha256_hex
+from common.files import check_writable, sha256_hex
 
 from .errors import UserInputError
 from .paths import PROJECT_ROOT
@@ -179,7 +179,7 @@ def compile_mechanisms(
     if is_built(target):
         return target
 
-    root.mkdir(parents=True, exist_ok=True)
+    check_writable(root)  # a cache root that is a file or read-only: one line, not a traceback
     with _exclusive_lock(root / f".{key}.lock"):
         if is_built(target):  # another process finished it while we waited
             return target

@@ -265,7 +265,7 @@ def checkpoint_soma_transform(checkpoint: dict) -> SomaTransform:
 
 # --------------------------------------------------------------------------- published elmneuron folders
 
-def _published_config(folder: Path) -> dict:
+def published_config(folder: Path) -> dict:
     """model_config.json of a published folder: a JSON object with at least the three sizes."""
     path = folder / PUBLISHED_CONFIG
     try:
@@ -282,7 +282,7 @@ def _published_config(folder: Path) -> dict:
 
 def _published_elm(folder: Path) -> tuple[ELM, dict]:
     """Map a published elmneuron folder (Spieler et al. 2024) onto our ELM."""
-    raw = _published_config(folder)
+    raw = published_config(folder)
     state = load_weights_only(folder / PUBLISHED_STATE)
     if not isinstance(state, dict) or "mlp.network.0.weight" not in state:
         raise CheckpointError(f"{folder / PUBLISHED_STATE}: not an elmneuron state dict")

@@ -14,7 +14,6 @@ leaves the files of an earlier evaluation as they were):
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from common.files import as_output_error, atomic_hdf5, check_writable
-from common.jsonio import write_json
+from common.jsonio import read_json, write_json
 from simulation.errors import DatasetError, UserInputError
 from surrogate import metrics
 from surrogate.config import DataConfig
@@ -258,12 +257,7 @@ def shard_labels_of(test: dict) -> list[str]:
 def read_summary(run_dir: Path) -> dict:
     """The training summary.json of a run (empty when the run has none, e.g. a published folder)."""
     path = run_dir / SUMMARY_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserInputError(f"{path}: not valid JSON ({err})") from None
+    return read_json(path) if path.is_file() else {}
 
 
 def check_not_trained_on(summary: dict, test_shards: Sequence[Path]) -> None:
@@ -369,7 +363,7 @@ def published_checkpoint_dir(cli_path: str | os.PathLike | None = None) -> Path:
 
 def find_published_checkpoints(directory: str | os.PathLike) -> list[Path]:
     """The published elmneuron model folders in `directory` (num_memory_N by d_m, then best_elm_neuron)."""
-    from surrogate.checkpoints import PUBLISHED_CONFIG, PUBLISHED_STATE
+    from surrogate.checkpoints import PUBLISHED_CONFIG, PUBLISHED_STATE, published_config
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -381,7 +375,7 @@ def find_published_checkpoints(directory: str | os.PathLike) -> list[Path]:
         raise UserInputError(f"no published model folders ({PUBLISHED_CONFIG} + {PUBLISHED_STATE}) in {directory}")
 
     def order(path: Path):
-        config = json.loads((path / PUBLISHED_CONFIG).read_text())
+        config = published_config(path)  # a damaged one is refused here, before validate simulates
         return (path.name.startswith("best"), int(config.get("num_memory", 0)), path.name)
     return sorted(folders, key=order)
 
@@ -409,7 +403,7 @@ def score_published_checkpoints(folders: Sequence[Path], shard_paths: Sequence[P
         published = {}
         results_file = Path(folder) / "eval_results.json"
         if results_file.is_file():
-            published = json.loads(results_file.read_text()).get("test_results", {})
+            published = read_json(results_file).get("test_results", {})
         rows.append({
             "model": Path(folder).name,
             "model_kind": info["model_kind"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import datetime
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.files import as_output_error, atomic_path, check_writable, write_text_atomic
-from common.jsonio import write_json
+from common.files import as_output_error, atomic_path, check_writable, read_hdf5, write_text_atomic
+from common.jsonio import read_json, write_json
 from simulation.errors import UserInputError
 from surrogate.evaluation import EVALUATION_FILE, PREDICTIONS_FILE, shard_labels_of
 from surrogate.registry import MODEL_KINDS, sized_name
@@ -96,17 +95,15 @@ def collect_runs(runs_dir: Path) -> list[RunResult]:
     found.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
     runs, extra = [], itertools.cycle(EXTRA_COLOURS)
     for directory in found:
-        try:
-            evaluation = json.loads((directory / EVALUATION_FILE).read_text())
-        except json.JSONDecodeError as err:
-            raise UserInputError(f"{directory / EVALUATION_FILE}: not valid JSON ({err})") from None
+        evaluation = read_json(directory / EVALUATION_FILE)
         published = evaluation.get("published", False)
         colour = KIND_COLOURS.get(directory.name) if not published else None
         run = RunResult(name=evaluation.get("name", directory.name), directory=directory, evaluation=evaluation,
                         colour=colour or next(extra))
         predictions = directory / PREDICTIONS_FILE
         if predictions.is_file():
-            with h5py.File(predictions, "r") as f:
+            again = f"write it again: python -m pipelines evaluate --runs {runs_dir}"
+            with read_hdf5(predictions, "predictions", again) as f:
                 for mode in f.get("roc", {}):
                     run.rocs[mode] = (f[f"roc/{mode}/fpr"][()], f[f"roc/{mode}/tpr"][()])
                 if "examples" in f:

@@ -366,9 +366,9 @@ def fit_sequence(data: TaskData, config: TaskRunConfig, out_dir: str | os.PathLi
             run = start_sequence_run(data, config, device, out_dir)
             summary_path = out_dir / SUMMARY_JSON
             if run.state.epoch >= train.epochs and summary_path.is_file():
-                import json
+                from common.jsonio import read_json
 
-                summary = json.loads(summary_path.read_text())
+                summary = read_json(summary_path)
                 if (summary.get("epochs_completed") == run.state.epoch and summary.get("test_accuracy") is not None
                         and summary.get("test_examples") == len(run.test_set)):
                     summary["already_finished"] = True

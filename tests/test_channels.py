@@ -515,6 +515,18 @@ def test_pipeline_verb_reports_cached_build(h, capsys):
     assert lines[0] == str(mech.build_directory()) and lines[1].startswith("cached")
 
 
+def test_pipeline_verb_refuses_a_cache_that_is_a_file(tmp_path, capsys):
+    """`--cache` naming a file ended `mechanisms` with a FileExistsError traceback."""
+    import pipelines.__main__ as dispatcher
+
+    cache = tmp_path / "notes.txt"
+    cache.write_text("kept\n")
+    assert dispatcher.main(["mechanisms", "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write to {cache}: File exists\n"
+    assert cache.read_text() == "kept\n"
+
+
 @pytest.mark.slow
 def test_coreneuron_build_matches_neuron(tmp_path):
     """`nrnivmodl -coreneuron` (about 20 s here) and a CoreNEURON run that agrees with NEURON."""

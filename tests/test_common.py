@@ -19,7 +19,7 @@ from common.errors import ConfigError, DatasetError, OutputError
 from common.files import (as_output_error, atomic_hdf5, atomic_path, check_writable, file_sha256, read_hdf5, sha256_hex,
                           temporaries, temporary_path, write_text_atomic)
 from common.locks import DirectoryLock, DirectoryLocked
-from common.jsonio import dumps_json, plain, update_json_rows, write_json
+from common.jsonio import dumps_json, plain, read_json, update_json_rows, write_json
 from common.spikes import spike_raster
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,18 @@ def test_update_json_rows_replaces_rows_of_the_same_key_and_keeps_the_rest(tmp_p
     update_json_rows(path, "rows", [{"k": 2, "v": "c"}, {"k": 3, "v": "d"}], key=lambda r: r["k"], updated="t1")
     assert json.loads(path.read_text()) == {"rows": [{"k": 1, "v": "a"}, {"k": 2, "v": "c"}, {"k": 3, "v": "d"}],
                                             "updated": "t1", "memory": [{"m": 1}], "note": "kept"}
+
+
+def test_a_damaged_json_file_is_a_one_line_dataset_error_and_is_not_replaced(tmp_path):
+    path = tmp_path / "results.json"
+    for damaged in (b'{"rows": [', b'\xff\xfe{"rows": []}'):  # cut short; not UTF-8
+        path.write_bytes(damaged)
+        with pytest.raises(DatasetError, match=r"results\.json: not valid JSON \(") as err:
+            read_json(path)
+        assert "\n" not in str(err.value)
+        with pytest.raises(DatasetError):
+            update_json_rows(path, "rows", [{"k": 1}], key=lambda r: r["k"])
+        assert path.read_bytes() == damaged  # the rows it held are not thrown away
 
 
 def test_strict_json_has_no_nan_and_no_numpy_types(tmp_path):
@@ -259,4 +271,28 @@ def test_read_hdf5_names_a_missing_truncated_or_foreign_file_in_one_line(tmp_pat
     with pytest.raises(DatasetError, match=r"split\.h5: not a readable HDF5 file \(truncated or corrupt\?\): .*; run prepare-task$") as err:
         with read_hdf5(path, "listops test split", "run prepare-task"):
             pass
+    assert "\n" not in str(err.value)
+
+
+def damage_hdf5_groups(path: Path) -> None:
+    """Overwrite the signature of every group's symbol-table node: the file still opens, and h5py raises
+    RuntimeError("... bad symbol table node signature") at the first name looked up in it."""
+    path.write_bytes(path.read_bytes().replace(b"SNOD", b"XXXX"))
+
+
+def test_read_hdf5_names_damaged_metadata_in_one_line_and_leaves_the_callers_errors_alone(tmp_path):
+    path = tmp_path / "split.h5"
+    with atomic_hdf5(path) as f:
+        f["x"] = np.arange(1000.0)
+    with pytest.raises(RuntimeError, match="the caller's"):  # not the file's fault: passed on as raised
+        with read_hdf5(path, "listops test split"):
+            raise RuntimeError("the caller's own error")
+    with pytest.raises(KeyError):
+        with read_hdf5(path, "listops test split"):
+            {}["absent"]
+    damage_hdf5_groups(path)
+    with pytest.raises(DatasetError, match=r"split\.h5: cannot read listops test split \(corrupt\?\): .*symbol table"
+                                           r".*; run prepare-task$") as err:
+        with read_hdf5(path, "listops test split", "run prepare-task") as f:
+            f["x"]
     assert "\n" not in str(err.value)

@@ -25,6 +25,7 @@ from simulation.dataset import (
     write_shard,
 )
 from simulation.errors import DatasetError, InputShapeError
+from test_common import damage_hdf5_groups
 
 N_SEGMENTS = 639
 DURATION = 200
@@ -269,6 +270,12 @@ def test_read_input_spikes_refuses_wrong_shapes_and_missing_datasets(tmp_path):
         read_input_spikes(path, dataset="counts")
     with pytest.raises(DatasetError, match="no dataset 'spikes'.*counts, flat, input_spikes"):
         read_input_spikes(path, dataset="spikes")
+    with h5py.File(path, "w") as f:
+        f["input_spikes"] = np.zeros((0, 1278, 50), bool)
+    with pytest.raises(InputShapeError, match=r"\(0, 1278, 50\): no simulations"):
+        read_input_spikes(path)
+    with pytest.raises(DatasetError, match=r"^input file not found: .*absent\.h5$"):
+        read_input_spikes(tmp_path / "absent.h5")
 
 
 # --------------------------------------------------------------------------- directories and summaries
@@ -346,6 +353,20 @@ def test_inspect_reports_a_damaged_shard_in_one_line(tmp_path, cli, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "shard_00001.h5" in err and "\n" not in err
     assert cli(["inspect", str(tmp_path / "nowhere")]) == 2
+
+
+def test_inspect_reports_a_shard_with_damaged_metadata_in_one_line(tmp_path, cli, capsys):
+    """A shard whose bytes were overwritten in place (same size, opens fine): h5py's RuntimeError at the
+    first dataset looked up used to end inspect, fit and evaluate with a traceback."""
+    path = write_shard(shard_path(tmp_path, 0), **shard_arrays(0), compression_level=1)
+    damage_hdf5_groups(path)
+    with pytest.raises(DatasetError, match="shard_00000.h5: cannot read shard") as err:
+        validate_shard(path)
+    _single_line(err)
+    assert cli(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "shard_00000.h5: cannot read shard (corrupt?)" in err and err.count("\n") == 1
+    assert "Traceback" not in err
 
 
 def test_non_finite_voltages_are_rejected_naming_the_simulation(tmp_path, cli, capsys):

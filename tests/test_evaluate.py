@@ -22,6 +22,7 @@ import torch
 
 from pipelines.__main__ import main as _cli_main
 from simulation.dataset import shard_path, write_shard
+from simulation.errors import DatasetError
 from surrogate import metrics
 from surrogate.checkpoints import save_checkpoint
 from surrogate.config import DataConfig
@@ -452,6 +453,31 @@ def test_score_published_checkpoints_on_a_tiny_shard(pretrained_dir, tmp_path):
         assert row["ours"]["soma"]["aligned"]["rmse_mV"] == pytest.approx(expected["soma"]["aligned"]["rmse_mV"], rel=1e-5)
     assert [r["num_memory"] for r in rows] == [2, 100]
 
+    damaged = tmp_path / "published" / "num_memory_2"  # a cut-short eval_results.json: one line, not a traceback
+    shutil.copytree(pretrained_dir / "num_memory_2", damaged)
+    (damaged / "eval_results.json").write_text('{"test_results": {"AUC": 0.9')
+    with pytest.raises(DatasetError, match=r"num_memory_2/eval_results\.json: not valid JSON \(") as err:
+        score_published_checkpoints([damaged], shards, DataConfig(), EvaluateConfig(device="cpu"))
+    assert "\n" not in str(err.value)
+
+
+def test_validate_refuses_a_damaged_published_model_config_before_simulating(morphology_path, tmp_path, capsys):
+    """A cut-short model_config.json ended `validate` with a JSONDecodeError traceback."""
+    from surrogate.checkpoints import PUBLISHED_CONFIG, PUBLISHED_STATE
+
+    published = tmp_path / "published" / "num_memory_1"
+    published.mkdir(parents=True)
+    (published / PUBLISHED_CONFIG).write_text('{"num_memory": ')
+    (published / PUBLISHED_STATE).write_bytes(b"")
+    out = tmp_path / "validate"
+    assert cli(["validate", "--config", str(REPO / "configs" / "validate.toml"), "--out", str(out),
+                "--morphology", str(morphology_path), "--checkpoints", str(published.parent), "--workers", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "local cluster" not in captured.out  # refused before simulating
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"error: {published / PUBLISHED_CONFIG}: unreadable model config (")
+    assert not out.exists()
+
 
 def test_validate_refuses_a_directory_another_run_writes_into(morphology_path, tmp_path, capsys):
     """`validate` writes shards and validation.json into --out: one run at a time, as `simulate`,
@@ -462,7 +488,7 @@ def test_validate_refuses_a_directory_another_run_writes_into(morphology_path, t
 
     published = tmp_path / "published" / "num_memory_1"  # only found, never loaded: the refusal comes first
     published.mkdir(parents=True)
-    (published / PUBLISHED_CONFIG).write_text('{"num_memory": 1}')
+    (published / PUBLISHED_CONFIG).write_text('{"num_input": 1278, "num_output": 2, "num_memory": 1}')
     (published / PUBLISHED_STATE).write_bytes(b"")
     out = tmp_path / "validate"
     code = ("import time; from common.locks import DirectoryLock; "

@@ -66,6 +66,18 @@ def test_wrong_hash_is_refused_and_nothing_written(morphology_path, tmp_path, mo
     assert not dest.parent.exists() or list(dest.parent.iterdir()) == []
 
 
+def test_a_dest_holding_anything_else_is_refused_and_kept(morphology_path, tmp_path, monkeypatch, capsys):
+    """--dest naming a directory ended with a traceback, and naming another file replaced it by cell1.asc."""
+    monkeypatch.setenv(MORPHOLOGY_ENV, str(morphology_path))
+    other = tmp_path / "notes.txt"
+    other.write_text("someone's notes\n")
+    for dest, what in ((tmp_path, "a directory"), (other, "a file that is not the Hay et al. cell1.asc")):
+        assert dispatcher.main(["morphology", "--dest", str(dest)]) == 2
+        assert capsys.readouterr().err == f"error: --dest {dest} exists and is {what}; remove it or choose another --dest\n"
+    assert other.read_text() == "someone's notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temporary left
+
+
 def test_offline_without_source_gives_a_clear_one_line_error(tmp_path, monkeypatch):
     monkeypatch.delenv(MORPHOLOGY_ENV, raising=False)
     dest = tmp_path / "cell1.asc"

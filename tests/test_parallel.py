@@ -31,6 +31,7 @@ from simulation.inputs import generate_input_spikes, simulation_rng
 from simulation.parallel import SimulationsFailed, generate_dataset
 from simulation.plan import data_identity, inspect_output_dir, plan_shards
 from simulation.tasks import TASK_PREFIX
+from test_common import damage_hdf5_groups
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -214,6 +215,17 @@ def test_truncated_shard_is_simulated_again(reference, client, tmp_path, morphol
     paths = generate_dataset(config, out, morphology_path, client)
     assert identity(out / "shard_00000.h5") == kept
     assert_same_shards(paths, reference_paths)
+
+
+def test_a_shard_with_damaged_metadata_is_simulated_again(reference, tmp_path, morphology_path):
+    """Bytes overwritten in place (the file opens): h5py's RuntimeError used to end a resumed simulate with a traceback."""
+    _, config, reference_paths = reference
+    out = tmp_path / "data"
+    shutil.copytree(reference_paths[0].parent, out)
+    damage_hdf5_groups(out / "shard_00001.h5")
+    state = inspect_output_dir(config, out, morphology_path)
+    assert [p.index for p in state.todo] == [1]
+    assert state.invalid["shard_00001.h5"].startswith("cannot read shard (corrupt?)")
 
 
 def test_another_dataset_in_the_output_directory_is_refused(reference, client, tmp_path, morphology_path):

@@ -187,10 +187,12 @@ def test_predict_refuses_to_overwrite_unless_asked(tmp_path, tiny_checkpoint):
     checkpoint, model = tiny_checkpoint
     shard = write_synthetic_dataset(tmp_path / "data", n_shards=1, simulations_per_shard=1, duration_ms=300)[0]
     before = shard.read_bytes()
-    result = run_cli("--checkpoint", str(checkpoint), "--inputs", str(shard), "--out", str(shard), "--device", "cpu")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "--overwrite" in result.stderr
-    assert shard.read_bytes() == before
+    for overwrite in ([], ["--overwrite"]):  # with --overwrite, the inputs would be replaced by their predictions
+        result = run_cli("--checkpoint", str(checkpoint), "--inputs", str(shard), "--out", str(shard), "--device", "cpu",
+                         *overwrite)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == f"error: --out must differ from --inputs ({shard})"
+        assert shard.read_bytes() == before
 
     out = tmp_path / "pred.h5"
     out.write_bytes(b"an earlier prediction")
@@ -201,6 +203,20 @@ def test_predict_refuses_to_overwrite_unless_asked(tmp_path, tiny_checkpoint):
     assert result.returncode == 0, result.stderr
     with h5py.File(out, "r") as f:
         assert f["soma_voltage"].shape == (1, 300)
+
+
+def test_predict_on_no_simulations_or_a_missing_file_is_exit_2(tmp_path, tiny_checkpoint):
+    """An input_spikes of shape (0, 1278, T) used to write empty predictions and exit 0."""
+    checkpoint, _ = tiny_checkpoint
+    inputs, out = tmp_path / "empty.h5", tmp_path / "pred.h5"
+    with h5py.File(inputs, "w") as f:
+        f.create_dataset("input_spikes", data=np.zeros((0, NUM_INPUT, 50), dtype=bool))
+    for given, message in ((inputs, r"empty.h5:input_spikes has shape (0, 1278, 50): no simulations"),
+                           (tmp_path / "absent.h5", "input file not found: ")):
+        result = run_cli("--checkpoint", str(checkpoint), "--inputs", str(given), "--out", str(out), "--device", "cpu")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+        assert not out.exists()
 
 
 def test_predict_decodes_with_the_checkpoints_soma_transform(tmp_path):

@@ -114,6 +114,24 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert "runs directory not found" in capsys.readouterr().err
 
 
+def test_damaged_evaluation_outputs_are_one_line_errors(reported, tmp_path, capsys):
+    """A cut-short predictions.h5 and a non-UTF-8 evaluation.json used to end report with a traceback."""
+    runs = tmp_path / "runs"
+    shutil.copytree(reported["runs"], runs)
+    predictions = runs / "elm" / "predictions.h5"
+    predictions.write_bytes(predictions.read_bytes()[:1000])
+    assert cli(["report", "--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {predictions}: not a readable HDF5 file (truncated or corrupt?)") and err.count("\n") == 1
+    assert "python -m pipelines evaluate" in err
+    predictions.unlink()
+    (runs / "elm" / "evaluation.json").write_bytes(b"\xff\xfe{}")
+    assert cli(["report", "--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {runs / 'elm' / 'evaluation.json'}: not valid JSON (") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_full_disk_is_one_line_and_keeps_the_earlier_report(reported, tmp_path, cli_on_a_full_disk):
     """Issue 9, item 4: a full disk while writing the first figure (roc.png, about 90 kB) is exit 2 and one
     line naming it; the earlier report's files stay as they were and no partial file is left."""

@@ -18,6 +18,7 @@ from simulation.config import SimulationConfig, load_simulation_config
 from simulation.dataset import read_shard, validate_shard
 from simulation.cluster import close_client, make_client
 from simulation.parallel import generate_dataset, resimulate
+from test_common import damage_hdf5_groups
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,6 +114,9 @@ def test_config_comes_from_the_shard_or_the_defaults(simulated, tmp_path):
     (lambda p: write_inputs(p, np.zeros((2, 1278, 50), dtype=bool), name="spikes"), "no dataset 'input_spikes'"),
     (lambda p: write_inputs(p, np.full((1, 1278, 50), 2, dtype=np.uint8)), "must hold 0/1 spikes"),
     (lambda p: p.write_bytes(b"not an HDF5 file"), "not a readable HDF5 file"),
+    (lambda p: write_inputs(p, np.zeros((0, 1278, 50), dtype=bool)), "has shape (0, 1278, 50): no simulations"),
+    (lambda p: (write_inputs(p, np.zeros((2, 1278, 50), dtype=bool)), damage_hdf5_groups(p)),
+     "in.h5: cannot read input file (corrupt?)"),
 ])
 def test_cli_rejects_bad_input_files(tmp_path, capsys, make_file, message):
     source = tmp_path / "in.h5"

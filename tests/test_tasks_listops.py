@@ -19,6 +19,7 @@ from surrogate.tasks.listops import (
     to_text,
 )
 from surrogate.tasks.settings import ListOpsSettings
+from test_common import damage_hdf5_groups
 
 SMALL = {"train_size": 30, "valid_size": 8, "test_size": 8, "chunk_size": 12, "seed": 3}
 
@@ -129,6 +130,7 @@ def test_a_killed_run_resumes(tmp_path, listops_dir):
     task_dir = tmp_path / "listops"
     parts = sorted(p.name for p in task_dir.glob(".train.part-*.h5"))
     assert len(parts) == 2 and not (task_dir / "train.h5").exists()
+    damage_hdf5_groups(task_dir / parts[1])  # a damaged part is made again, not a traceback
 
     seen = []
     prepare_task("listops", tmp_path, SMALL, progress=lambda done, total: seen.append((done, total)))
@@ -169,6 +171,11 @@ def test_missing_and_damaged_files(tmp_path, listops_dir):
     damaged.write_bytes((listops_dir / "listops" / "test.h5").read_bytes()[:3000])
     with pytest.raises(UserInputError, match=r"test\.h5: not a readable HDF5 file .*prepare-task"):
         open_split("listops", tmp_path, "test")
+    damaged.write_bytes((listops_dir / "listops" / "test.h5").read_bytes())
+    damage_hdf5_groups(damaged)  # opens, then h5py's RuntimeError at the first name looked up
+    with pytest.raises(UserInputError, match=r"test\.h5: cannot read listops test split \(corrupt\?\).*prepare-task") as err:
+        open_split("listops", tmp_path, "test")
+    assert "\n" not in str(err.value)
     with h5py.File(damaged, "w") as f:
         f.create_dataset("inputs", data=np.zeros((2, 5), np.uint8))
     with pytest.raises(UserInputError, match="missing dataset 'lengths'"):

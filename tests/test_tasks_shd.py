@@ -11,6 +11,7 @@ from common.errors import ConfigError, UserInputError
 from common.files import file_sha256
 from surrogate.tasks import TASKS, open_split, prepare_task, task_settings
 from surrogate.tasks.shd import bin_sample, holdout
+from test_common import damage_hdf5_groups
 
 N_TRAIN, N_TEST = 40, 12
 
@@ -123,6 +124,9 @@ def test_rerun_keeps_the_index_and_follows_moved_files(tmp_path, shd_dir):
     digest = file_sha256(tmp_path / "shd-adding" / "train.h5")
     prepare_task("shd-adding", tmp_path, settings(shd_dir))
     assert file_sha256(tmp_path / "shd-adding" / "train.h5") == digest
+    damage_hdf5_groups(tmp_path / "shd-adding" / "train.h5")  # a damaged index is written again, not a traceback
+    prepare_task("shd-adding", tmp_path, settings(shd_dir))
+    assert file_sha256(tmp_path / "shd-adding" / "train.h5") == digest
     moved = tmp_path / "moved"
     moved.mkdir()
     for name in ("shd_train.h5", "shd_test.h5"):
@@ -138,6 +142,7 @@ def test_rerun_keeps_the_index_and_follows_moved_files(tmp_path, shd_dir):
 @pytest.mark.parametrize("problem, damage, message", [
     ("missing", lambda p: p.unlink(), r"SHD file not found: .*shd_train\.h5 \(download"),
     ("truncated", lambda p: p.write_bytes(p.read_bytes()[:2000]), r"shd_train\.h5: not a readable HDF5 file \(truncated"),
+    ("damaged groups", damage_hdf5_groups, r"shd_train\.h5: cannot read SHD file \(corrupt\?\)"),
     ("no units", lambda p: write_shd(p, 5, 0, units=None), r"shd_train\.h5: not in the SHD layout: no dataset 'spikes/units'"),
     ("dense times", lambda p: write_shd(p, 5, 0, times=np.zeros((5, 10))), r"spikes/times has shape \(5, 10\)"),
     ("flat times", lambda p: write_shd(p, 5, 0, times=np.zeros(5)), r"spikes/times is not a ragged"),

@@ -30,6 +30,7 @@ from surrogate.data import load_split_arrays
 from surrogate.tcn import TCN, TCNConfig
 from surrogate.train import (RunMismatchError, TrainingDivergedError, WeightAverage, cosine_learning_rate, fit,
                              make_optimizer, step_learning_rate, validate)
+from test_common import damage_hdf5_groups
 from test_data import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,6 +316,18 @@ def test_a_stray_file_among_the_shards_is_refused_not_split(dataset_dir, tmp_pat
     result = _cli("--model", "elm", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "shard_00009.h5" in result.stderr and "not a readable HDF5 file" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shard_with_damaged_metadata_is_refused_in_one_line(dataset_dir, tmp_path):
+    """Bytes overwritten in place (the file opens): h5py's RuntimeError used to end fit with a traceback."""
+    data = _copy_dataset(dataset_dir, tmp_path / "data")
+    damage_hdf5_groups(data / "shard_00001.h5")
+    config = tmp_path / "fit.toml"
+    config.write_text(CONFIG_TOML.format(epochs=1))
+    result = _cli("--model", "elm", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: {data / 'shard_00001.h5'}: cannot read shard (corrupt?)")
     assert not (tmp_path / "run").exists()
 
 
