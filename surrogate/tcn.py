@@ -17,6 +17,16 @@ import torch.nn.functional as F
 
 SPIKE_BIAS_INIT = -2.0  # the published spike head starts at sigmoid(-2): spikes are rare
 
+# weight_init = "published": the initial weights of Beniaguev et al.'s training code (Keras): every
+# convolution kernel from a normal of std 0.002 truncated at 2 std, zero biases, the spike head's
+# kernel std 0.001 and the soma head's 0.03. With batch norm after each ReLU a layer's output does
+# not depend on its kernel's scale, so the scale sets how far each Adam step moves a layer: from
+# 0.002 layers 2-7 move about 6x further, relative to their weights, than from PyTorch's default
+# (std 1 / sqrt(3 fan_in) = 0.012 for 128 x 19 inputs).
+PUBLISHED_KERNEL_STD = 0.002
+PUBLISHED_HEAD_STD = (0.001, 0.03)  # spike, soma
+WEIGHT_INITS = ("pytorch", "published")
+
 
 @dataclass(frozen=True)
 class TCNConfig:
@@ -40,6 +50,7 @@ class TCNConfig:
     # starts better near the logit of the firing rate (1 Hz: about -7), which Adam would
     # otherwise take thousands of steps to reach
     spike_bias_init: float = SPIKE_BIAS_INIT
+    weight_init: str = "pytorch"  # or "published" (above)
 
     def __post_init__(self):
         if self.depth < 1 or self.width < 1 or self.num_input < 1 or self.num_output < 1:
@@ -52,6 +63,8 @@ class TCNConfig:
             raise ValueError(f"matmul_layers must be in 0..depth ({self.depth}), got {self.matmul_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {self.weight_init!r}")
         if not -30.0 <= self.spike_bias_init <= 30.0:
             raise ValueError(f"spike_bias_init must be a logit in [-30, 30], got {self.spike_bias_init}")
 
@@ -136,7 +149,20 @@ class TCN(nn.Module):
         )
         self.head = nn.Conv1d(config.width, config.num_output, kernel_size=1)
         with torch.no_grad():
+            if config.weight_init == "published":
+                self._published_init()
             self.head.bias[0] = config.spike_bias_init
+
+    def _published_init(self) -> None:
+        def truncated_normal(weight: torch.Tensor, std: float) -> None:
+            nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+        for layer in self.layers:
+            truncated_normal(layer.conv.weight, PUBLISHED_KERNEL_STD)
+            nn.init.zeros_(layer.conv.bias)
+        nn.init.zeros_(self.head.bias)
+        for row, std in zip(self.head.weight, PUBLISHED_HEAD_STD):  # further outputs keep PyTorch's draw
+            truncated_normal(row, std)
 
     def forward(self, input_spikes: torch.Tensor) -> torch.Tensor:
         x = input_spikes.to(self.head.weight.dtype).transpose(1, 2)  # (B, channels, T)

@@ -151,6 +151,26 @@ def test_published_tcn_config():
     assert num_parameters(model) == conv_params + 7 * 2 * 128 + 128 * 2 + 2
 
 
+def test_tcn_published_weight_init():
+    """weight_init = "published": truncated normal kernels (std 0.002, layer 1's 7.4M weights included; the heads'
+    std 0.001 and 0.03), zero biases but the spike bias; the default keeps PyTorch's draw (std 1 / sqrt(3 fan_in))."""
+    torch.manual_seed(3)
+    published = TCN(dataclasses.replace(published_tcn_config(), weight_init="published"))
+    for layer in published.layers:
+        w = layer.conv.weight
+        assert w.std().item() == pytest.approx(0.002 * 0.88, rel=0.02)  # a normal cut at 2 std keeps 0.88 of its std
+        assert w.abs().max().item() <= 2 * 0.002 and layer.conv.bias.abs().max().item() == 0
+    spike_row, soma_row = published.head.weight[:, :, 0]
+    assert spike_row.abs().max().item() <= 0.002 and 0.02 < soma_row.std().item() < 0.032
+    assert published.head.bias.tolist() == [SPIKE_BIAS_INIT, 0.0]
+    default = TCN(published_tcn_config())
+    fan_in = 128 * 19
+    assert default.layers[1].conv.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.02)
+    assert default.layers[1].conv.bias.abs().max().item() > 0
+    with pytest.raises(ValueError, match="weight_init must be one of pytorch, published, got 'keras'"):
+        TCNConfig(weight_init="keras")
+
+
 def test_tcn_receptive_field_is_exact():
     """Output t depends on input t - (receptive field - 1) but not one step earlier."""
     # silu: no exactly-zero gradients, so every input in the field shows up
