@@ -27,10 +27,14 @@ def main(args: argparse.Namespace) -> int:
     from surrogate.evaluation import published_checkpoint_dir
     from surrogate.report import write_report
 
+    from simulation.errors import UserInputError
+
     published = published_checkpoint_dir(args.published)
     if args.published and not published.is_dir():
-        from simulation.errors import UserInputError
         raise UserInputError(f"published checkpoint folder not found: {published}")
+    # --data is optional (the raster is one panel), but a folder named and absent is a typo, not a choice
+    if args.data is not None and not args.data.is_dir():
+        raise UserInputError(f"--data: dataset directory not found: {args.data}")
     result = write_report(args.runs, args.data, args.out, published if published.is_dir() else None)
     for note in result["notes"]:
         print(f"note: {note}")

@@ -72,12 +72,24 @@ def test_report_without_data_or_training_curves_says_what_is_missing(reported, t
     for csv in runs.glob("*/metrics.csv"):
         csv.unlink()
     out = tmp_path / "reports"
-    assert cli(["report", "--runs", str(runs), "--data", str(tmp_path / "missing"), "--out", str(out),
+    empty_data = tmp_path / "data_without_the_shard"
+    empty_data.mkdir()
+    assert cli(["report", "--runs", str(runs), "--data", str(empty_data), "--out", str(out),
                 "--published", str(reported["published"])]) == 0
     printed = capsys.readouterr().out
     assert "input raster not drawn" in printed and "training-curve figure skipped" in printed
     assert not (out / "training.png").exists() and (out / "traces.png").is_file()
     assert "## Notes" in (out / "report.md").read_text()
+
+
+def test_report_refuses_a_data_directory_that_does_not_exist(reported, tmp_path, capsys):
+    """A --data typo is an error (exit 2, one line), not a report quietly drawn without its raster."""
+    out = tmp_path / "reports"
+    assert cli(["report", "--runs", str(reported["runs"]), "--data", str(tmp_path / "missing"), "--out", str(out),
+                "--published", str(reported["published"])]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "dataset directory not found" in error[0] and "missing" in error[0]
+    assert not (out / "report.md").exists()
 
 
 def test_report_from_scores_alone_says_the_predictions_are_missing(reported, tmp_path, capsys):
