@@ -25,9 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from surrogate.evaluation import published_checkpoint_dir
-    from surrogate.report import write_report
-
     from simulation.errors import UserInputError
+    from surrogate.report import write_report
 
     published = published_checkpoint_dir(args.published)
     if args.published and not published.is_dir():
