@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import DatasetError, UserInputError
-from common.files import HDF5_ERRORS, as_output_error, atomic_hdf5, hdf5_read_failed, read_hdf5
+from common.files import as_output_error, atomic_hdf5, read_hdf5
 
 from .settings import SPLITS, ShdAddingSettings, fingerprint
 from .storage import FORMAT_VERSION, SPLIT_CODES
@@ -137,12 +137,10 @@ def _index_state(path: Path, attrs: dict) -> str:
     if not path.exists():
         return "absent"
     try:
-        with h5py.File(path, "r") as f:
+        with read_hdf5(path, "SHD-Adding index") as f:
             stored = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             complete = all(name in f for name in ("first", "second", "labels", "lengths"))
-    except HDF5_ERRORS as err:
-        if not hdf5_read_failed(err):
-            raise
+    except DatasetError:
         return "absent"  # a damaged index (it is small) is simply written again
     same = complete and all(stored.get(k) == v for k, v in attrs.items() if k not in ("source", "bin_ms"))
     same = same and float(stored.get("bin_ms", -1)) == attrs["bin_ms"]

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from common.errors import DatasetError
-from common.files import HDF5_ERRORS, as_output_error, atomic_hdf5, atomic_path, hdf5_read_failed, read_hdf5
+from common.files import as_output_error, atomic_hdf5, atomic_path, read_hdf5
 from common.jsonio import dumps_json
 
 FORMAT_VERSION = 1
@@ -109,15 +109,11 @@ def split_status(path: Path, attrs: dict[str, Any], width: int, hint: str) -> bo
 def _read_part(path: Path, attrs: dict[str, Any], n: int, width: int):
     """The rows of a finished part file, or None when it is damaged or of other settings."""
     try:
-        with h5py.File(path, "r") as f:
+        with read_hdf5(path, "task part") as f:
             if not _matches(f, attrs) or check_rows(f, path, "", size=n, width=width) != n:
                 return None
             return tuple(f[name][...] for name in ROW_DATASETS)
-    except DatasetError:
-        return None
-    except HDF5_ERRORS as err:  # a damaged part is made again
-        if not hdf5_read_failed(err):
-            raise
+    except DatasetError:  # a damaged part (read_hdf5 tells h5py's failures from ours) is made again
         return None
 
 
