@@ -1,7 +1,8 @@
 """`python -m pipelines VERB [options]`: dispatch to pipelines/<verb>.py.
 
 Errors caused by the user's input (common.errors.UserInputError) are printed on
-one line as `error: ...` and exit with code 2; anything else keeps its traceback.
+one line as `error: ...` and exit with code 2, as is a third-party package that this
+Python cannot import (an install problem, not a bug); anything else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+# our own top-level packages: a module of these that cannot be imported is a bug and keeps its traceback
+OWN_PACKAGES = ("common", "simulation", "surrogate", "pipelines")
 
 # verb -> (module, one-line help)
 VERBS = {
@@ -39,13 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_package_message(err: ModuleNotFoundError) -> str | None:
+    """One line naming a missing third-party package and how to install it; None for our own modules."""
+    package = (err.name or "").split(".")[0]
+    if not package or package in OWN_PACKAGES:
+        return None
+    return (f"the Python package '{package}' cannot be imported by {sys.executable}; install the project's "
+            f"dependencies: `make install`, then `source .venv/bin/activate`")
+
+
 def main(argv: list[str] | None = None) -> int:
     from common.errors import UserInputError
 
-    args = build_parser().parse_args(argv)
-    module = importlib.import_module(args._module)
     try:
+        args = build_parser().parse_args(argv)
+        module = importlib.import_module(args._module)
         return int(module.main(args) or 0)
+    except ModuleNotFoundError as err:
+        message = missing_package_message(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

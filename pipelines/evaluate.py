@@ -24,8 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from surrogate.checkpoints import run_dir_of
-from surrogate.registry import MODEL_KINDS
+from surrogate.registry import MODEL_KINDS  # names only: building the parser imports no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _targets(args, runs: Path) -> list[tuple[str, Path, Path]]:
     """(name, checkpoint or run dir, output dir) of everything to score; one-line errors for what is missing."""
     from simulation.errors import UserInputError
+    from surrogate.checkpoints import run_dir_of
 
     if args.checkpoint:
         if args.models:
