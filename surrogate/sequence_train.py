@@ -51,15 +51,15 @@ from .checkpoints import load_weights_only
 from .devices import resolve_device
 from .elm import ELMConfig, num_parameters
 from .tasks import TaskSpec
+from .tasks.settings import RUN_TABLES as TASK_CONFIG_TABLES
+from .tasks.settings import SPLITS
+from .tasks.settings import TABLE as DATA_TABLE  # [tasks.<name>]: the data settings of prepare-task, passed over here
 from .train import (SUMMARY_JSON, RunMismatchError, TrainingDivergedError, cosine_learning_rate, seed_for,
                     write_metrics)
 from .sequence import (SEQUENCE_MODELS, InputEncoding, LSTMBaselineConfig, SequenceClassifier, SequenceModelConfig,
                        build_sequence_model, sequence_model_from_dict)
 
-SPLITS = ("train", "valid", "test")
-MODEL_TABLES = {"elm": "elm", "branch-elm": "branch_elm", "lstm": "lstm"}
-TASK_CONFIG_TABLES = ("task", "train", "model", *MODEL_TABLES.values())
-DATA_TABLE = "tasks"  # [tasks.<name>]: surrogate.tasks' data settings (prepare-task), passed over here
+MODEL_TABLES = {"elm": "elm", "branch-elm": "branch_elm", "lstm": "lstm"}  # each one of TASK_CONFIG_TABLES
 CHECKPOINT_FORMAT = "l5pc-sequence-checkpoint"
 # [train] keys that may change between a run and its resumption (they change neither the data order nor the model)
 RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size", "max_test_examples",

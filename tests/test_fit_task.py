@@ -15,7 +15,7 @@ from surrogate.sequence import LSTMBaselineConfig
 from surrogate.tasks import TaskSpec
 from surrogate.sequence_train import (TaskData, TaskRunConfig, collate_examples,
                                       epoch_batches, fit_sequence, load_sequence_checkpoint, load_sequence_model,
-                                      load_task_config)
+                                      load_task_config, MODEL_TABLES, TASK_CONFIG_TABLES)
 from test_checkpoints import RunsACommand  # tests/ is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,6 +250,7 @@ def test_cli_errors_exit_2(tmp_path, capsys, monkeypatch):
 
 def test_every_shipped_task_config_loads_for_every_model():
     tasks = pytest.importorskip("surrogate.tasks")
+    assert set(MODEL_TABLES.values()) <= set(TASK_CONFIG_TABLES)  # each model's table is a known one
     names = {"listops": "listops", "pathfinder32": "pathfinder32", "pathfinder128": "pathfinder128",
              "shd-adding": "shd_adding"}
     overlays = ([], ["configs/tasks/smoke.toml"], ["configs/tasks/mean_readout.toml"], ["configs/tasks/dm128.toml"],
@@ -261,6 +262,8 @@ def test_every_shipped_task_config_loads_for_every_model():
                 config = load_task_config(layers, tasks.TASKS[task], kind)
                 assert config.task == task
         assert tasks.settings_from_file(ROOT / "configs/tasks/device_data.toml", task) is not None  # device runs' sizes
+        # prepare-task takes a fit-task config too: its run tables are known, not misspelt
+        assert tasks.settings_from_file(ROOT / f"configs/tasks/{file}.toml", task) is not None
     assert load_task_config([ROOT / "configs/tasks/pathfinder32.toml", ROOT / "configs/tasks/mean_readout.toml"],
                             tasks.TASKS["pathfinder32"], "elm").model.readout == "mean"
 

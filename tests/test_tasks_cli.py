@@ -80,6 +80,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
     assert "unknown key 'train_sise'" in one_error(cli("--task", "listops", "--data-dir", tmp_path, "--config", config))
     config.write_text("[tasks.listop]\ntrain_size = 3\n")
     assert "unknown task [tasks.listop]" in one_error(cli("--task", "listops", "--data-dir", tmp_path, "--config", config))
+    config.write_text("[simulation]\nduration_ms = 100\n[tasks.listops]\ntrain_size = 3\n")  # a misspelt table
+    assert "tasks.toml: unknown table [simulation]" in one_error(
+        cli("--task", "listops", "--data-dir", tmp_path / "data", "--config", config))
+    assert not (tmp_path / "data").exists()
     assert "config file not found" in one_error(cli("--task", "listops", "--data-dir", tmp_path, "--config", tmp_path / "no.toml"))
     assert "needs the SHD files" in one_error(cli("--task", "shd-adding", "--data-dir", tmp_path))
     bad = tmp_path / "bad"

@@ -32,6 +32,9 @@ from common.errors import ConfigError
 # the TOML table that holds one sub-table per task; CONFIG_TABLES in the form common.config.TABLE_OWNERS reads
 TABLE = "tasks"
 CONFIG_TABLES = (TABLE,)
+# the tables beside [tasks] in a task config file: the fit-task run's (surrogate.sequence_train reads them).
+# Named here, where no torch is imported, so that prepare-task refuses a misspelt table as fit-task does.
+RUN_TABLES = ("task", "train", "model", "elm", "branch_elm", "lstm")
 SPLITS = ("train", "valid", "test")
 
 # settings that do not change the data (left out of the fingerprint stored in the files)
@@ -193,12 +196,16 @@ def task_settings(name: str, table: dict[str, Any] | None = None):
 
 
 def settings_from_file(path: str | Path, name: str):
-    """Task `name`'s settings from the table [tasks.<name>] of a TOML file; other tables are left to their readers.
+    """Task `name`'s settings from the table [tasks.<name>] of a TOML file; the run's tables are left to fit-task.
 
-    A missing file, bad TOML, a [tasks] entry that is not a known task and unknown keys are ConfigError.
+    A missing file, bad TOML, a table that is neither [tasks] nor one of RUN_TABLES, a [tasks] entry that is
+    not a known task and unknown keys are ConfigError.
     """
     path = Path(path)
     raw = parse_toml(path)
+    misspelt = sorted(set(raw) - {TABLE, *RUN_TABLES})
+    if misspelt:
+        raise ConfigError(f"{path}: unknown table [{misspelt[0]}] (known: {', '.join((*RUN_TABLES, TABLE))})")
     tables = raw.get(TABLE, {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: [{TABLE}] must be a table of tables ([{TABLE}.listops], ...)")
