@@ -45,7 +45,7 @@ else stamp "a fresh run"; fi
 export PYTHONUNBUFFERED=1
 if [ ! -f "$DATA/$TASK/test.h5" ]; then
   DATA="$CHAIN/data"; [ "$PREPARE" = default ] && PREP_ARGS="" || PREP_ARGS="--config $PREPARE"
-  case $TASK in pathfinder*) PREP_ARGS="$PREP_ARGS --workers $(nproc)";; esac   # ListOps is drawn by one process
+  case $TASK in shd-adding) ;; *) PREP_ARGS="$PREP_ARGS --workers $(nproc)";; esac   # the same data for any count
   stamp "draw the $TASK data on this machine"
   "$PY" -m pipelines prepare-task --task "$TASK" --data-dir "$DATA" $PREP_ARGS 2>&1 | tr '\r' '\n' \
     | grep -v "%|" | tail -n 2

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shd-dir", type=Path, default=None,
                         help="shd-adding: the directory with shd_train.h5 and shd_test.h5 (overrides shd_dir)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="pathfinder32/128: processes that draw images (overrides workers; same images for any N)")
+                        help="listops, pathfinder32/128: processes that draw the samples (overrides workers; "
+                             "the same samples for any N)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -43,8 +44,8 @@ def main(args: argparse.Namespace) -> int:
             raise UserInputError(f"--shd-dir is for the task shd-adding, not {args.task}")
         settings = dataclasses.replace(settings, shd_dir=str(args.shd_dir))
     if args.workers is not None:
-        if not args.task.startswith("pathfinder"):
-            raise UserInputError(f"--workers is for the pathfinder tasks, not {args.task}")
+        if args.task == "shd-adding":
+            raise UserInputError("--workers is for the generated tasks (listops, pathfinder32/128), not shd-adding")
         if args.workers < 1:
             raise UserInputError(f"--workers must be >= 1, got {args.workers}")
         settings = dataclasses.replace(settings, workers=args.workers)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 
+from common.files import file_sha256
 from surrogate.tasks import open_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,11 @@ def test_generate_from_a_config_and_rerun(tmp_path):
     again = cli("--task", "listops", "--data-dir", tmp_path / "data", "--config", config)
     assert again.returncode == 0, again.stderr
     assert len(open_split("listops", tmp_path / "data", "test")) == 3
+    in_parallel = cli("--task", "listops", "--data-dir", tmp_path / "parallel", "--config", config, "--workers", 2)
+    assert in_parallel.returncode == 0, in_parallel.stderr
+    for split in ("train", "valid", "test"):
+        assert file_sha256(tmp_path / "parallel" / "listops" / f"{split}.h5") == \
+            file_sha256(tmp_path / "data" / "listops" / f"{split}.h5")
 
 
 def test_shd_adding_with_shd_dir(tmp_path):
@@ -94,6 +100,9 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
     assert "shd_train.h5: not a readable HDF5 file (truncated or corrupt?)" in line
     assert "--shd-dir is for the task shd-adding" in one_error(
         cli("--task", "pathfinder32", "--data-dir", tmp_path, "--shd-dir", bad))
+    assert "--workers is for the generated tasks" in one_error(
+        cli("--task", "shd-adding", "--data-dir", tmp_path, "--shd-dir", bad, "--workers", 2))
+    assert "--workers must be >= 1" in one_error(cli("--task", "listops", "--data-dir", tmp_path, "--workers", 0))
 
 
 def test_a_full_disk_is_a_user_error(tmp_path, cli_on_a_full_disk):

@@ -1,4 +1,4 @@
-"""LRA ListOps generator: LRA's statistics, labels, determinism across chunkings, resume, the split files."""
+"""LRA ListOps generator: LRA's statistics, labels, determinism across chunkings and workers, resume, the split files."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from surrogate.tasks.listops import (
     CLOSE_ID,
     VOCAB_SIZE,
     VOCABULARY,
+    DuplicateCheck,
     Generator,
     evaluate,
     to_text,
@@ -43,7 +44,7 @@ def test_spec_matches_the_generator():
 def test_lra_statistics_and_labels():
     """Lengths strictly inside LRA's (500, 2000), every class present, labels = the expression's value."""
     s = ListOpsSettings(seed=11)
-    inputs, lengths, labels = Generator(s, 0, set()).make(0, 300)
+    inputs, lengths, labels = Generator(s, 0).make(0, 300)
     assert lengths.min() > 500 and lengths.max() < 2000
     assert set(np.unique(labels)) == set(range(10))
     for row, n, y in zip(inputs, lengths, labels):
@@ -58,7 +59,7 @@ def test_lra_statistics_and_labels():
 @pytest.mark.slow
 def test_lra_sized_sample_statistics():
     """5000 samples at LRA's settings: lengths fill (500, 2000), every class common enough to learn."""
-    inputs, lengths, labels = Generator(ListOpsSettings(seed=1), 0, set()).make(0, 5000)
+    inputs, lengths, labels = Generator(ListOpsSettings(seed=1), 0).make(0, 5000)
     assert lengths.min() > 500 and lengths.max() < 2000 and 800 < np.median(lengths) < 1200
     counts = np.bincount(labels, minlength=10)
     assert counts.min() > 0.03 * 5000
@@ -115,6 +116,40 @@ def test_same_seed_same_bytes_for_any_chunking(tmp_path, listops_dir):
     other = tmp_path / "other"
     prepare_task("listops", other, dict(SMALL, seed=4))
     assert file_sha256(other / "listops" / "train.h5") != file_sha256(listops_dir / "listops" / "train.h5")
+
+
+# settings where repeats are common: 410 distinct expressions (10 digits; 4 operators x 100 pairs of digits)
+CROWDED = {"train_size": 300, "valid_size": 40, "test_size": 40, "chunk_size": 50, "max_depth": 2, "max_args": 2,
+           "min_length": 0, "max_length": 8}
+
+
+def test_parallel_workers_make_the_same_bytes_even_where_repeats_are_common(tmp_path, listops_dir):
+    prepare_task("listops", tmp_path / "small", dict(SMALL, workers=2, chunk_size=5))
+    for split in ("train", "valid", "test"):
+        assert file_sha256(tmp_path / "small" / "listops" / f"{split}.h5") == \
+            file_sha256(listops_dir / "listops" / f"{split}.h5")
+
+    s = task_settings("listops", CROWDED)
+    check, redrawn = DuplicateCheck(s), 0
+    for start in range(0, 300, 50):
+        rows = Generator(s, 0).make(start, start + 50)
+        drawn = rows[0].copy()
+        check.settle(0, start, rows)
+        redrawn += int((drawn != rows[0]).any(axis=1).sum())
+    assert redrawn > 50  # many rows repeat an earlier chunk's sample: the case tests their redraw
+
+    one_pass = dict(CROWDED, chunk_size=1000)  # every split in one chunk: one pass in order
+    prepare_task("listops", tmp_path / "one_pass", one_pass)
+    prepare_task("listops", tmp_path / "chunks", CROWDED)
+    prepare_task("listops", tmp_path / "workers", dict(CROWDED, chunk_size=30, workers=3))
+    rows = []
+    for split in ("train", "valid", "test"):
+        reference = file_sha256(tmp_path / "one_pass" / "listops" / f"{split}.h5")
+        for other in ("chunks", "workers"):
+            assert file_sha256(tmp_path / other / "listops" / f"{split}.h5") == reference, (other, split)
+        with h5py.File(tmp_path / "workers" / "listops" / f"{split}.h5", "r") as f:
+            rows.extend(bytes(r) for r in f["inputs"][...])
+    assert len(set(rows)) == 380  # every expression once over the three splits
 
 
 def test_a_killed_run_resumes(tmp_path, listops_dir):

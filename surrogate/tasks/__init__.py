@@ -89,6 +89,8 @@ def prepare_task(name: str, data_dir: str | os.PathLike, settings: dict | None =
 
 
 def _generate(name: str, task_dir: Path, s, progress) -> None:
+    import functools
+
     import h5py
 
     from .storage import (
@@ -107,7 +109,7 @@ def _generate(name: str, task_dir: Path, s, progress) -> None:
         from . import listops
 
         width = s.max_length
-        seen: set[bytes] = set()  # the duplicate check spans all three splits
+        duplicates = listops.DuplicateCheck(s)  # spans all three splits
     else:
         from . import pathfinder
 
@@ -126,18 +128,17 @@ def _generate(name: str, task_dir: Path, s, progress) -> None:
         attrs = expected_attrs(name, split, sizes[split], fp)
         path = split_path(task_dir, split)
         if name == "listops":
-            maker = listops.Generator(s, SPLIT_CODES[split], seen)
-            make, on_rows = maker.make, maker.remember
+            make = listops.Generator(s, SPLIT_CODES[split]).make
+            settle = functools.partial(duplicates.settle, SPLIT_CODES[split])
         else:
-            make, on_rows = pathfinder.Generator(s, SPLIT_CODES[split]).make, None
+            make, settle = pathfinder.Generator(s, SPLIT_CODES[split]).make, None
         if split_status(path, attrs, width, hint):
-            if on_rows is not None:
+            if name == "listops":
                 with h5py.File(path, "r") as f:
-                    on_rows(0, (f["inputs"][...],))
+                    duplicates.remember(f["inputs"][...])
             tick(sizes[split])
             continue
-        build_split(task_dir, split, sizes[split], s.chunk_size, width, attrs, make, on_rows, tick,
-                    workers=getattr(s, "workers", 1))
+        build_split(task_dir, split, sizes[split], s.chunk_size, width, attrs, make, settle, tick, workers=s.workers)
 
 
 def open_split(name: str, data_dir: str | os.PathLike, split: str):

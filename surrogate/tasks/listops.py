@@ -14,7 +14,8 @@ id 0 is padding, 1..10 the digits 0..9, 11..14 the operators, 15 the closing bra
 
 Sample i of a split comes from its own random stream, seeded by (seed, split, i), and is
 redrawn from that stream while it is rejected (length) or repeats an earlier sample, so a
-sample never depends on how the work was cut into chunks.
+sample never depends on how the work was cut into chunks or shared out among processes
+(DuplicateCheck says how the check for repeats stays exact when chunks are drawn in parallel).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -116,35 +118,66 @@ def digest(row: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).digest()
 
 
-class Generator:
-    """Makes rows of one split; `seen` holds the digests of every sample made before (all splits)."""
+def draw_sample(s: ListOpsSettings, split_code: int, index: int, excluded: set[bytes]):
+    """Sample `index` as (padded row, length, label): the first expression of its own stream whose
+    length lies strictly between min_length and max_length and whose row is not in `excluded`."""
+    uniform = sample_stream(s.seed, split_code, index)
+    row = np.zeros(s.max_length, dtype=np.uint8)
+    while True:
+        drawn = draw_expression(uniform, s)
+        if drawn is None or not (s.min_length < len(drawn[0]) < s.max_length):
+            continue
+        tokens, value = drawn
+        row[:] = 0
+        row[:len(tokens)] = tokens
+        if digest(row) not in excluded:
+            return row, len(tokens), value
 
-    def __init__(self, s: ListOpsSettings, split_code: int, seen: set[bytes]):
-        self.s, self.split_code, self.seen = s, split_code, seen
+
+@dataclass(frozen=True)
+class Generator:
+    """Draws chunks of one split, in any process: samples start..stop-1, each unlike the rows before
+    it in the chunk. DuplicateCheck then makes them unlike every earlier sample."""
+
+    s: ListOpsSettings
+    split_code: int
 
     def make(self, start: int, stop: int):
-        s = self.s
-        inputs = np.zeros((stop - start, s.max_length), dtype=np.uint8)
+        inputs = np.zeros((stop - start, self.s.max_length), dtype=np.uint8)
         lengths = np.zeros(stop - start, dtype=np.int32)
         labels = np.zeros(stop - start, dtype=np.int16)
         chunk_seen: set[bytes] = set()
         for row, index in enumerate(range(start, stop)):
-            uniform = sample_stream(s.seed, self.split_code, index)
-            while True:
-                drawn = draw_expression(uniform, s)
-                if drawn is None or not (s.min_length < len(drawn[0]) < s.max_length):
-                    continue
-                tokens, value = drawn
-                inputs[row, :len(tokens)] = tokens
-                key = digest(inputs[row])
-                if key in self.seen or key in chunk_seen:
-                    inputs[row] = 0
-                    continue
-                chunk_seen.add(key)
-                lengths[row], labels[row] = len(tokens), value
-                break
+            inputs[row], lengths[row], labels[row] = draw_sample(self.s, self.split_code, index, chunk_seen)
+            chunk_seen.add(digest(inputs[row]))
         return inputs, lengths, labels
 
-    def remember(self, start: int, rows) -> None:
-        """Add a finished part's samples to the duplicate check (made now or read back on resume)."""
-        self.seen.update(digest(r) for r in rows[0])
+
+@dataclass
+class DuplicateCheck:
+    """Every expression once over all three splits (as in LRA), whichever process drew the chunk.
+
+    `settle` sees the chunks of all splits in order, in one process, and draws the rare row that
+    repeats a sample of an earlier chunk again, against all samples made before it. The rows are
+    then those of one pass in order: a drawn row that repeats nothing earlier is the one that pass
+    would draw, since every candidate Generator.make skipped for it repeated a row before it, which
+    that pass skips too.
+    """
+
+    s: ListOpsSettings
+    seen: set[bytes] = field(default_factory=set)  # digests of every sample made so far
+
+    def settle(self, split_code: int, start: int, rows):
+        """The chunk's rows, a repeat of an earlier chunk's sample drawn again (in place); all remembered."""
+        inputs, lengths, labels = rows
+        for row, index in enumerate(range(start, start + len(inputs))):
+            key = digest(inputs[row])
+            if key in self.seen:
+                inputs[row], lengths[row], labels[row] = draw_sample(self.s, split_code, index, self.seen)
+                key = digest(inputs[row])
+            self.seen.add(key)
+        return rows
+
+    def remember(self, inputs: np.ndarray) -> None:
+        """Add samples made before (a finished split read back on resume) to the check."""
+        self.seen.update(digest(r) for r in inputs)

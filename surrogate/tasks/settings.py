@@ -15,8 +15,8 @@ A config file names the settings of task NAME in the table `[tasks.NAME]`, e.g.
     bin_ms = 4.0
 
 Sizes, seeds and generator settings change the data; `chunk_size` only changes how often a
-generator saves its work and `workers` how many processes draw Pathfinder images, never the
-data (the outputs are byte-identical for any chunk size and number of workers).
+generator saves its work and `workers` how many processes draw ListOps expressions or
+Pathfinder images, never the data (the outputs are byte-identical for any chunk size and number of workers).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class ListOpsSettings:
     min_length: int = 500  # a sequence is kept when min_length < tokens < max_length (LRA)
     max_length: int = 2_000  # also the padded length T
     chunk_size: int = 1_000  # samples per saved chunk (resume granularity)
+    workers: int = 1  # processes that draw expressions (the samples do not depend on it)
 
     def __post_init__(self):
         _check_sizes(self)
@@ -62,6 +63,7 @@ class ListOpsSettings:
         require(0 <= self.min_length < self.max_length - 1,
                 f"need 0 <= min_length < max_length - 1, got {self.min_length} and {self.max_length}")
         require(self.max_length <= 32_767, f"max_length must be <= 32767, got {self.max_length}")
+        require(1 <= self.workers <= 512, f"workers must be in [1, 512], got {self.workers}")
 
 
 @dataclass(frozen=True)

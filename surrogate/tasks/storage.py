@@ -126,74 +126,69 @@ def _write_part(path: Path, attrs: dict[str, Any], rows) -> None:
 
 
 def build_split(task_dir: Path, split: str, size: int, chunk_size: int, width: int, attrs: dict[str, Any],
-                make: ChunkMaker, on_rows: Callable[[int, tuple], None] | None = None,
+                make: ChunkMaker, settle: Callable[[int, tuple], tuple] | None = None,
                 progress: Callable[[int], None] | None = None, workers: int = 1) -> Path:
     """Make `split` of `size` rows in parts of `chunk_size`, resuming from finished parts, then join them.
 
-    `make(start, stop)` returns rows start..stop-1; `on_rows(start, rows)` sees every part in
-    order (also those read back from an earlier run: ListOps keeps its duplicate check with it);
-    `progress(n)` is told of every part finished or found. With `workers` > 1 (and no
-    `on_rows`) the parts are made in that many processes; the rows are the same.
+    `make(start, stop)` returns rows start..stop-1, here or, with `workers` > 1, in one of that
+    many processes (made ahead, at most 2 x workers parts at a time). `settle(start, rows)` sees
+    every part in order in this process, those read back from an earlier run too, and returns the
+    rows to save (ListOps keeps its duplicate check there). `progress(n)` is told of every part
+    finished or found. The rows are the same for any number of workers.
     """
     path = split_path(task_dir, split)
     task_dir.mkdir(parents=True, exist_ok=True)
     part_attrs = dict(attrs, part_of=path.name)
     bounds = [(start, min(size, start + chunk_size)) for start in range(0, size, chunk_size)]
     parts = [_part_path(task_dir, split, start, stop) for start, stop in bounds]
-
-    def finish(start: int, stop: int, part: Path, rows) -> tuple:
-        rows = (np.ascontiguousarray(rows[0], dtype=np.uint8), np.asarray(rows[1], dtype=np.int32),
-                np.asarray(rows[2], dtype=np.int16))
-        if rows[0].shape != (stop - start, width):
-            raise AssertionError(f"generator returned inputs of shape {rows[0].shape}, expected {(stop - start, width)}")
-        _write_part(part, part_attrs, rows)
-        return rows
-
-    if workers > 1 and on_rows is None:
-        _build_parallel(bounds, parts, part_attrs, width, make, finish, progress, workers)
-    else:
-        for (start, stop), part in zip(bounds, parts):
-            rows = _read_part(part, part_attrs, stop - start, width) if part.exists() else None
-            if rows is None:
-                rows = finish(start, stop, part, make(start, stop))
-            if on_rows is not None:
-                on_rows(start, rows)
+    finished = [part.exists() and _read_part(part, part_attrs, stop - start, width) is not None
+                for (start, stop), part in zip(bounds, parts)]
+    made = _made_in_order(make, [b for b, done in zip(bounds, finished) if not done], workers)
+    try:
+        for (start, stop), part, done in zip(bounds, parts, finished):
+            if done:
+                if settle is not None:
+                    settle(start, _read_part(part, part_attrs, stop - start, width))
+            else:
+                rows = next(made)
+                rows = (np.ascontiguousarray(rows[0], dtype=np.uint8), np.asarray(rows[1], dtype=np.int32),
+                        np.asarray(rows[2], dtype=np.int16))
+                if rows[0].shape != (stop - start, width):
+                    raise AssertionError(f"generator returned inputs of shape {rows[0].shape}, "
+                                         f"expected {(stop - start, width)}")
+                _write_part(part, part_attrs, rows if settle is None else settle(start, rows))
             if progress is not None:
                 progress(stop - start)
+    finally:
+        made.close()  # stops the worker processes, also on an error or Ctrl-C
     _join(path, parts, size, width, attrs)
     for part in task_dir.glob(f".{split}.part-*.h5"):
         part.unlink(missing_ok=True)
     return path
 
 
-def _build_parallel(bounds, parts, part_attrs, width, make, finish, progress, workers) -> None:
-    """The missing parts made in `workers` processes, at most 2 x workers at a time, each saved as it comes."""
+def _made_in_order(make: ChunkMaker, bounds: list[tuple[int, int]], workers: int):
+    """make(start, stop) of each of `bounds`, yielded in order; with workers > 1 made ahead in processes."""
+    if workers <= 1:
+        for start, stop in bounds:
+            yield make(start, stop)
+        return
     import concurrent.futures as cf
+    from collections import deque
+    from itertools import islice
 
-    todo = []
-    for (start, stop), part in zip(bounds, parts):
-        if part.exists() and _read_part(part, part_attrs, stop - start, width) is not None:
-            if progress is not None:
-                progress(stop - start)
-        else:
-            todo.append((start, stop, part))
+    todo = iter(bounds)
     with cf.ProcessPoolExecutor(workers) as pool:
-        running: dict = {}
+        running = deque(pool.submit(make, *b) for b in islice(todo, 2 * workers))
         try:
-            while todo or running:
-                while todo and len(running) < 2 * workers:
-                    start, stop, part = todo.pop(0)
-                    running[pool.submit(make, start, stop)] = (start, stop, part)
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    start, stop, part = running.pop(future)
-                    finish(start, stop, part, future.result())
-                    if progress is not None:
-                        progress(stop - start)
-        except BaseException:
-            for future in running:
-                future.cancel()
-            raise
+            while running:
+                rows = running.popleft().result()
+                following = next(todo, None)
+                if following is not None:
+                    running.append(pool.submit(make, *following))
+                yield rows
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # splits up to this many bytes of rows are built in memory and then written (common.files.atomic_hdf5)
