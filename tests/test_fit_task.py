@@ -254,7 +254,8 @@ def test_every_shipped_task_config_loads_for_every_model():
     names = {"listops": "listops", "pathfinder32": "pathfinder32", "pathfinder128": "pathfinder128",
              "shd-adding": "shd_adding"}
     overlays = ([], ["configs/tasks/smoke.toml"], ["configs/tasks/mean_readout.toml"], ["configs/tasks/dm128.toml"],
-                ["configs/tasks/higher_lr.toml"])
+                ["configs/tasks/higher_lr.toml"], ["configs/tasks/lstm_plain_init.toml"],
+                ["configs/tasks/short_listops_cpu.toml"])
     for task, file in names.items():
         for kind in ("elm", "branch-elm", "lstm"):
             for overlay in overlays:
@@ -264,6 +265,10 @@ def test_every_shipped_task_config_loads_for_every_model():
         assert tasks.settings_from_file(ROOT / "configs/tasks/device_data.toml", task) is not None  # device runs' sizes
         # prepare-task takes a fit-task config too: its run tables are known, not misspelt
         assert tasks.settings_from_file(ROOT / f"configs/tasks/{file}.toml", task) is not None
+    short = tasks.settings_from_file(ROOT / "configs/tasks/short_listops_cpu.toml", "listops")
+    assert (short.train_size, short.max_length) == (10000, 100)
+    assert load_task_config([ROOT / "configs/tasks/listops.toml", ROOT / "configs/tasks/lstm_plain_init.toml"],
+                            tasks.TASKS["listops"], "lstm").core.chrono_max_steps == 0
     assert load_task_config([ROOT / "configs/tasks/pathfinder32.toml", ROOT / "configs/tasks/mean_readout.toml"],
                             tasks.TASKS["pathfinder32"], "elm").model.readout == "mean"
 
