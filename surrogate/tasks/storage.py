@@ -141,16 +141,16 @@ def build_split(task_dir: Path, split: str, size: int, chunk_size: int, width: i
     part_attrs = dict(attrs, part_of=path.name)
     bounds = [(start, min(size, start + chunk_size)) for start in range(0, size, chunk_size)]
     parts = [_part_path(task_dir, split, start, stop) for start, stop in bounds]
-    finished = [part.exists() and _read_part(part, part_attrs, stop - start, width) is not None
-                for (start, stop), part in zip(bounds, parts)]
-    made = _made_in_order(make, [b for b, done in zip(bounds, finished) if not done], workers)
+    existed = [part.exists() for part in parts]  # made ahead: the parts not there; a damaged one is made here
+    made = _made_in_order(make, [b for b, there in zip(bounds, existed) if not there], workers)
     try:
-        for (start, stop), part, done in zip(bounds, parts, finished):
-            if done:
+        for (start, stop), part, there in zip(bounds, parts, existed):
+            rows = _read_part(part, part_attrs, stop - start, width) if there else None
+            if rows is not None:
                 if settle is not None:
-                    settle(start, _read_part(part, part_attrs, stop - start, width))
+                    settle(start, rows)
             else:
-                rows = next(made)
+                rows = next(made) if not there else make(start, stop)
                 rows = (np.ascontiguousarray(rows[0], dtype=np.uint8), np.asarray(rows[1], dtype=np.int32),
                         np.asarray(rows[2], dtype=np.int16))
                 if rows[0].shape != (stop - start, width):
