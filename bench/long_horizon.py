@@ -87,7 +87,8 @@ def print_table(rows: list[dict]) -> None:
 
 def plot_rows(rows: list[dict], path: Path) -> None:
     """Validation accuracy after every epoch, one panel per task, one line per (model, label), the paper's ELM dashed;
-    where a row has it, the training accuracy dotted in the same colour (the gap between the two shows over-fitting)."""
+    where a row has it, the training accuracy dotted in the same colour (the gap between the two shows over-fitting);
+    each model's best row on a task at its full size drawn thicker."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,10 +100,18 @@ def plot_rows(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.4), squeeze=False,
                              gridspec_kw={"height_ratios": [3.6, 2.8]})
     for ax, legend_ax, task in zip(axes[0], axes[1], tasks):
-        for r in (r for r in rows if r["task"] == task):
+        # up to 20 rows a task without two sharing a colour: tab20's ten strong colours first, then its pale ones
+        ax.set_prop_cycle(color=plt.cm.tab20.colors[0::2] + plt.cm.tab20.colors[1::2])
+        task_rows = [r for r in rows if r["task"] == task]
+        # each model's best test accuracy on the task at its full size (the largest test split; smaller ones are the
+        # short or easy checks) drawn thicker: the result among the explorations
+        full = [r for r in task_rows if r["test_examples"] == max(r["test_examples"] for r in task_rows)]
+        best = {m: max(r["test_accuracy"] for r in full if r["model"] == m) for m in {r["model"] for r in full}}
+        for r in task_rows:
             history = r["valid_accuracy_by_epoch"]
             seen = [r["examples_seen"] * (i + 1) / len(history) / 1e6 for i in range(len(history))]
             (line,) = ax.plot(seen, history, marker="." if len(history) < 20 else None,
+                              lw=2.4 if r in full and r["test_accuracy"] == best[r["model"]] else 1.2,
                               label=f"{r['model']} {r['label']} (test {r['test_accuracy']:.3f}, n {r['test_examples']})")
             if len(r.get("train_accuracy_by_epoch") or []) == len(history):
                 ax.plot(seen, r["train_accuracy_by_epoch"], ls=":", lw=1, color=line.get_color(),
