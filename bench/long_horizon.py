@@ -105,13 +105,16 @@ def plot_rows(rows: list[dict], path: Path) -> None:
         task_rows = [r for r in rows if r["task"] == task]
         # each model's best test accuracy on the task at its full size (the largest test split; smaller ones are the
         # short or easy checks) drawn thicker: the result among the explorations
-        full = [r for r in task_rows if r["test_examples"] == max(r["test_examples"] for r in task_rows)]
-        best = {m: max(r["test_accuracy"] for r in full if r["model"] == m) for m in {r["model"] for r in full}}
+        full_size = max(r["test_examples"] for r in task_rows)
+        best = {}
+        for r in task_rows:
+            if r["test_examples"] == full_size:
+                best[r["model"]] = max(best.get(r["model"], 0.0), r["test_accuracy"])
         for r in task_rows:
             history = r["valid_accuracy_by_epoch"]
             seen = [r["examples_seen"] * (i + 1) / len(history) / 1e6 for i in range(len(history))]
-            (line,) = ax.plot(seen, history, marker="." if len(history) < 20 else None,
-                              lw=2.4 if r in full and r["test_accuracy"] == best[r["model"]] else 1.2,
+            thick = r["test_examples"] == full_size and r["test_accuracy"] == best[r["model"]]
+            (line,) = ax.plot(seen, history, marker="." if len(history) < 20 else None, lw=2.4 if thick else 1.2,
                               label=f"{r['model']} {r['label']} (test {r['test_accuracy']:.3f}, n {r['test_examples']})")
             if len(r.get("train_accuracy_by_epoch") or []) == len(history):
                 ax.plot(seen, r["train_accuracy_by_epoch"], ls=":", lw=1, color=line.get_color(),
