@@ -3,6 +3,7 @@
     python bench/long_horizon.py --task listops [--task pathfinder32 ...|--task all] --data-dir data/tasks
                                  [--models elm,lstm] [--runs runs/long_horizon] [--device auto]
                                  [--extra-config configs/tasks/smoke.toml] [--epochs N] [--max-time-s S] [--label NAME]
+                                 [--init-from RUN_DIR]
                                  [--prepare [--prepare-config FILE]] [--out bench/results/long_horizon.json]
     python bench/long_horizon.py --plot docs/long_horizon.png     # validation accuracy per epoch of --out's rows
 
@@ -197,6 +198,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-time-s", type=float, default=None,
                         help="fit-task --max-time-s: a run stops before an epoch it expects to end past this many "
                              "seconds, is scored from its best epoch (finished: false) and resumes when re-run")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="fit-task --init-from: start each new run from these weights (a run directory of the same model)")
     parser.add_argument("--label", default=None, help="row label (default: 'full', or the extra config's name)")
     parser.add_argument("--prepare", action="store_true", help="run prepare-task first for tasks without data")
     parser.add_argument("--prepare-config", type=Path, default=None, help="prepare-task --config ([tasks.<task>] settings)")
@@ -265,6 +268,8 @@ def main(argv=None) -> int:
                 command += ["--epochs", str(args.epochs)]
             if args.max_time_s is not None:
                 command += ["--max-time-s", str(args.max_time_s)]
+            if args.init_from is not None:
+                command += ["--init-from", str(args.init_from)]
             print(f"\n== {task} / {model}: {' '.join(command[1:])}", flush=True)
             code, wall = run_command(command)
             row = {"task": task, "model": model, "label": label}
@@ -292,6 +297,7 @@ def main(argv=None) -> int:
                 "wall_time_s": wall,
                 "training_time_s": summary["training_time_s"],
                 "resumed_at_epochs": summary["resumed_at_epochs"],
+                "initialized_from": summary.get("initialized_from"),
                 "device": summary["device"],
                 "device_name": summary["device_name"],
                 "model_config": summary["model"],

@@ -8,7 +8,9 @@ config's [task], [train] (with [train.<model>] overrides), [model] and model tab
 earlier ones key by key (configs/tasks/smoke.toml shrinks any task to a CPU smoke run). The
 run directory gets checkpoint_last.pt (every epoch), checkpoint_best.pt (best validation
 accuracy), metrics.csv / metrics.json and, at the end, summary.json with the test accuracy of
-the best epoch. Re-running the same command resumes from the last finished epoch.
+the best epoch. Re-running the same command resumes from the last finished epoch. --init-from
+starts a new run from the weights of another run of the same model (fine-tuning, e.g. under
+another recipe), with a fresh optimiser and schedule.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-time-s", type=float, default=None,
                         help="override [train] max_time_s: start no epoch expected to end past this many seconds "
                              "of training in this call; the best epoch so far is tested, a re-run resumes")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                        help="start a new run from these weights (a fit-task run directory: its best checkpoint; or a "
+                             ".pt file of one; the same model), with a fresh optimiser and schedule")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -63,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
             f"{info['examples_per_s']:.0f} examples/s")
 
     with TrainingBars(describe_start, describe_epoch) as progress:
-        summary = fit_sequence(data, config, args.out, progress=progress)
+        summary = fit_sequence(data, config, args.out, progress=progress, init_from=args.init_from)
 
     if summary.get("already_finished"):
         print(f"{args.out}: already finished ({summary['epochs_completed']} epochs); nothing to do")

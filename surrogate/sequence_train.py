@@ -9,9 +9,11 @@ atomically (common.files),
   checkpoint_last.pt   always: model, optimiser, epoch, step, history, configs,
   metrics.csv / metrics.json   the per-epoch history,
 so a run killed at any moment resumes from its last finished epoch, and on the CPU a resumed
-run reproduces an uninterrupted one exactly. After the last epoch the best checkpoint is
-scored on the test split and summary.json gets the result (task, model, parameters, best
-epoch, validation and test accuracy, training time, device).
+run reproduces an uninterrupted one exactly. A new run may start from the weights of another
+run of the same model (`init_from`: fine-tuning, with a fresh optimiser and schedule, e.g.
+under another recipe); it records where it started (`initialized_from`) and resumes as any run.
+After the last epoch the best checkpoint is scored on the test split and summary.json gets the
+result (task, model, parameters, best epoch, validation and test accuracy, training time, device).
 
 Readouts (surrogate.sequence): "last" and "mean" give one prediction per sequence;
 "per-step" trains on the label at every valid step (the loss averaged over them) and
@@ -51,6 +53,7 @@ from .checkpoints import load_weights_only
 from .devices import resolve_device
 from .elm import ELMConfig, num_parameters
 from .tasks import TaskSpec
+from .tasks.datasets import DIHEDRAL_VIEWS, dihedral_views
 from .tasks.settings import RUN_TABLES as TASK_CONFIG_TABLES
 from .tasks.settings import SPLITS
 from .tasks.settings import TABLE as DATA_TABLE  # [tasks.<name>]: the data settings of prepare-task, passed over here
@@ -64,6 +67,10 @@ CHECKPOINT_FORMAT = "l5pc-sequence-checkpoint"
 # [train] keys that may change between a run and its resumption (they change neither the data order nor the model)
 RESUMABLE_KEYS = {"epochs", "device", "num_threads", "loader_workers", "eval_batch_size", "max_test_examples",
                   "max_time_s"}
+# [model] keys that shape no weights: a run may start (init_from) from a model trained with other values of them
+WEIGHTLESS_MODEL_KEYS = {"input_dropout"}
+
+AUGMENTATIONS = ("none", "dihedral")
 
 Progress = Callable[[str, dict], None]
 
@@ -90,6 +97,9 @@ class SequenceTrainConfig:
     seed: int = 0
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     loader_workers: int = 0  # DataLoader worker processes
+    # "dihedral" (pixel tasks): each training image in a random one of its 8 rotations / reflections, drawn from
+    # (seed, epoch); the label of Pathfinder does not change under them (surrogate.tasks.datasets.dihedral_views)
+    augment: str = "none"
     # 0: no limit. Else each invocation runs at least one epoch, then starts none that it expects (from the last one)
     # to end past max_time_s seconds of training; the best epoch so far is then scored on the test split
     # (summary.json: finished false) and the same command resumes. The cosine schedule still spans all `epochs`.
@@ -111,6 +121,7 @@ class SequenceTrainConfig:
                  f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         _require(self.recurrence in ("auto", "reference", "fused"),
                  f"recurrence must be 'auto', 'reference' or 'fused', got {self.recurrence!r}")
+        _require(self.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,9 @@ def load_task_config(paths: list[str | os.PathLike], spec, kind: str) -> TaskRun
     if task_table.get("name", spec.name) != spec.name:
         raise ConfigError(f"{where} is a config for task {task_table['name']!r}, not {spec.name!r}")
     train = _train_config(tables.get("train", {}), kind, where)
+    if train.augment == "dihedral" and spec.input_kind != "pixels":
+        raise ConfigError(f"{where} [train] augment = 'dihedral' turns images; task {spec.name} has {spec.input_kind}, "
+                          "not pixels (use 'none')")
     model = from_table(SequenceModelConfig, tables.get("model"), f"{where} [model]")
     try:
         width = InputEncoding.for_model(spec.input_kind, spec.input_size, model).width
@@ -309,6 +323,7 @@ class SequenceRunState:
     best_key: list[float] | None = None  # [valid accuracy, -valid loss] of the best epoch
     training_time_s: float = 0.0
     resumed_at_epochs: list[int] = field(default_factory=list)
+    initialized_from: dict | None = None  # init_from: the source run's checkpoint, epoch, steps and training time
 
 
 @dataclass
@@ -346,12 +361,14 @@ class SequenceRun:
 
 
 def fit_sequence(data: TaskData, config: TaskRunConfig, out_dir: str | os.PathLike,
-                 progress: Progress | None = None) -> dict:
+                 progress: Progress | None = None, init_from: str | os.PathLike | None = None) -> dict:
     """Train `config.kind` on `data`, writing the run to `out_dir`; returns the summary (summary.json).
 
     Re-running the same call resumes from out_dir/checkpoint_last.pt; a finished run returns its
-    summary at once (with "already_finished": True). progress(event, info) receives "start",
-    "steps", "validate", "epoch", "stopped" (max_time_s reached), "test" and "finished".
+    summary at once (with "already_finished": True). `init_from` (a new run only): start from the
+    weights of that fit-task run directory (its best checkpoint) or checkpoint file. progress(event,
+    info) receives "start", "steps", "validate", "epoch", "stopped" (max_time_s reached), "test" and
+    "finished".
     """
     report = progress or (lambda event, info: None)
     out_dir = Path(out_dir)
@@ -363,7 +380,7 @@ def fit_sequence(data: TaskData, config: TaskRunConfig, out_dir: str | os.PathLi
     try:
         check_writable(out_dir)
         with DirectoryLock(out_dir, "fit-task"):
-            run = start_sequence_run(data, config, device, out_dir)
+            run = start_sequence_run(data, config, device, out_dir, init_from)
             summary_path = out_dir / SUMMARY_JSON
             if run.state.epoch >= train.epochs and summary_path.is_file():
                 from common.jsonio import read_json
@@ -379,8 +396,10 @@ def fit_sequence(data: TaskData, config: TaskRunConfig, out_dir: str | os.PathLi
         torch.set_num_threads(threads_before)
 
 
-def start_sequence_run(data: TaskData, config: TaskRunConfig, device: torch.device, out_dir: Path) -> SequenceRun:
-    """Build the model and optimiser once (seeded), and resume if out_dir holds a run."""
+def start_sequence_run(data: TaskData, config: TaskRunConfig, device: torch.device, out_dir: Path,
+                       init_from: str | os.PathLike | None = None) -> SequenceRun:
+    """Build the model and optimiser once (seeded), and resume if out_dir holds a run (else start from
+    `init_from`'s weights, if given)."""
     for split in SPLITS:
         if len(data.splits[split]) == 0:
             raise DatasetError(f"the {split} split of {config.task} is empty")
@@ -404,12 +423,37 @@ def start_sequence_run(data: TaskData, config: TaskRunConfig, device: torch.devi
         run.optimizer.load_state_dict(checkpoint["optimizer_state"])
         run.state = SequenceRunState(**checkpoint["state"])
         run.resumed = True
+        started_from = (run.state.initialized_from or {}).get("source")
+        if init_from is not None and started_from != str(Path(init_from).resolve()):
+            raise RunMismatchError(f"{out_dir} holds a run started from {started_from or 'random weights'}, not from "
+                                   f"{init_from}; use another --out, or delete {out_dir} to start over")
+    elif init_from is not None:
+        run.state.initialized_from = initialise_sequence_model(run, Path(init_from))
     return run
+
+
+def initialise_sequence_model(run: SequenceRun, source: Path) -> dict:
+    """Load the weights of `source` (a fit-task run directory: its best checkpoint; or a checkpoint file) into the
+    new run's model, which must be the same model (WEIGHTLESS_MODEL_KEYS aside). Returns what the run records."""
+    checkpoint = load_sequence_checkpoint(source / BEST if source.is_dir() else source)
+    where = f"--init-from {source}"
+    theirs, ours = _flatten(checkpoint["identity"]["model"]), _flatten(run.model.describe())
+    changed = sorted(k for k in set(theirs) | set(ours)
+                     if theirs.get(k) != ours.get(k) and k.removeprefix("model.") not in WEIGHTLESS_MODEL_KEYS)
+    if changed:
+        raise RunMismatchError(f"{where}: another model than this run's (differs in: {', '.join(changed)})")
+    run.model.load_state_dict(checkpoint["model_state"])
+    state = checkpoint["state"]
+    return {"source": str(source.resolve()), "task": checkpoint["identity"]["task"], "epoch": state["epoch"],
+            "global_step": state["global_step"], "training_time_s": state["training_time_s"]}
 
 
 def _check_resumable(run: SequenceRun, checkpoint: dict) -> None:
     hint = f"use another --out, or delete {run.out_dir} to start over"
-    before, now = checkpoint.get("identity", {}), run.identity()
+    before, now = dict(checkpoint.get("identity", {})), run.identity()
+    if isinstance(before.get("train"), dict):  # a [train] key added since the run began held its default there
+        defaults = {f.name: f.default for f in dataclasses.fields(SequenceTrainConfig) if f.name not in RESUMABLE_KEYS}
+        before["train"] = {**defaults, **before["train"]}
     for key, what in (("task", "task"), ("model", "model config"), ("train", "[train] settings"),
                       ("split_sizes", "dataset (split sizes differ)")):
         if before.get(key) != now[key]:
@@ -485,6 +529,10 @@ def train_sequence_epoch(run: SequenceRun, epoch: int, report: Progress) -> tupl
     torch.manual_seed(seed_for(train.seed, epoch, 1))  # dropout: the same whether resumed or not
     model.train()
     batches = epoch_batches(len(run.train_set), train.batch_size, train.batches_per_epoch, train.seed, epoch)
+    views = None
+    if train.augment == "dihedral":  # drawn from (seed, epoch) alone, so a resumed run sees the same images
+        views = torch.randint(0, DIHEDRAL_VIEWS, (len(batches), train.batch_size),
+                              generator=torch.Generator().manual_seed(seed_for(train.seed, epoch, 2)))
     loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, collate_fn=collate_examples,
                                          num_workers=train.loader_workers, pin_memory=device.type == "cuda")
     sync_every = 1 if device.type == "cpu" else 25
@@ -493,6 +541,8 @@ def train_sequence_epoch(run: SequenceRun, epoch: int, report: Progress) -> tupl
     seen, reported = 0, 0
     for step, batch in enumerate(loader):
         inputs, lengths, labels = (batch[k].to(device, non_blocking=True) for k in ("inputs", "length", "label"))
+        if views is not None:
+            inputs = dihedral_views(inputs, views[step, :inputs.shape[0]])
         lr = run.learning_rate(state.global_step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -579,5 +629,6 @@ def summarise_sequence_run(run: SequenceRun, test: dict) -> dict:
         "device_name": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
         "train_config": dataclasses.asdict(config.train),
         "resumed_at_epochs": state.resumed_at_epochs,
+        "initialized_from": state.initialized_from,
         "checkpoints": {"last": str(run.out_dir / LAST), "best": str(run.out_dir / BEST)},
     }

@@ -332,3 +332,137 @@ def test_a_refused_fit_task_checkpoint_is_one_line_naming_what_was_refused(tmp_p
             load_sequence_checkpoint(path)
         assert "\n" not in str(err.value) and path.name in str(err.value) and reason in str(err.value), str(err.value)
     assert not marker.exists()  # no payload ran
+
+
+# --------------------------------------------------------------------------- image augmentation
+
+def test_dihedral_views_are_the_eight_symmetries_of_the_square():
+    import numpy as np
+
+    from surrogate.tasks.datasets import DIHEDRAL_VIEWS, dihedral_views
+
+    image = np.arange(16).reshape(4, 4)
+    expected = {tuple(np.rot90(m, k).reshape(-1)) for m in (image, image.T) for k in range(4)}
+    assert len(expected) == DIHEDRAL_VIEWS
+    batch = torch.as_tensor(image.reshape(1, -1)).repeat(DIHEDRAL_VIEWS, 1)
+    views = dihedral_views(batch, torch.arange(DIHEDRAL_VIEWS))
+    assert {tuple(v) for v in views.tolist()} == expected  # all 8, each once
+    assert torch.equal(views[0], batch[0])  # view 0 is the image itself
+    assert views[4].view(4, 4).tolist() == image.T.tolist()  # bit 2 transposes
+    assert views[1].view(4, 4).tolist() == image[:, ::-1].tolist()  # bit 0 flips the columns
+    with pytest.raises(ValueError, match="not a flattened square image"):
+        dihedral_views(torch.zeros(2, 15, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+BRIGHT = TaskSpec("bright", "pixels", 256, 2, 16)
+
+
+class BrightImages(torch.utils.data.Dataset):
+    """4 x 4 images; label: are more than half of the pixels bright (unchanged by turning the image)."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.inputs = torch.where(torch.rand(n, 16, generator=g) < torch.rand(n, 1, generator=g), 255, 0)
+        self.labels = ((self.inputs > 0).sum(1) > 8).long()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"inputs": self.inputs[i], "length": 16, "label": int(self.labels[i])}
+
+
+def test_an_augmented_run_turns_its_training_images_and_resumes_to_the_same_result(tmp_path):
+    path = tmp_path / "bright.toml"
+    path.write_text(SMALL.replace("sign-of-sum", "bright").replace('readout = "mean"', 'readout = "mean"\n'
+                                                                   'encoding = "one-hot"\ngrey_levels = 2'))
+    data = TaskData(BRIGHT, {"train": BrightImages(96, 0), "valid": BrightImages(48, 1), "test": BrightImages(48, 2)})
+    plain = load_task_config([path], BRIGHT, "elm")
+    assert plain.train.augment == "none"
+    import dataclasses
+
+    augmented = dataclasses.replace(plain, train=dataclasses.replace(plain.train, augment="dihedral"))
+    original = data.splits["train"].inputs.clone()
+    straight = fit_sequence(data, augmented, tmp_path / "straight")
+    without = fit_sequence(data, plain, tmp_path / "plain")
+    assert straight["train_config"]["augment"] == "dihedral" and without["train_config"]["augment"] == "none"
+    assert straight["test_accuracy"] > 0.7  # it learns through the turned images
+    a = load_sequence_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")["model_state"]
+    b = load_sequence_checkpoint(tmp_path / "plain" / "checkpoint_last.pt")["model_state"]
+    assert any(not torch.equal(a[name], b[name]) for name in a)  # the turned images changed the training
+    assert torch.equal(data.splits["train"].inputs, original)  # the dataset itself is left as it was
+
+    def stop_in_epoch_2(event, info):
+        if event == "steps" and info["epoch"] == 2 and info["step_in_epoch"] == 3:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        fit_sequence(data, augmented, tmp_path / "resumed", progress=stop_in_epoch_2)
+    resumed = fit_sequence(data, augmented, tmp_path / "resumed")
+    assert resumed["resumed_at_epochs"] == [1]
+    for key in ("test_accuracy", "test_loss", "best_epoch", "best_valid_accuracy", "global_step"):
+        assert resumed[key] == straight[key], key
+    # a run begun before [train] augment existed (its identity lacks the key) resumes as augment = "none"
+    last = tmp_path / "plain" / "checkpoint_last.pt"
+    checkpoint = load_sequence_checkpoint(last)
+    del checkpoint["identity"]["train"]["augment"]
+    torch.save(checkpoint, last)
+    more = fit_sequence(data, dataclasses.replace(plain, train=dataclasses.replace(plain.train, epochs=4)),
+                        tmp_path / "plain")
+    assert more["epochs_completed"] == 4 and more["resumed_at_epochs"] == [3]
+    with pytest.raises(UserInputError, match=r"another \[train\] settings.*augment"):
+        fit_sequence(data, dataclasses.replace(augmented, train=dataclasses.replace(augmented.train, epochs=5)),
+                     tmp_path / "plain")
+
+
+def test_dihedral_augmentation_is_for_image_tasks_only(tmp_path):
+    tasks = pytest.importorskip("surrogate.tasks")
+    overlay = [ROOT / "configs/tasks/dihedral.toml"]
+    for task, file in (("pathfinder32", "pathfinder32"), ("pathfinder128", "pathfinder128")):
+        assert load_task_config([ROOT / f"configs/tasks/{file}.toml", *overlay], tasks.TASKS[task],
+                                "elm").train.augment == "dihedral"
+    for task, file in (("listops", "listops"), ("shd-adding", "shd_adding")):
+        with pytest.raises(ConfigError, match="augment = 'dihedral' turns images"):
+            load_task_config([ROOT / f"configs/tasks/{file}.toml", *overlay], tasks.TASKS[task], "elm")
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[train]\naugment = "dihedal"\n')
+    with pytest.raises(ConfigError, match="augment must be one of none, dihedral, got 'dihedal'"):
+        load_task_config([ROOT / "configs/tasks/pathfinder32.toml", typo], tasks.TASKS["pathfinder32"], "elm")
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+def test_a_run_started_from_another_runs_weights_records_it_and_resumes(data, config_file, tmp_path):
+    import dataclasses
+
+    source = fit_sequence(data, run_config(config_file, epochs=2), tmp_path / "source")
+    best = load_sequence_checkpoint(tmp_path / "source" / "checkpoint_best.pt")
+    # another recipe (a lower rate, input dropout: no weights of its own) from the source's best weights
+    config = run_config(config_file, epochs=2, learning_rate=0.001)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, input_dropout=0.2))
+    tuned = fit_sequence(data, config, tmp_path / "tuned", init_from=tmp_path / "source")
+    origin = tuned["initialized_from"]
+    assert origin["source"] == str((tmp_path / "source").resolve()) and origin["epoch"] == source["best_epoch"]
+    assert origin["task"] == "sign-of-sum" and origin["global_step"] == best["state"]["global_step"]
+    assert tuned["global_step"] == 2 * 6 and tuned["resumed_at_epochs"] == []  # a fresh schedule
+    # it started from those weights: at a rate of 0 it would end exactly there
+    frozen = dataclasses.replace(config, train=dataclasses.replace(config.train, learning_rate=1e-12, lr_min=0.0))
+    still = fit_sequence(data, frozen, tmp_path / "frozen", init_from=tmp_path / "source" / "checkpoint_best.pt")
+    weights = load_sequence_checkpoint(tmp_path / "frozen" / "checkpoint_last.pt")["model_state"]
+    for name, value in best["model_state"].items():
+        assert torch.allclose(weights[name], value, atol=1e-8), name
+    assert still["test_accuracy"] == source["test_accuracy"]
+    # the same command resumes it (and a finished one says so); another start is refused
+    again = fit_sequence(data, config, tmp_path / "tuned", init_from=tmp_path / "source")
+    assert again["already_finished"] and again["initialized_from"] == origin
+    with pytest.raises(UserInputError, match="started from .*source, not from .*frozen"):
+        fit_sequence(data, config, tmp_path / "tuned", init_from=tmp_path / "frozen")
+    with pytest.raises(UserInputError, match="started from random weights"):
+        fit_sequence(data, run_config(config_file, epochs=2), tmp_path / "source", init_from=tmp_path / "tuned")
+    # another model, or no checkpoint there: one line naming it
+    other = run_config(config_file, epochs=1)
+    other = dataclasses.replace(other, core=dataclasses.replace(other.core, num_memory=7))
+    with pytest.raises(UserInputError, match=r"another model than this run's \(differs in: core.num_memory"):
+        fit_sequence(data, other, tmp_path / "other", init_from=tmp_path / "source")
+    with pytest.raises(UserInputError, match="checkpoint not found"):
+        fit_sequence(data, config, tmp_path / "nothing", init_from=tmp_path / "missing")
+    assert not (tmp_path / "other" / "checkpoint_last.pt").exists()

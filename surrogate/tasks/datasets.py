@@ -1,4 +1,5 @@
-"""torch Datasets over the split files of the generated tasks (ListOps, Pathfinder).
+"""torch Datasets over the split files of the generated tasks (ListOps, Pathfinder), and the
+image augmentation of the pixel tasks.
 
 Each item is {"inputs": LongTensor[T], "length": int, "label": int}. The file is checked
 when the Dataset is made (a missing, truncated or foreign file is one DatasetError naming it
@@ -8,6 +9,7 @@ go to DataLoader worker processes.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -82,3 +84,28 @@ class GeneratedSplit(Dataset):
         state = dict(self.__dict__)
         state["_file"], state["_pid"] = None, None
         return state
+
+
+DIHEDRAL_VIEWS = 8  # the symmetries of a square: 4 rotations, each with or without a reflection
+
+
+def dihedral_views(images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Each flattened square image (B, side * side, row by row) in one of its 8 rotations / reflections.
+
+    views (B,) holds 0..7: bit 2 transposes, bit 1 flips the rows, bit 0 flips the columns
+    (together every element of the dihedral group of the square). Whether Pathfinder's two
+    circles are joined by one contour does not change under any of them, so each view is a
+    correctly labelled image from (near) the same distribution: 8 x the distinct training images.
+    """
+    if images.dim() != 2:
+        raise ValueError(f"expected flattened images (batch, side * side), got shape {tuple(images.shape)}")
+    batch, steps = images.shape
+    side = math.isqrt(steps)
+    if side * side != steps:
+        raise ValueError(f"a sequence of {steps} pixels is not a flattened square image")
+    square = images.view(batch, side, side)
+    views = views.to(images.device).view(batch, 1, 1)
+    square = torch.where(views & 4 != 0, square.transpose(1, 2), square)
+    square = torch.where(views & 2 != 0, square.flip(1), square)
+    square = torch.where(views & 1 != 0, square.flip(2), square)
+    return square.reshape(batch, steps)
