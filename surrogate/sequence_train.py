@@ -57,8 +57,8 @@ from .tasks.datasets import DIHEDRAL_VIEWS, dihedral_views
 from .tasks.settings import RUN_TABLES as TASK_CONFIG_TABLES
 from .tasks.settings import SPLITS
 from .tasks.settings import TABLE as DATA_TABLE  # [tasks.<name>]: the data settings of prepare-task, passed over here
-from .train import (SUMMARY_JSON, RunMismatchError, TrainingDivergedError, cosine_learning_rate, seed_for,
-                    write_metrics)
+from .train import (SUMMARY_JSON, RunMismatchError, TrainingDivergedError, check_started_from, cosine_learning_rate,
+                    seed_for, write_metrics)
 from .sequence import (SEQUENCE_MODELS, InputEncoding, LSTMBaselineConfig, SequenceClassifier, SequenceModelConfig,
                        build_sequence_model, sequence_model_from_dict)
 
@@ -423,10 +423,7 @@ def start_sequence_run(data: TaskData, config: TaskRunConfig, device: torch.devi
         run.optimizer.load_state_dict(checkpoint["optimizer_state"])
         run.state = SequenceRunState(**checkpoint["state"])
         run.resumed = True
-        started_from = (run.state.initialized_from or {}).get("source")
-        if init_from is not None and started_from != str(Path(init_from).resolve()):
-            raise RunMismatchError(f"{out_dir} holds a run started from {started_from or 'random weights'}, not from "
-                                   f"{init_from}; use another --out, or delete {out_dir} to start over")
+        check_started_from(run.state.initialized_from, init_from, out_dir)
     elif init_from is not None:
         run.state.initialized_from = initialise_sequence_model(run, Path(init_from))
     return run

@@ -313,15 +313,20 @@ def start_run(kind: str, model_config, train: TrainConfig, data: DataConfig, dev
     )
     if (out_dir / LAST_CHECKPOINT).is_file():
         resume_run(run, load_checkpoint(out_dir / LAST_CHECKPOINT))
-        started_from = (run.state.initialized_from or {}).get("source")
-        if init_from is not None and started_from != str(Path(init_from).resolve()):
-            raise RunMismatchError(f"{out_dir} holds a run started from {started_from or 'random weights'}, not from "
-                                   f"{init_from}; use another --out, or delete {out_dir} to start over")
+        check_started_from(run.state.initialized_from, init_from, out_dir)
     elif init_from is not None:
         run.state.initialized_from = initialise_from(run, Path(init_from))
     if train.ema_decay > 0 and run.average is None:  # a new run: the average's first update copies the weights
         run.average = WeightAverage(run.model, train.ema_decay)
     return run
+
+
+def check_started_from(initialized_from: dict | None, init_from: str | os.PathLike | None, out_dir: Path) -> None:
+    """A resumed run given --init-from must have started from that source (a RunMismatchError says otherwise)."""
+    started_from = (initialized_from or {}).get("source")
+    if init_from is not None and started_from != str(Path(init_from).resolve()):
+        raise RunMismatchError(f"{out_dir} holds a run started from {started_from or 'random weights'}, not from "
+                               f"{init_from}; use another --out, or delete {out_dir} to start over")
 
 
 class WeightAverage(AveragedModel):
