@@ -2,6 +2,7 @@
 
     python bench/pathfinder_learnability.py [--variant default --variant easy] [--train 30000] [--test 2000] [--epochs 4]
                                             [--workers 2] [--data-dir DIR] [--out bench/results/pathfinder_learnability.json]
+    python bench/pathfinder_learnability.py --marker-geometry 12000 [--variant default]    # the shortcut check below
 
 A sequence model that stays at chance (docs/long_horizon.md) says nothing by itself: the task
 may be hard, or its images may not carry the label. This trains a reference model that sees the
@@ -12,6 +13,14 @@ accuracy after every epoch. Variants: "default" (the LRA settings, contours of 1
 5 distractors), "easy" (contours of 6 paddles, no distractors) and "easy16" (16 x 16 pixels, contours
 of 4 paddles, no distractors: T = 256 for the sequence models). Adam 1e-3, batch 64, seed 0,
 on the CPU. Prints a table and writes one row per variant to the JSON (rows of other variants stay).
+
+--marker-geometry N asks the opposite question: how much of the label can be read off the two
+circles alone, without following any contour? For N training images of each variant (the
+generator's own draw, which knows where it put the circles) it reports the 5-fold cross-validated
+accuracy of a gradient-boosted classifier (scikit-learn) on the circles' geometry: their
+distance, |dy| and |dx|, the four coordinates, and the gap between them in the row-by-row order a
+sequence model reads. Near 50 % means no shortcut: a model above it follows the contours. Rows go
+under "marker_geometry" in the JSON.
 """
 
 from __future__ import annotations
@@ -103,6 +112,48 @@ def run_variant(name: str, train_size: int, test_size: int, epochs: int, workers
             "draw_s": drawn_s, "wall_s": time.perf_counter() - started, "threads": torch.get_num_threads()}
 
 
+def circle_centres(settings, index: int) -> tuple[int, float, float, float, float]:
+    """(label, y1, x1, y2, x2) of training image `index` as prepare-task draws it (the circles' centres in pixels)."""
+    from surrogate.tasks.pathfinder import draw_image, image_stream
+    from surrogate.tasks.storage import SPLIT_CODES
+
+    _, label, details = draw_image(settings, image_stream(settings.seed, SPLIT_CODES["train"], index))
+    (y1, x1), (y2, x2) = details["markers"]
+    return label, y1, x1, y2, x2
+
+
+def marker_geometry(name: str, images: int, workers: int) -> dict:
+    """Cross-validated accuracy of a classifier that sees only the two circles' geometry (see the module docstring)."""
+    import functools
+    import multiprocessing
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import cross_val_score
+
+    from surrogate.tasks import task_settings
+    from surrogate.tasks.pathfinder import GENERATOR_REVISION
+
+    started = time.perf_counter()
+    settings = task_settings("pathfinder32", VARIANTS[name])
+    with multiprocessing.Pool(workers) as pool:
+        drawn = np.array(pool.map(functools.partial(circle_centres, settings), range(images), chunksize=100))
+    labels, (y1, x1, y2, x2) = drawn[:, 0].astype(int), drawn[:, 1:].T
+    side = settings.image_size
+    scan_gap = (np.floor(y2) * side + np.floor(x2)) - (np.floor(y1) * side + np.floor(x1))  # steps between them
+    features = {"distance": np.hypot(y2 - y1, x2 - x1)[:, None], "|dy|, |dx|": np.c_[abs(y2 - y1), abs(x2 - x1)],
+                "coordinates": np.c_[y1, x1, y2, x2], "scan-order gap": scan_gap[:, None],
+                "all of them": np.c_[y1, x1, y2, x2, np.hypot(y2 - y1, x2 - x1), scan_gap]}
+    scores = {}
+    for feature, values in features.items():
+        accuracy = cross_val_score(HistGradientBoostingClassifier(random_state=0), values, labels, cv=5)
+        scores[feature] = {"accuracy": float(accuracy.mean()), "std_over_folds": float(accuracy.std())}
+        print(f"{name} circles' {feature}: {accuracy.mean():.4f} +- {accuracy.std():.4f} (5-fold, {images} images)",
+              flush=True)
+    return {"variant": name, "settings": VARIANTS[name], "generator_revision": GENERATOR_REVISION, "images": images,
+            "label_share": float(labels.mean()), "classifier": "HistGradientBoostingClassifier, 5-fold cross-validation",
+            "features": scores, "wall_s": time.perf_counter() - started}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="default: default and easy")
@@ -113,7 +164,22 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the drawn images here (DIR/<variant>/pathfinder32/; a re-run reuses them); default: a temporary directory")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "pathfinder_learnability.json")
+    parser.add_argument("--marker-geometry", type=int, default=0, metavar="N",
+                        help="instead of the CNN: how well the circles' geometry alone predicts the label, on N images")
     args = parser.parse_args(argv)
+    stamp = dict(updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 host=platform.node(), machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                 python=platform.python_version())
+    if args.marker_geometry:
+        rows = [marker_geometry(name, args.marker_geometry, args.workers) for name in args.variant or ["default"]]
+        print(f"\n{'variant':<9} {'images':>7} " + " ".join(f"{f:>15}" for f in rows[0]["features"]))
+        for row in rows:
+            print(f"{row['variant']:<9} {row['images']:>7} "
+                  + " ".join(f"{v['accuracy']:>15.4f}" for v in row["features"].values()))
+        update_json_rows(args.out, "marker_geometry", rows, key=lambda row: row["variant"],
+                         benchmark="pathfinder_learnability", **stamp)
+        print(f"-> {args.out}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="pathfinder_learnability_") as scratch:
         data_dir = args.data_dir or Path(scratch)
         rows = [run_variant(name, args.train, args.test, args.epochs, args.workers, data_dir)
@@ -122,10 +188,7 @@ def main(argv=None) -> int:
     for row in rows:
         print(f"{row['variant']:<9} {row['generator_revision']:>8} {row['train_images']:>7} {row['epochs']:>6} "
               f"{row['final_test_accuracy']:>9.4f} {row['wall_s']:>7.0f}")
-    update_json_rows(args.out, "rows", rows, key=lambda row: row["variant"], benchmark="pathfinder_learnability",
-                     updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     host=platform.node(), machine=f"{platform.processor() or platform.machine()}, "
-                                                   f"{os.cpu_count()} cores", python=platform.python_version())
+    update_json_rows(args.out, "rows", rows, key=lambda row: row["variant"], benchmark="pathfinder_learnability", **stamp)
     print(f"-> {args.out}")
     return 0
 

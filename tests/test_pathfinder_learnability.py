@@ -38,3 +38,22 @@ def test_learnability_benchmark_draws_the_16_pixel_variant(tmp_path):
 
     with h5py.File(tmp_path / "data" / "easy16" / "pathfinder32" / "train.h5", "r") as f:
         assert f["inputs"].shape == (64, 256)
+
+
+def test_marker_geometry_measures_what_the_circles_alone_give_away(tmp_path):
+    """--marker-geometry: the circles' geometry of the generator's own images against the label, cross-validated.
+    On the 16 x 16 easy variant the circles' distance alone gives the label away well above chance (contours of 4
+    paddles: the two ends of one contour lie closer than the ends of two), which is what the check is for."""
+    out = tmp_path / "learnability.json"
+    command = [sys.executable, str(ROOT / "bench" / "pathfinder_learnability.py"), "--marker-geometry", "1000",
+               "--variant", "easy16", "--workers", "1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    assert "rows" not in results  # no CNN was trained
+    (row,) = results["marker_geometry"]
+    assert row["variant"] == "easy16" and row["images"] == 1000 and 0.4 < row["label_share"] < 0.6
+    assert set(row["features"]) == {"distance", "|dy|, |dx|", "coordinates", "scan-order gap", "all of them"}
+    assert all(0.0 <= f["accuracy"] <= 1.0 for f in row["features"].values())
+    assert row["features"]["distance"]["accuracy"] > 0.6
+    assert "easy16" in done.stdout.splitlines()[-2]  # the table's row
