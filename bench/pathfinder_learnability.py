@@ -139,10 +139,11 @@ def marker_geometry(name: str, images: int, workers: int) -> dict:
         drawn = np.array(pool.map(functools.partial(circle_centres, settings), range(images), chunksize=100))
     labels, (y1, x1, y2, x2) = drawn[:, 0].astype(int), drawn[:, 1:].T
     side = settings.image_size
+    distance = np.hypot(y2 - y1, x2 - x1)
     scan_gap = (np.floor(y2) * side + np.floor(x2)) - (np.floor(y1) * side + np.floor(x1))  # steps between them
-    features = {"distance": np.hypot(y2 - y1, x2 - x1)[:, None], "|dy|, |dx|": np.c_[abs(y2 - y1), abs(x2 - x1)],
+    features = {"distance": distance[:, None], "|dy|, |dx|": np.c_[abs(y2 - y1), abs(x2 - x1)],
                 "coordinates": np.c_[y1, x1, y2, x2], "scan-order gap": scan_gap[:, None],
-                "all of them": np.c_[y1, x1, y2, x2, np.hypot(y2 - y1, x2 - x1), scan_gap]}
+                "all of them": np.c_[y1, x1, y2, x2, distance, scan_gap]}
     scores = {}
     for feature, values in features.items():
         accuracy = cross_val_score(HistGradientBoostingClassifier(random_state=0), values, labels, cv=5)
