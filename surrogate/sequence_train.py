@@ -434,9 +434,8 @@ def initialise_sequence_model(run: SequenceRun, source: Path) -> dict:
     new run's model, which must be the same model (WEIGHTLESS_MODEL_KEYS aside). Returns what the run records."""
     checkpoint = load_sequence_checkpoint(source / BEST if source.is_dir() else source)
     where = f"--init-from {source}"
-    theirs, ours = _flatten(checkpoint["identity"]["model"]), _flatten(run.model.describe())
-    changed = sorted(k for k in set(theirs) | set(ours)
-                     if theirs.get(k) != ours.get(k) and k.removeprefix("model.") not in WEIGHTLESS_MODEL_KEYS)
+    changed = [k for k in _changed_keys(checkpoint["identity"]["model"], run.model.describe())
+               if k.removeprefix("model.") not in WEIGHTLESS_MODEL_KEYS]
     if changed:
         raise RunMismatchError(f"{where}: another model than this run's (differs in: {', '.join(changed)})")
     run.model.load_state_dict(checkpoint["model_state"])
@@ -456,10 +455,15 @@ def _check_resumable(run: SequenceRun, checkpoint: dict) -> None:
         if before.get(key) != now[key]:
             changed = ""
             if isinstance(now[key], dict) and isinstance(before.get(key), dict):
-                flat_now, flat_before = _flatten(now[key]), _flatten(before[key])
-                names = sorted(k for k in set(flat_now) | set(flat_before) if flat_now.get(k) != flat_before.get(k))
+                names = _changed_keys(before[key], now[key])
                 changed = f" (changed: {', '.join(names)})" if names else ""
             raise RunMismatchError(f"{run.out_dir} holds a run with another {what}{changed}; {hint}")
+
+
+def _changed_keys(before: dict, now: dict) -> list[str]:
+    """The dotted names of the (nested) keys whose values differ between two dicts, sorted."""
+    before, now = _flatten(before), _flatten(now)
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
 def _flatten(value: dict, prefix: str = "") -> dict:
@@ -529,7 +533,7 @@ def train_sequence_epoch(run: SequenceRun, epoch: int, report: Progress) -> tupl
     views = None
     if train.augment == "dihedral":  # drawn from (seed, epoch) alone, so a resumed run sees the same images
         views = torch.randint(0, DIHEDRAL_VIEWS, (len(batches), train.batch_size),
-                              generator=torch.Generator().manual_seed(seed_for(train.seed, epoch, 2)))
+                              generator=torch.Generator().manual_seed(seed_for(train.seed, epoch, 2))).to(device)
     loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, collate_fn=collate_examples,
                                          num_workers=train.loader_workers, pin_memory=device.type == "cuda")
     sync_every = 1 if device.type == "cpu" else 25
