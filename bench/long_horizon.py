@@ -86,8 +86,26 @@ def print_table(rows: list[dict]) -> None:
               f"{paper_text(row['task']):>10}")
 
 
+def examples_before(row: dict, rows: list[dict]) -> float:
+    """Training examples the row's weights had seen before its first epoch: 0 for a run from scratch; for a run started
+    from another run's weights (fit-task --init-from RUNS/<label>/<task>/<model>, this script's layout) the source
+    row's examples up to the epoch it gave, its own source's included, so that a fine-tune's curve goes on from its
+    source's. A source with no row here counts as 0."""
+    seen, visited = 0.0, set()
+    while (source := row.get("initialized_from")) and len(Path(source["source"]).parts) >= 3:
+        key = (row["task"], row["model"], Path(source["source"]).parts[-3])
+        parent = next((r for r in rows if (r["task"], r["model"], r["label"]) == key), None)
+        if parent is None or key in visited:
+            break
+        visited.add(key)
+        seen += source["global_step"] * parent["train_config"]["batch_size"]
+        row = parent
+    return seen
+
+
 def plot_rows(rows: list[dict], path: Path) -> None:
-    """Validation accuracy after every epoch, one panel per task, one line per (model, label), the paper's ELM dashed;
+    """Validation accuracy after every epoch, one panel per task, one line per (model, label) (a fine-tune's from where
+    its source left off), the paper's ELM dashed;
     where a row has it, the training accuracy dotted in the same colour (the gap between the two shows over-fitting);
     each model's best row on a task at its full size drawn thicker."""
     import matplotlib
@@ -97,9 +115,13 @@ def plot_rows(rows: list[dict], path: Path) -> None:
 
     rows = [r for r in rows if r.get("valid_accuracy_by_epoch")]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    # a row of panels, and under each its legend in a blank axes of its own, so that no legend hides a curve
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.4), squeeze=False,
-                             gridspec_kw={"height_ratios": [3.6, 2.8]})
+    # a row of panels, and under each its legend in a blank axes of its own, so that no legend hides a curve; the
+    # legends' row as tall as the longest legend (a line per row, another for its training accuracy, the paper's)
+    legend_lines = max(sum(1 + (len(r.get("train_accuracy_by_epoch") or []) == len(r["valid_accuracy_by_epoch"]))
+                           for r in rows if r["task"] == task) + 1 for task in tasks)
+    legend_height = 0.3 + 0.125 * legend_lines
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.2 * len(tasks), 3.6 + legend_height), squeeze=False,
+                             gridspec_kw={"height_ratios": [3.6, legend_height]})
     for ax, legend_ax, task in zip(axes[0], axes[1], tasks):
         # up to 20 rows a task without two sharing a colour: tab20's ten strong colours first, then its pale ones
         ax.set_prop_cycle(color=plt.cm.tab20.colors[0::2] + plt.cm.tab20.colors[1::2])
@@ -113,7 +135,8 @@ def plot_rows(rows: list[dict], path: Path) -> None:
                 best[r["model"]] = max(best.get(r["model"], 0.0), r["test_accuracy"])
         for r in task_rows:
             history = r["valid_accuracy_by_epoch"]
-            seen = [r["examples_seen"] * (i + 1) / len(history) / 1e6 for i in range(len(history))]
+            start = examples_before(r, rows)
+            seen = [(start + r["examples_seen"] * (i + 1) / len(history)) / 1e6 for i in range(len(history))]
             thick = r["test_examples"] == full_size and r["test_accuracy"] == best[r["model"]]
             (line,) = ax.plot(seen, history, marker="." if len(history) < 20 else None, lw=2.4 if thick else 1.2,
                               label=f"{r['model']} {r['label']} (test {r['test_accuracy']:.3f}, n {r['test_examples']})")

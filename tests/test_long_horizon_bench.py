@@ -50,6 +50,19 @@ def test_a_time_limited_benchmark_row_says_where_it_stopped_and_a_rerun_finishes
     assert len(row["valid_accuracy_by_epoch"]) == 2 and 0 <= row["test_accuracy"] <= 1
     assert len(row["train_accuracy_by_epoch"]) == 2 and all(0 <= a <= 1 for a in row["train_accuracy_by_epoch"])
 
+    # a fine-tune from the run's best weights is a row of its own whose curve goes on from the source's examples
+    tuned = bench(*common, "--label", "smoke_tuned", "--init-from", tmp_path / "runs" / "smoke" / "listops" / "elm")
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    source, tuned_row = rows
+    assert tuned_row["label"] == "smoke_tuned" and tuned_row["initialized_from"]["epoch"] == source["best_epoch"]
+    sys.path.insert(0, str(ROOT / "bench"))
+    from long_horizon import examples_before
+
+    assert examples_before(source, rows) == 0
+    assert examples_before(tuned_row, rows) == tuned_row["initialized_from"]["global_step"] * 4 > 0
+    assert examples_before(tuned_row, [tuned_row]) == 0  # a source with no row of its own
+
     plot = bench("--plot", tmp_path / "history.png", "--out", tmp_path / "out.json")
     assert plot.returncode == 0, plot.stderr[-3000:]
     assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -56,3 +56,39 @@ def test_missing_task_data_is_a_one_line_error(tmp_path):
     done = call(tmp_path / "out", tmp_path / "machine", tmp_path / "none.tgz", tmp_path / "nowhere")
     assert done.returncode == 2 and done.stderr.startswith("error: no prepared listops data") and done.stderr.count("\n") == 1
     assert not (tmp_path / "machine").exists()
+
+
+def round_call(out: Path, ladder: Path, source: str, label: str, source_tgz: Path, data: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OUT=str(out), LADDER=str(ladder), SOURCE_TGZ=str(source_tgz), RUN_TGZ=str(out / "none.tgz"),
+               DATA=str(data), PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run(["bash", str(ROOT / "bench" / "fine_tune_round.sh"), "listops", "elm", source, label, "2", "600",
+                           "--extra-config", "configs/tasks/smoke.toml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_fine_tune_rounds_start_each_from_the_last_rounds_best_weights_on_fresh_machines(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_LISTOPS)
+    data = tmp_path / "data"
+    prepared = subprocess.run([sys.executable, "-m", "pipelines", "prepare-task", "--task", "listops", "--data-dir", str(data),
+                               "--config", str(tmp_path / "tiny.toml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    start = call(tmp_path / "out0", tmp_path / "machine0", tmp_path / "none.tgz", data)  # the ladder's first run, "chain"
+    assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
+    (source,) = json.loads((tmp_path / "out0" / "rows.json").read_text())["rows"]
+
+    # round 1 on a fresh machine: the first run unpacked from what its call sent back
+    first = round_call(tmp_path / "out1", tmp_path / "machine1", "chain", "round1", tmp_path / "out0" / "run.tgz", data)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "out1" / "rows.json").read_text())["rows"]
+    assert row["label"] == "round1" and row["finished"] is True and row["epochs_completed"] == 2
+    assert row["initialized_from"]["source"] == str(tmp_path / "machine1" / "chain" / "runs" / "chain" / "listops" / "elm")
+    assert row["initialized_from"]["epoch"] == source["best_epoch"]
+
+    # round 2 on another fresh machine from round 1's run.tgz; a missing source is a one-line error
+    second = round_call(tmp_path / "out2", tmp_path / "machine2", "round1", "round2", tmp_path / "out1" / "run.tgz", data)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "out2" / "rows.json").read_text())["rows"]
+    assert row["initialized_from"]["source"] == str(tmp_path / "machine2" / "round1" / "runs" / "round1" / "listops" / "elm")
+    missing = round_call(tmp_path / "out3", tmp_path / "machine3", "round9", "round10", tmp_path / "none.tgz", data)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no run round9") and missing.stderr.count("\n") == 1
