@@ -28,6 +28,7 @@ VERBS = {
     "predict": ("pipelines.predict", "run a checkpoint on input_spikes, write predictions"),
     "validate": ("pipelines.validate", "score the published ELM checkpoints on fresh simulations"),
     "report": ("pipelines.report", "write reports/report.md and figures"),
+    "evaluate-task": ("pipelines.evaluate_task", "score fit-task checkpoints on a long-horizon task's split, write JSON"),
     "prepare-task": ("pipelines.prepare_task", "make a long-horizon task's data (listops, pathfinder32/128, shd-adding)"),
 }
 

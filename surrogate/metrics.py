@@ -341,3 +341,37 @@ def evaluate_predictions(soma_true_mV: np.ndarray, spikes_true: np.ndarray,
             "aligned": soma_metrics(soma_target[window], soma_aligned[window]),
         }
     return (result, roc) if return_roc else result
+
+
+# --------------------------------------------------------------------------- classification (long-horizon tasks)
+
+def classification_metrics(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Accuracy with its 95 % Wilson interval (scipy's binomtest), each class's recall and the confusion matrix
+    (sklearn; rows: true class, columns: predicted) of one classifier on a test split."""
+    import scipy.stats
+
+    predicted, labels = np.asarray(predicted).ravel(), np.asarray(labels).ravel()
+    if predicted.shape != labels.shape or labels.size == 0:
+        raise InputShapeError(f"need as many predictions as labels, at least one: {predicted.shape} vs {labels.shape}")
+    correct = int((predicted == labels).sum())
+    interval = scipy.stats.binomtest(correct, labels.size).proportion_ci(0.95, method="wilson")
+    confusion = sklearn.metrics.confusion_matrix(labels, predicted, labels=np.arange(num_classes))
+    support = confusion.sum(axis=1)
+    return {"accuracy": correct / labels.size, "examples": int(labels.size), "correct": correct,
+            "accuracy_ci95": [float(interval.low), float(interval.high)],
+            "class_recall": [float(confusion[c, c] / support[c]) if support[c] else None for c in range(num_classes)],
+            "class_support": support.tolist(), "confusion_matrix": confusion.tolist()}
+
+
+def paired_accuracy_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Two classifiers on the same examples: accuracy of a minus b and McNemar's exact test, i.e. a two-sided
+    binomial test of the examples only one of them gets right (scipy's binomtest at p = 1/2)."""
+    import scipy.stats
+
+    correct_a, correct_b = np.asarray(correct_a, bool).ravel(), np.asarray(correct_b, bool).ravel()
+    if correct_a.shape != correct_b.shape or correct_a.size == 0:
+        raise InputShapeError(f"need the same examples for both classifiers: {correct_a.shape} vs {correct_b.shape}")
+    only_a, only_b = int((correct_a & ~correct_b).sum()), int((correct_b & ~correct_a).sum())
+    p_value = scipy.stats.binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"accuracy_difference": (only_a - only_b) / correct_a.size, "only_a_correct": only_a,
+            "only_b_correct": only_b, "mcnemar_p_value": float(p_value)}

@@ -229,21 +229,23 @@ def task_spec(task: str):
     return TASKS[task]
 
 
-def open_task_data(task: str, data_dir: str | os.PathLike) -> TaskData:
-    """surrogate.tasks' prepared splits of `task` in `data_dir`; missing or unreadable data -> DatasetError."""
+def open_task_split(task: str, data_dir: str | os.PathLike, split: str) -> torch.utils.data.Dataset:
+    """surrogate.tasks' prepared `split` of `task` in `data_dir`; missing or unreadable data -> DatasetError."""
     from surrogate.tasks import open_split
 
-    spec = task_spec(task)
-    splits = {}
-    for split in SPLITS:
-        try:
-            splits[split] = open_split(task, data_dir, split)
-        except UserInputError:
-            raise
-        except (OSError, KeyError, ValueError) as err:
-            raise DatasetError(f"cannot open the {split} split of {task} in {data_dir}: {err}; "
-                               f"make it with `python -m pipelines prepare-task --task {task} --data-dir {data_dir}`") from None
-    return TaskData(spec, splits)
+    task_spec(task)
+    try:
+        return open_split(task, data_dir, split)
+    except UserInputError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise DatasetError(f"cannot open the {split} split of {task} in {data_dir}: {err}; "
+                           f"make it with `python -m pipelines prepare-task --task {task} --data-dir {data_dir}`") from None
+
+
+def open_task_data(task: str, data_dir: str | os.PathLike) -> TaskData:
+    """surrogate.tasks' prepared splits of `task` in `data_dir`; missing or unreadable data -> DatasetError."""
+    return TaskData(task_spec(task), {split: open_task_split(task, data_dir, split) for split in SPLITS})
 
 
 def collate_examples(items: list[dict]) -> dict[str, torch.Tensor]:
@@ -292,14 +294,16 @@ def _limited(dataset, limit: int):
 
 @torch.no_grad()
 def evaluate(model: SequenceClassifier, dataset, batch_size: int, device: torch.device, recurrence: str = "auto",
-             loader_workers: int = 0) -> dict[str, float]:
-    """Mean loss and accuracy of `model` on every example of `dataset`, in order."""
+             loader_workers: int = 0, keep_predictions: bool = False,
+             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Mean loss and accuracy of `model` on every example of `dataset`, in order; with `keep_predictions` also each
+    example's predicted class and label ("predicted", "labels": CPU tensors). `on_batch(n)` after each batch of n."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_examples,
                                          num_workers=loader_workers, pin_memory=device.type == "cuda")
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    count, kept = 0, []
     for batch in loader:
         inputs, lengths, labels = (batch[k].to(device, non_blocking=True) for k in ("inputs", "length", "label"))
         logits = model(inputs, lengths, recurrence=recurrence)
@@ -307,7 +311,15 @@ def evaluate(model: SequenceClassifier, dataset, batch_size: int, device: torch.
         loss_sum += loss * labels.shape[0]
         correct += (predicted == labels).sum()
         count += labels.shape[0]
-    return {"loss": loss_sum.item() / max(count, 1), "accuracy": correct.item() / max(count, 1), "examples": count}
+        if keep_predictions:
+            kept.append((predicted.cpu(), labels.cpu()))
+        if on_batch is not None:
+            on_batch(labels.shape[0])
+    scores = {"loss": loss_sum.item() / max(count, 1), "accuracy": correct.item() / max(count, 1), "examples": count}
+    if keep_predictions:
+        scores["predicted"] = torch.cat([p for p, _ in kept]) if kept else torch.zeros(0, dtype=torch.long)
+        scores["labels"] = torch.cat([y for _, y in kept]) if kept else torch.zeros(0, dtype=torch.long)
+    return scores
 
 
 # --------------------------------------------------------------------------- the run

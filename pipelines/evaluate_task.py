@@ -1,0 +1,97 @@
+"""`python -m pipelines evaluate-task`: score fit-task checkpoints on a split of a long-horizon task.
+
+    python -m pipelines evaluate-task --task pathfinder32 --data-dir data/tasks --checkpoint runs/tasks/pathfinder32-elm
+    python -m pipelines evaluate-task ... --checkpoint RUN_A --checkpoint RUN_B --device cpu --out scores.json
+
+Each checkpoint (a fit-task run directory, meaning its best checkpoint, or a checkpoint file) is run over every
+example of the split (default: test) on any device; weights trained with the GPU kernel score the same on the CPU's
+reference recurrence up to float rounding. For each: accuracy with its 95 % Wilson interval, each class's recall and
+the confusion matrix; with several checkpoints, each one against the first on the same examples (the difference
+and McNemar's exact test). Printed, and written as rows of --out (default: evaluation_<split>.json beside the first
+checkpoint; a re-run replaces its own rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from surrogate.tasks import TASKS  # light: no torch, no h5py
+
+SPLIT_NAMES = ("train", "valid", "test")  # surrogate.tasks.settings.SPLITS (a test checks they agree)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, choices=list(TASKS), help="which long-horizon task")
+    parser.add_argument("--data-dir", required=True, type=Path, help="directory prepare-task wrote the task data to")
+    parser.add_argument("--checkpoint", required=True, type=Path, action="append", metavar="PATH",
+                        help="a fit-task run directory (its best checkpoint) or checkpoint file; repeatable")
+    parser.add_argument("--split", default="test", choices=SPLIT_NAMES, help="which split to score (default: test)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:N' (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=256, help="examples per forward pass (default: 256)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default: evaluation_<split>.json beside the first checkpoint)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from common.errors import ConfigError, UserInputError
+    from common.jsonio import update_json_rows
+    from surrogate.devices import resolve_device
+    from surrogate.elm import num_parameters
+    from surrogate.metrics import classification_metrics, paired_accuracy_difference
+    from surrogate.sequence_train import evaluate, load_sequence_model, open_task_split, task_spec
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    spec = task_spec(args.task)
+    device = resolve_device(args.device)
+    loaded = []
+    for path in args.checkpoint:  # every checkpoint read and checked before the data are touched
+        model, checkpoint = load_sequence_model(path, device)
+        trained_on = checkpoint["identity"]["task"]
+        if trained_on != args.task:
+            raise UserInputError(f"{path} was trained on {trained_on}, not {args.task}")
+        loaded.append((path, model, checkpoint))
+    dataset = open_task_split(args.task, args.data_dir, args.split)
+    out = args.out or (args.checkpoint[0] if args.checkpoint[0].is_dir() else args.checkpoint[0].parent) / \
+        f"evaluation_{args.split}.json"
+
+    rows, first_correct = [], None
+    for path, model, checkpoint in loaded:
+        started = time.perf_counter()
+        with tqdm(total=len(dataset), unit="example", desc=path.name, leave=False) as bar:
+            scores = evaluate(model, dataset, args.batch_size, device, keep_predictions=True, on_batch=bar.update)
+        predicted, labels = scores["predicted"].numpy(), scores["labels"].numpy()
+        correct = predicted == labels
+        row = {"checkpoint": str(path), "task": args.task, "split": args.split, "data_dir": str(args.data_dir),
+               "model_kind": checkpoint["identity"]["model"].get("kind"), "num_parameters": num_parameters(model),
+               "epoch": checkpoint["state"]["epoch"], "loss": scores["loss"],
+               **classification_metrics(predicted, labels, spec.num_classes),
+               "device": str(device),
+               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "seconds": time.perf_counter() - started}
+        if first_correct is None:
+            first_correct = correct
+        else:
+            row["against_first"] = {"first": str(args.checkpoint[0]), **paired_accuracy_difference(correct, first_correct)}
+        rows.append(row)
+        low, high = row["accuracy_ci95"]
+        recall = ", ".join("-" if r is None else f"{r:.3f}" for r in row["class_recall"])
+        line = (f"{path}: {args.split} accuracy {row['accuracy']:.4f} (95 % CI {low:.4f}-{high:.4f}; "
+                f"{row['correct']} of {row['examples']}), class recall [{recall}], epoch {row['epoch']}, "
+                f"{row['seconds']:.0f} s on {row['device_name']}")
+        if "against_first" in row:
+            vs = row["against_first"]
+            line += (f"; against the first: {100 * vs['accuracy_difference']:+.2f} points "
+                     f"({vs['only_a_correct']} / {vs['only_b_correct']} examples only one gets right, "
+                     f"McNemar p = {vs['mcnemar_p_value']:.2g})")
+        print(line, flush=True)
+    update_json_rows(out, "rows", rows, key=lambda r: (r["checkpoint"], r["task"], r["split"], r["data_dir"]),
+                     what="fit-task checkpoints scored by `python -m pipelines evaluate-task`")
+    print(f"-> {out}")
+    return 0
