@@ -14,20 +14,31 @@ SCRIPT = ROOT / "bench" / "task_chain_call.sh"
 TINY_LISTOPS = "[tasks.listops]\ntrain_size = 24\nvalid_size = 8\ntest_size = 8\nmin_length = 20\nmax_length = 120\nmax_depth = 4\n"
 
 
-def call(out: Path, chain: Path, run_tgz: Path, data: Path, **extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **extra, OUT=str(out), CHAIN=str(chain), RUN_TGZ=str(run_tgz), DATA=str(data), PYTHON=sys.executable,
+def run_script(script: str, args: list[str], **env_vars: str) -> subprocess.CompletedProcess:
+    """bench/<script> on the tiny ListOps smoke run (2 epochs, 600 s), with these environment variables set."""
+    env = dict(os.environ, **env_vars, PYTHON=sys.executable,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.run(["bash", str(SCRIPT), "listops", "elm", "chain", "2", "600",
+    return subprocess.run(["bash", str(ROOT / "bench" / script), "listops", "elm", *args, "2", "600",
                            "--extra-config", "configs/tasks/smoke.toml"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_a_run_chained_over_calls_draws_its_data_and_resumes_from_what_the_last_call_sent_back(tmp_path):
+def call(out: Path, chain: Path, run_tgz: Path, data: Path, **extra: str) -> subprocess.CompletedProcess:
+    return run_script(SCRIPT.name, ["chain"], **extra, OUT=str(out), CHAIN=str(chain), RUN_TGZ=str(run_tgz), DATA=str(data))
+
+
+def prepare_tiny_listops(tmp_path: Path) -> Path:
+    """The tiny ListOps files, prepared here: their folder."""
     (tmp_path / "tiny.toml").write_text(TINY_LISTOPS)
     data = tmp_path / "data"
     prepared = subprocess.run([sys.executable, "-m", "pipelines", "prepare-task", "--task", "listops", "--data-dir", str(data),
                                "--config", str(tmp_path / "tiny.toml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
+    return data
+
+
+def test_a_run_chained_over_calls_draws_its_data_and_resumes_from_what_the_last_call_sent_back(tmp_path):
+    data = prepare_tiny_listops(tmp_path)
 
     # call 1 draws the data on its machine (nothing carried), and its fit time limit stops it after its first epoch of two
     first = call(tmp_path / "out1", tmp_path / "machine1", tmp_path / "none.tgz", tmp_path / "nothing", MAX_TIME_S="1e-6",
@@ -59,20 +70,12 @@ def test_missing_task_data_is_a_one_line_error(tmp_path):
 
 
 def round_call(out: Path, ladder: Path, source: str, label: str, source_tgz: Path, data: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OUT=str(out), LADDER=str(ladder), SOURCE_TGZ=str(source_tgz), RUN_TGZ=str(out / "none.tgz"),
-               DATA=str(data), PYTHON=sys.executable,
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.run(["bash", str(ROOT / "bench" / "fine_tune_round.sh"), "listops", "elm", source, label, "2", "600",
-                           "--extra-config", "configs/tasks/smoke.toml"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_script("fine_tune_round.sh", [source, label], OUT=str(out), LADDER=str(ladder), SOURCE_TGZ=str(source_tgz),
+                      RUN_TGZ=str(out / "none.tgz"), DATA=str(data))
 
 
 def test_fine_tune_rounds_start_each_from_the_last_rounds_best_weights_on_fresh_machines(tmp_path):
-    (tmp_path / "tiny.toml").write_text(TINY_LISTOPS)
-    data = tmp_path / "data"
-    prepared = subprocess.run([sys.executable, "-m", "pipelines", "prepare-task", "--task", "listops", "--data-dir", str(data),
-                               "--config", str(tmp_path / "tiny.toml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    data = prepare_tiny_listops(tmp_path)
     start = call(tmp_path / "out0", tmp_path / "machine0", tmp_path / "none.tgz", data)  # the ladder's first run, "chain"
     assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
     (source,) = json.loads((tmp_path / "out0" / "rows.json").read_text())["rows"]
