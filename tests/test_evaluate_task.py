@@ -90,16 +90,20 @@ def test_evaluate_task_scores_a_run_as_fit_task_did_and_compares_checkpoints_on_
     assert row["split"] == "valid" and row["examples"] == 8
 
 
-@pytest.mark.parametrize("case", ["wrong task", "no checkpoint", "no data", "bad batch"])
+@pytest.mark.parametrize("case", ["wrong task", "no checkpoint", "truncated checkpoint", "no data", "bad batch"])
 def test_bad_input_is_a_one_line_error(tiny_run, tmp_path, case):
     data, run = tiny_run
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((run / "checkpoint_best.pt").read_bytes()[:2000])
     args = {"wrong task": ["--task", "pathfinder32", "--data-dir", data, "--checkpoint", run],
             "no checkpoint": ["--task", "listops", "--data-dir", data, "--checkpoint", tmp_path / "nowhere"],
+            "truncated checkpoint": ["--task", "listops", "--data-dir", data, "--checkpoint", run, "--checkpoint", truncated],
             "no data": ["--task", "listops", "--data-dir", tmp_path / "empty", "--checkpoint", run],
             "bad batch": ["--task", "listops", "--data-dir", data, "--checkpoint", run, "--batch-size", "0"]}[case]
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
     done = pipelines("evaluate-task", *args)
     expected = {"wrong task": "was trained on listops, not pathfinder32", "no checkpoint": "checkpoint not found",
+                "truncated checkpoint": "truncated.pt",
                 "no data": "test split not found", "bad batch": "--batch-size must be at least 1"}[case]
     assert done.returncode == 2 and done.stderr.startswith("error: ") and expected in done.stderr, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1
