@@ -95,3 +95,42 @@ def test_fine_tune_rounds_start_each_from_the_last_rounds_best_weights_on_fresh_
     assert row["initialized_from"]["source"] == str(tmp_path / "machine2" / "round1" / "runs" / "round1" / "listops" / "elm")
     missing = round_call(tmp_path / "out3", tmp_path / "machine3", "round9", "round10", tmp_path / "none.tgz", data)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no run round9") and missing.stderr.count("\n") == 1
+
+
+def test_the_pathfinder32_recipe_runs_its_stages_in_order_and_goes_on_from_carried_runs_on_a_fresh_machine(tmp_path):
+    (tmp_path / "tiny.toml").write_text("[tasks.pathfinder32]\ntrain_size = 16\nvalid_size = 8\ntest_size = 8\n")
+    data = tmp_path / "data"
+    prepared = subprocess.run([sys.executable, "-m", "pipelines", "prepare-task", "--task", "pathfinder32", "--data-dir",
+                               str(data), "--config", str(tmp_path / "tiny.toml")], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+
+    def recipe(out: Path, machine: Path, carry: Path) -> subprocess.CompletedProcess:
+        env = dict(os.environ, OUT=str(out), LADDER=str(machine), CARRY=str(carry), DATA=str(data), PYTHON=sys.executable,
+                   EXTRA="configs/tasks/smoke.toml", BASE_EPOCHS="2", ROUND_EPOCHS="2 2",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        return subprocess.run(["bash", str(ROOT / "bench" / "pathfinder32_recipe.sh"), "600"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+
+    first = recipe(tmp_path / "out1", tmp_path / "machine1", tmp_path / "no_carry")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "all stages done: ft2_dihedral" in first.stdout
+    rows = {label: json.loads((tmp_path / "out1" / label / "rows.json").read_text())["rows"][0]
+            for label in ("dm128_dropout", "ft1_dihedral", "ft2_dihedral")}
+    assert rows["dm128_dropout"]["model_config"]["model"]["input_dropout"] == 0.1
+    assert rows["dm128_dropout"]["train_config"]["augment"] == "none" and rows["dm128_dropout"]["initialized_from"] is None
+    for label, source in (("ft1_dihedral", "dm128_dropout"), ("ft2_dihedral", "ft1_dihedral")):
+        assert rows[label]["model_config"]["model"]["input_dropout"] == 0.0
+        assert rows[label]["train_config"]["augment"] == "dihedral" and rows[label]["train_config"]["learning_rate"] == 1e-4
+        assert rows[label]["initialized_from"]["source"] == str(tmp_path / "machine1" / source / "runs" / source /
+                                                                "pathfinder32" / "elm")
+        assert rows[label]["initialized_from"]["epoch"] == rows[source]["best_epoch"]
+
+    # a fresh machine with the first stage's run.tgz carried: it is not trained again, the rounds are
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    (carry / "dm128_dropout.tgz").write_bytes((tmp_path / "out1" / "dm128_dropout" / "run.tgz").read_bytes())
+    second = recipe(tmp_path / "out2", tmp_path / "machine2", carry)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "== dm128_dropout:" not in second.stdout and "== ft1_dihedral from dm128_dropout" in second.stdout
+    assert not (tmp_path / "out2" / "dm128_dropout").exists() and "all stages done" in second.stdout
