@@ -2,9 +2,9 @@
 # The Pathfinder-32 recipe of device run 38 (test 70.75 %, the paper's ELM 71.15 %) from scratch, as far as one call
 # of TIME_S seconds gets; the same command on the same machine (or a fresh one, with the run.tgz files it sent back
 # carried to .carry/chain/) goes on where it stopped:
-#   1. `dm128_dropout`: the ELM at d_m 128 with input dropout 0.1 on a 130-epoch cosine from the paper's 2e-4
+#   1. `recipe_dropout`: the ELM at d_m 128 with input dropout 0.1 on a 130-epoch cosine from the paper's 2e-4
 #      (bench/task_chain_call.sh; about 22 minutes of an H200, so chained over three calls);
-#   2. rounds `ft1_dihedral`, `ft2_dihedral`, ... (ROUND_EPOCHS, default "40 30 30"): each a new run from the last
+#   2. rounds `recipe_round1`, `recipe_round2`, ... (ROUND_EPOCHS, default "40 30 30"): each a new run from the last
 #      stage's best weights, without dropout, every training image in a random one of its 8 rotations / reflections,
 #      on a fresh cosine from 1e-4 (bench/fine_tune_round.sh; 5-6 minutes each alone on an H100).
 #
@@ -31,7 +31,7 @@ finished() {  # has stage $1 a summary.json saying it finished (on this machine 
 left() { echo $(( END - $(date +%s) )); }
 enough_time() { [ "$(left)" -gt 90 ] || { echo "== $1 next: too little time left in this call; run the same command again"; exit 0; }; }
 
-stage=dm128_dropout
+stage=recipe_dropout
 if ! finished $stage; then
   enough_time $stage
   echo "== $stage: ${BASE_EPOCHS:-130} epochs, $(left) s left in this call"
@@ -42,7 +42,7 @@ if ! finished $stage; then
 fi
 source=$stage; round=0
 for epochs in ${ROUND_EPOCHS:-40 30 30}; do
-  round=$(( round + 1 )); stage=ft${round}_dihedral
+  round=$(( round + 1 )); stage=recipe_round${round}
   if ! finished $stage; then
     enough_time $stage
     echo "== $stage from $source: $epochs epochs, $(left) s left in this call"

@@ -114,12 +114,12 @@ def test_the_pathfinder32_recipe_runs_its_stages_in_order_and_goes_on_from_carri
 
     first = recipe(tmp_path / "out1", tmp_path / "machine1", tmp_path / "no_carry")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "all stages done: ft2_dihedral" in first.stdout
+    assert "all stages done: recipe_round2" in first.stdout
     rows = {label: json.loads((tmp_path / "out1" / label / "rows.json").read_text())["rows"][0]
-            for label in ("dm128_dropout", "ft1_dihedral", "ft2_dihedral")}
-    assert rows["dm128_dropout"]["model_config"]["model"]["input_dropout"] == 0.1
-    assert rows["dm128_dropout"]["train_config"]["augment"] == "none" and rows["dm128_dropout"]["initialized_from"] is None
-    for label, source in (("ft1_dihedral", "dm128_dropout"), ("ft2_dihedral", "ft1_dihedral")):
+            for label in ("recipe_dropout", "recipe_round1", "recipe_round2")}
+    assert rows["recipe_dropout"]["model_config"]["model"]["input_dropout"] == 0.1
+    assert rows["recipe_dropout"]["train_config"]["augment"] == "none" and rows["recipe_dropout"]["initialized_from"] is None
+    for label, source in (("recipe_round1", "recipe_dropout"), ("recipe_round2", "recipe_round1")):
         assert rows[label]["model_config"]["model"]["input_dropout"] == 0.0
         assert rows[label]["train_config"]["augment"] == "dihedral" and rows[label]["train_config"]["learning_rate"] == 1e-4
         assert rows[label]["initialized_from"]["source"] == str(tmp_path / "machine1" / source / "runs" / source /
@@ -129,8 +129,8 @@ def test_the_pathfinder32_recipe_runs_its_stages_in_order_and_goes_on_from_carri
     # a fresh machine with the first stage's run.tgz carried: it is not trained again, the rounds are
     carry = tmp_path / "carry"
     carry.mkdir()
-    (carry / "dm128_dropout.tgz").write_bytes((tmp_path / "out1" / "dm128_dropout" / "run.tgz").read_bytes())
+    (carry / "recipe_dropout.tgz").write_bytes((tmp_path / "out1" / "recipe_dropout" / "run.tgz").read_bytes())
     second = recipe(tmp_path / "out2", tmp_path / "machine2", carry)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "== dm128_dropout:" not in second.stdout and "== ft1_dihedral from dm128_dropout" in second.stdout
-    assert not (tmp_path / "out2" / "dm128_dropout").exists() and "all stages done" in second.stdout
+    assert "== recipe_dropout:" not in second.stdout and "== recipe_round1 from recipe_dropout" in second.stdout
+    assert not (tmp_path / "out2" / "recipe_dropout").exists() and "all stages done" in second.stdout
