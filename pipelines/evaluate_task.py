@@ -41,6 +41,7 @@ def main(args: argparse.Namespace) -> int:
 
     from common.errors import ConfigError, UserInputError
     from common.jsonio import update_json_rows
+    from surrogate.checkpoints import run_dir_of
     from surrogate.devices import resolve_device
     from surrogate.elm import num_parameters
     from surrogate.metrics import classification_metrics, paired_accuracy_difference
@@ -58,8 +59,7 @@ def main(args: argparse.Namespace) -> int:
             raise UserInputError(f"{path} was trained on {trained_on}, not {args.task}")
         loaded.append((path, model, checkpoint))
     dataset = open_task_split(args.task, args.data_dir, args.split)
-    out = args.out or (args.checkpoint[0] if args.checkpoint[0].is_dir() else args.checkpoint[0].parent) / \
-        f"evaluation_{args.split}.json"
+    out = args.out or run_dir_of(args.checkpoint[0]) / f"evaluation_{args.split}.json"
 
     rows, first_correct = [], None
     for path, model, checkpoint in loaded:

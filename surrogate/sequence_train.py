@@ -444,7 +444,7 @@ def start_sequence_run(data: TaskData, config: TaskRunConfig, device: torch.devi
 def initialise_sequence_model(run: SequenceRun, source: Path) -> dict:
     """Load the weights of `source` (a fit-task run directory: its best checkpoint; or a checkpoint file) into the
     new run's model, which must be the same model (WEIGHTLESS_MODEL_KEYS aside). Returns what the run records."""
-    checkpoint = load_sequence_checkpoint(source / BEST if source.is_dir() else source)
+    checkpoint = load_sequence_checkpoint(source)
     where = f"--init-from {source}"
     changed = [k for k in _changed_keys(checkpoint["identity"]["model"], run.model.describe())
                if k.removeprefix("model.") not in WEIGHTLESS_MODEL_KEYS]
@@ -592,7 +592,10 @@ def save_sequence_checkpoint(path: Path, **fields) -> None:
 
 
 def load_sequence_checkpoint(path: str | os.PathLike) -> dict:
+    """A fit-task checkpoint file, or a run directory's best checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        path = path / BEST
     checkpoint = load_weights_only(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserInputError(f"{path}: not a fit-task checkpoint")
@@ -601,8 +604,7 @@ def load_sequence_checkpoint(path: str | os.PathLike) -> dict:
 
 def load_sequence_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SequenceClassifier, dict]:
     """A trained classifier from a checkpoint file or a run directory (its best checkpoint)."""
-    path = Path(path)
-    checkpoint = load_sequence_checkpoint(path / BEST if path.is_dir() else path)
+    checkpoint = load_sequence_checkpoint(path)
     model = sequence_model_from_dict(checkpoint["identity"]["model"])
     model.load_state_dict(checkpoint["model_state"])
     return model.to(device).eval(), checkpoint
