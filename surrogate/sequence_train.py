@@ -292,12 +292,34 @@ def _limited(dataset, limit: int):
     return dataset if limit == 0 or limit >= len(dataset) else torch.utils.data.Subset(dataset, range(limit))
 
 
+def dihedral_view_log_probs(model: SequenceClassifier, images: torch.Tensor, lengths: torch.Tensor,
+                            recurrence: str = "auto") -> torch.Tensor:
+    """The class log-probabilities of each flattened square image in each of its 8 rotations / reflections
+    (surrogate.tasks.datasets.dihedral_views), (8, B, classes): 8 forward passes."""
+    return torch.stack([torch.log_softmax(model(dihedral_views(images, torch.full_like(lengths, view)), lengths,
+                                                recurrence=recurrence).float(), -1) for view in range(DIHEDRAL_VIEWS)])
+
+
+def dihedral_averaged_log_probs(model: SequenceClassifier, images: torch.Tensor, lengths: torch.Tensor,
+                                recurrence: str = "auto") -> torch.Tensor:
+    """Test-time augmentation: log of the class probabilities averaged over the 8 views of each image, (B, classes).
+    The label of Pathfinder is the same in every view, and a pixel-by-pixel reader sees each view as another
+    sequence, so the mean is an 8-member ensemble of one model's answers."""
+    return torch.logsumexp(dihedral_view_log_probs(model, images, lengths, recurrence), 0) - math.log(DIHEDRAL_VIEWS)
+
+
 @torch.no_grad()
 def evaluate(model: SequenceClassifier, dataset, batch_size: int, device: torch.device, recurrence: str = "auto",
              loader_workers: int = 0, keep_predictions: bool = False,
-             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+             on_batch: Callable[[int], None] | None = None, test_time_augment: str = "none") -> dict[str, Any]:
     """Mean loss and accuracy of `model` on every example of `dataset`, in order; with `keep_predictions` also each
-    example's predicted class and label ("predicted", "labels": CPU tensors). `on_batch(n)` after each batch of n."""
+    example's predicted class and label ("predicted", "labels": CPU tensors). `on_batch(n)` after each batch of n.
+    test_time_augment "dihedral" (square images, a pooled readout): classify each image from its 8 views
+    (dihedral_averaged_log_probs); the loss is then that of the averaged probabilities."""
+    if test_time_augment not in AUGMENTATIONS:
+        raise ValueError(f"test_time_augment must be one of {', '.join(AUGMENTATIONS)}, got {test_time_augment!r}")
+    if test_time_augment == "dihedral" and model.model_config.readout == "per-step":
+        raise ValueError("test_time_augment 'dihedral' averages one answer per image; this model's readout is per-step")
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_examples,
                                          num_workers=loader_workers, pin_memory=device.type == "cuda")
@@ -306,7 +328,10 @@ def evaluate(model: SequenceClassifier, dataset, batch_size: int, device: torch.
     count, kept = 0, []
     for batch in loader:
         inputs, lengths, labels = (batch[k].to(device, non_blocking=True) for k in ("inputs", "length", "label"))
-        logits = model(inputs, lengths, recurrence=recurrence)
+        if test_time_augment == "dihedral":  # log-probabilities summing to 1: cross-entropy takes them as logits
+            logits = dihedral_averaged_log_probs(model, inputs, lengths, recurrence)
+        else:
+            logits = model(inputs, lengths, recurrence=recurrence)
         loss, predicted = classification_loss(logits, labels, lengths, model.model_config.readout)
         loss_sum += loss * labels.shape[0]
         correct += (predicted == labels).sum()
