@@ -131,6 +131,8 @@ def tiny_pathfinder_run(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_dihedral_test_time_augmentation_averages_the_eight_views_and_so_ignores_how_the_image_is_turned(
         tiny_pathfinder_run):
+    import dataclasses
+
     import torch
 
     from surrogate.sequence_train import (collate_examples, dihedral_averaged_log_probs, evaluate,
@@ -159,6 +161,9 @@ def test_dihedral_test_time_augmentation_averages_the_eight_views_and_so_ignores
     assert scores["loss"] == pytest.approx(torch.nn.functional.nll_loss(averaged, labels).item(), rel=1e-5)
     with pytest.raises(ValueError, match="test_time_augment must be one of none, dihedral, got 'dihedal'"):
         evaluate(model, dataset, 10, torch.device("cpu"), test_time_augment="dihedal")
+    model.model_config = dataclasses.replace(model.model_config, readout="per-step")  # one answer per step
+    with pytest.raises(ValueError, match="averages one answer per image; this model's readout is per-step"):
+        evaluate(model, dataset, 10, torch.device("cpu"), test_time_augment="dihedral")
 
 
 def test_evaluate_task_scores_each_checkpoint_with_and_without_the_views_paired_on_the_same_images(
