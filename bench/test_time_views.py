@@ -171,9 +171,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     checkpoints = [parse_checkpoint(text) for text in args.checkpoint]
     models = []
     for label, path in checkpoints:  # all read before the long part
-        model, checkpoint = load_sequence_model(path, device)
-        if checkpoint["identity"]["task"] != args.task:
-            raise UserInputError(f"{path} was trained on {checkpoint['identity']['task']}, not {args.task}")
+        model, checkpoint = load_sequence_model(path, device, task=args.task)
         models.append((label, path, model, checkpoint))
     dataset = open_task_split(args.task, args.data_dir, args.split)
     rows = []

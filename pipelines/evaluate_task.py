@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from common.errors import ConfigError, UserInputError
+    from common.errors import ConfigError
     from common.jsonio import update_json_rows
     from surrogate.checkpoints import run_dir_of
     from surrogate.devices import resolve_device
@@ -64,10 +64,7 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loaded = []
     for path in args.checkpoint:  # every checkpoint read and checked before the data are touched
-        model, checkpoint = load_sequence_model(path, device)
-        trained_on = checkpoint["identity"]["task"]
-        if trained_on != args.task:
-            raise UserInputError(f"{path} was trained on {trained_on}, not {args.task}")
+        model, checkpoint = load_sequence_model(path, device, task=args.task)
         if "dihedral" in augments and model.model_config.readout == "per-step":
             raise ConfigError(f"--test-time-augment dihedral averages one answer per image; {path} has a per-step "
                               "readout")

@@ -627,9 +627,13 @@ def load_sequence_checkpoint(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
-def load_sequence_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SequenceClassifier, dict]:
-    """A trained classifier from a checkpoint file or a run directory (its best checkpoint)."""
+def load_sequence_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+                        task: str | None = None) -> tuple[SequenceClassifier, dict]:
+    """A trained classifier from a checkpoint file or a run directory (its best checkpoint); with `task`, one trained
+    on another task is refused (UserInputError)."""
     checkpoint = load_sequence_checkpoint(path)
+    if task is not None and checkpoint["identity"]["task"] != task:
+        raise UserInputError(f"{path} was trained on {checkpoint['identity']['task']}, not {task}")
     model = sequence_model_from_dict(checkpoint["identity"]["model"])
     model.load_state_dict(checkpoint["model_state"])
     return model.to(device).eval(), checkpoint
