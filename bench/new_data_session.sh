@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Issue 8: one device session that trains a released surrogate further on a new GPU-engine dataset and scores it
+# against its start and the published checkpoints on the pooled held-out test set (the figure of record) and on the
+# new dataset's own test split. A call may run 10 minutes and a session holds about 28, so the run is started
+# detached in the first call and watched by the next ones, each the very next step after the last (the machine goes
+# back after 30 s idle, and the run with it: device run 20). What must come back is small (evaluations, paired
+# comparisons, the new checkpoints: $OUT/out.tgz); the data stay on the machine and are made again from their seeds.
+#
+#   bash bench/new_data_session.sh start WATCH_S TOTAL_S   # call 1: start the run (all done TOTAL_S from now), watch
+#   bash bench/new_data_session.sh watch WATCH_S           # calls 2, 3: watch; once the run is done, pack $OUT/out.tgz
+#
+# The run, each stage bounded by the deadline:
+#   1. setup (the carried wheels, the mechanisms) and simulate N_SHARDS shards of master seed SEED (SIM_CONFIG); if
+#      the time runs short, fewer: the fits split the shards there (train..., valid, test = the last present);
+#   2. the six test splits of the pooled figure of record (bench/pooled_test_set.sh), beside the fits' data loading;
+#   3. one fit of START per ARMS entry LABEL:EPOCHS, side by side (fit --init-from, the FIT_CONFIGS recipe);
+#   4. evaluate every fit, START, COMPARE and the PUBLISHED folders on the pool and on the new test split, and pair
+#      each fit with START and with the first PUBLISHED folder (bench/paired_comparison.py).
+#
+#   OUT (required); SEED (2032), N_SHARDS (96), START (checkpoints/branch-elm-d100), MODEL (branch-elm),
+#   ARMS ("branch-elm-d100-run39:12 branch-elm-d100-run39-long:24"), FIT_CONFIGS (the d_m 100 fine-tune of device run
+#   29), COMPARE (checkpoints/branch-elm-d20), PUBLISHED (.carry/published/published-best-elm-d100
+#   .carry/published/published-branch-elm-d20: elmneuron folders, copied from ../shared, never committed),
+#   RESERVE_S (600: what the simulation leaves for the rest), EVAL_RESERVE_S (200: what the fits leave),
+#   WORKERS (4: loader workers per fit; must divide [data] streams), SIM_CONFIG (configs/neuronio_gpu.toml),
+#   SPLITS (pooled_test_set.sh's), EVAL_CONFIGS (configs/neuronio.toml), R (/tmp/new_data_session), PYTHON (python3).
+#   A dry run on a CPU: tests/test_new_data_session.py.
+set -u
+PY="${PYTHON:-python3}"; R="${R:-/tmp/new_data_session}"
+SEED="${SEED:-2032}"; N_SHARDS="${N_SHARDS:-96}"; MODEL="${MODEL:-branch-elm}"
+START="${START:-checkpoints/branch-elm-d100}"; COMPARE="${COMPARE-checkpoints/branch-elm-d20}"
+ARMS="${ARMS:-branch-elm-d100-run39:12 branch-elm-d100-run39-long:24}"
+FIT_CONFIGS="${FIT_CONFIGS:-configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml}"
+PUBLISHED="${PUBLISHED-.carry/published/published-best-elm-d100 .carry/published/published-branch-elm-d20}"
+EVAL_CONFIGS="${EVAL_CONFIGS:-configs/neuronio.toml}"
+RESERVE_S="${RESERVE_S:-600}"; EVAL_RESERVE_S="${EVAL_RESERVE_S:-200}"; WORKERS="${WORKERS:-4}"
+W=$R/work
+
+usage() { echo "usage: bash bench/new_data_session.sh start WATCH_S TOTAL_S | watch WATCH_S" >&2; exit 2; }
+stamp() { echo "[T0+$(( $(date +%s) - $(cat "$R/t0") )) s] $*"; }
+left() { echo $(( $(cat "$R/deadline") - $(date +%s) )); }
+configs() { local c; for c in $1; do printf -- '--config %s ' "$c"; done; }
+
+pack() {  # what comes back: small files only
+  [ -n "${OUT:-}" ] || return 0
+  mkdir -p "$OUT"
+  tar czf "$OUT/out.tgz" -C "$R" out logs $(cd "$R" && ls -d runs/*/checkpoint_best.pt runs/*/metrics.csv \
+    runs/*/summary.json eval_*/*/evaluation.json 2>/dev/null)
+  ls -la "$OUT" | tail -n +4
+}
+
+watch() {  # until the run is done or WATCH_S have passed; the log's new lines as they come
+  local until=$(( $(date +%s) + $1 )) shown=0 n
+  while :; do
+    n=$(wc -l < "$R/logs/run.log")
+    [ "$n" -gt "$shown" ] && sed -n "$((shown + 1)),${n}p" "$R/logs/run.log"; shown=$n
+    if [ -f "$R/done" ]; then pack; return 0; fi
+    [ "$(date +%s)" -ge "$until" ] && { echo "(watching stopped; the run goes on: call watch again at once)"; pack; return 0; }
+    sleep 5
+  done
+}
+
+run() {
+  exec > "$R/logs/run.log" 2>&1
+  trap 'stamp "run ended"; touch "$R/done"' EXIT
+  local sim_s fit_s arm label epochs test pool src pairs=() first_published=""
+  mkdir -p "$R/out" "$R/runs" "$R/split"
+  # the carried morphology (never committed) where none is set: the simulate verb of every stage needs it
+  [ -z "${L5PC_MORPHOLOGY:-}" ] && [ -f .carry/cell1.asc ] && export L5PC_MORPHOLOGY=$PWD/.carry/cell1.asc
+  printf '[dataset]\nseed = %d\nn_shards = %d\n' "$SEED" "$N_SHARDS" > "$R/out/seed.toml"
+  printf '[data]\nloader_workers = %d\n' "$WORKERS" > "$R/out/workers.toml"
+  sim_s=$(( $(left) - RESERVE_S ))
+  stamp "setup, then simulate $N_SHARDS shards of seed $SEED (at most $sim_s s)"
+  WORK=$W SIM_CONFIG="${SIM_CONFIG:-configs/neuronio_gpu.toml} $R/out/seed.toml" BUDGET_S=$sim_s OUT=$R/out \
+    PYTHON="$PY" bash bench/neuronio_scale.sh setup simulate 2>&1 | grep -vE "it/s|s/it" | tail -n 6
+  # neuronio_scale.sh installed the carried wheels into /tmp/site on the bare GPU machine; the rest needs them too
+  [ -d /tmp/site ] && export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH"
+  ls "$W/data"/shard_*.h5 > "$R/out/shards.txt" 2>/dev/null
+  [ "$(wc -l < "$R/out/shards.txt")" -ge 3 ] || { stamp "error: fewer than 3 shards simulated"; exit 1; }
+  test=$(tail -n 1 "$R/out/shards.txt"); ln -sf "$test" "$R/split/"; md5sum "$test" > "$R/out/test_shard.md5"
+  stamp "simulated $(wc -l < "$R/out/shards.txt") shards; test split $(basename "$test")"
+
+  SIM_CONFIG="${SIM_CONFIG:-configs/neuronio_gpu.toml}" PYTHON="$PY" bash bench/pooled_test_set.sh "$R/pool" \
+    > "$R/out/pool.txt" 2> "$R/logs/pool.log" &
+  local pool_pid=$!
+  fit_s=$(( $(left) - EVAL_RESERVE_S ))
+  stamp "fits from $START, side by side: $ARMS (at most $fit_s s)"
+  for arm in $ARMS; do
+    label=${arm%%:*}; epochs=${arm##*:}
+    timeout --signal=TERM "$fit_s" "$PY" -m pipelines fit --model "$MODEL" $(configs "$FIT_CONFIGS") \
+      --config "$R/out/workers.toml" --epochs "$epochs" --init-from "$START" --data "$W/data" --out "$R/runs/$label" \
+      ${FIT_EXTRA:-} > "$R/logs/fit-$label.log" 2>&1 &
+  done
+  wait $(jobs -p | grep -vx "$pool_pid")
+  for arm in $ARMS; do
+    label=${arm%%:*}
+    tr '\r' '\n' < "$R/logs/fit-$label.log" | grep -E "^(training|epoch [0-9]+/|error)|Error" | tail -n 4 | sed "s/^/[$label] /"
+  done
+  wait "$pool_pid" || { stamp "error: the pooled test set was not made (logs/pool.log)"; tail -n 3 "$R/logs/pool.log"; }
+  pool=$(tail -n 1 "$R/out/pool.txt" 2>/dev/null)
+  stamp "evaluate (pool: ${pool:-none})"
+
+  local sources=()
+  for arm in $ARMS; do [ -f "$R/runs/${arm%%:*}/checkpoint_best.pt" ] && sources+=("$R/runs/${arm%%:*}"); done
+  sources+=("$START" $COMPARE $PUBLISHED)
+  for which in split pool; do
+    local data_args="--data $R/split"; [ $which = pool ] && data_args=$pool
+    [ -n "$data_args" ] || continue
+    for src in "${sources[@]}"; do
+      "$PY" -m pipelines evaluate $(configs "$EVAL_CONFIGS") --all-shards $data_args --runs "$R/eval_$which" \
+        --checkpoint "$src" > "$R/logs/eval-$which-$(basename "$src").log" 2>&1 &
+    done
+    wait
+    grep -h -E "\[whole\]|error" "$R"/logs/eval-$which-*.log | cut -c1-160 | sed "s/^/[$which] /"
+  done
+  for p in $PUBLISHED; do first_published=$(basename "$p"); break; done
+  for arm in $ARMS; do
+    label=${arm%%:*}
+    [ -f "$R/runs/$label/checkpoint_best.pt" ] || continue
+    pairs+=(--pair "$label:$(basename "$START")")
+    [ -n "$first_published" ] && pairs+=(--pair "$label:$first_published")
+  done
+  [ -n "$first_published" ] && pairs+=(--pair "$(basename "$START"):$first_published")
+  for which in split pool; do
+    [ -d "$R/eval_$which" ] && [ ${#pairs[@]} -gt 0 ] || continue
+    "$PY" bench/paired_comparison.py --runs "$R/eval_$which" --label "gpu_engine_seed${SEED}_$which" "${pairs[@]}" \
+      --out "$R/out/paired_$which.json" 2>&1 | tail -n $(( ${#pairs[@]} / 2 + 2 ))
+  done
+}
+
+case "${1:-}" in
+  start)
+    [ $# -eq 3 ] || usage
+    [ -n "${OUT:-}" ] || { echo "error: set OUT, the folder the results are left in" >&2; exit 2; }
+    if [ -f "$R/t0" ]; then echo "error: a run was started on this machine already ($R/t0): call watch" >&2; exit 2; fi
+    mkdir -p "$R/logs"; date +%s > "$R/t0"; echo $(( $(cat "$R/t0") + $3 )) > "$R/deadline"; : > "$R/logs/run.log"
+    setsid nohup bash "$0" run < /dev/null > /dev/null 2>&1 &
+    watch "$2" ;;
+  watch)
+    [ $# -eq 2 ] || usage
+    # a fresh machine (the last one went back) answers at once instead of watching nothing
+    [ -f "$R/t0" ] || { echo "error: no run on this machine ($R/t0 missing): the machine was replaced" >&2; exit 1; }
+    watch "$2" ;;
+  run) run ;;
+  *) usage ;;
+esac

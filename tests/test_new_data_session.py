@@ -1,0 +1,71 @@
+"""bench/new_data_session.sh as a dry run on the CPU: started detached, watched by a second call, it simulates a new
+dataset, fine-tunes the released d_m 100 on it in two arms side by side, scores every model on a pooled test set and on
+the new split, pairs each arm with its start and the published model, and leaves all of it in out.tgz."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "new_data_session.sh"
+PUBLISHED = REPO.parent / "shared" / "pretrained" / "elmneuron" / "best_elm_neuron"
+
+
+def session(args, env, timeout=900):
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_path):
+    if not PUBLISHED.is_dir():
+        pytest.skip("../shared/pretrained/elmneuron not beside the repository")
+    (tmp_path / "small.toml").write_text("[dataset]\nsimulations_per_shard = 2\n[inputs]\nduration_ms = 2000\n")
+    (tmp_path / "tiny.toml").write_text(
+        '[train]\ndevice = "cpu"\nnum_threads = 1\nvalid_simulations = 2\n[data]\nsimulations_per_load = 4\n'
+        '[train.branch_elm]\nbatch_size = 4\nbatches_per_epoch = 3\n[evaluate]\ndevice = "cpu"\n')
+    published = tmp_path / "published-best-elm-d100"
+    published.symlink_to(PUBLISHED)
+    fit = ("configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml "
+           f"configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml {tmp_path / 'tiny.toml'}")
+    out = tmp_path / "out"
+    env = {**os.environ, "SMALL": "1", "R": str(tmp_path / "r"), "OUT": str(out), "PYTHON": sys.executable,
+           "L5PC_MORPHOLOGY": str(morphology_path), "SEED": "917", "N_SHARDS": "4", "SPLITS": "918:3 919:3",
+           "SIM_CONFIG": f"configs/quick.toml {tmp_path / 'small.toml'}", "FIT_CONFIGS": fit,
+           "EVAL_CONFIGS": f"configs/neuronio.toml {tmp_path / 'tiny.toml'}", "WORKERS": "1", "ARMS": "short:1 long:2",
+           "PUBLISHED": str(published), "RESERVE_S": "300", "EVAL_RESERVE_S": "120"}
+
+    assert session(["watch", "5"], env).returncode == 1  # a machine with no run answers at once
+    started = session(["start", "20", "1200"], env)  # the first call stops watching long before the run ends
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    assert "watching stopped; the run goes on" in started.stdout
+    assert session(["start", "5", "1200"], env).returncode == 2  # never two runs on one machine
+    watched = session(["watch", "850"], env)
+    assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-3000:]
+    assert "run ended" in watched.stdout and "simulated 4 shards; test split shard_00003.h5" in watched.stdout
+
+    with tarfile.open(out / "out.tgz") as packed:
+        names = set(packed.getnames())
+        packed.extractall(tmp_path / "back")
+    back = tmp_path / "back"
+    for arm in ("short", "long"):
+        assert f"runs/{arm}/checkpoint_best.pt" in names
+        summary = json.loads((back / "runs" / arm / "summary.json").read_text())
+        assert summary["initialized_from"]["source"].endswith("checkpoints/branch-elm-d100")
+    # every model on both sets: the two arms, their start, the released d_m 20 and the published folder
+    for which, simulations in (("split", 2), ("pool", 4)):
+        scored = {p.parent.name for p in (back / f"eval_{which}").glob("*/evaluation.json")}
+        assert scored == {"short", "long", "branch-elm-d100", "branch-elm-d20", "published-best-elm-d100"}
+        evaluation = json.loads((back / f"eval_{which}" / "short" / "evaluation.json").read_text())
+        assert evaluation["test"]["simulations"] == simulations
+    pool = json.loads((back / "out" / "paired_pool.json").read_text())
+    pairs = {(row["a"], row["b"]) for row in pool["rows"]}
+    assert pairs == {("short", "branch-elm-d100"), ("short", "published-best-elm-d100"), ("long", "branch-elm-d100"),
+                     ("long", "published-best-elm-d100"), ("branch-elm-d100", "published-best-elm-d100")}
