@@ -13,13 +13,15 @@
 #   1. setup (the carried wheels, the mechanisms) and simulate N_SHARDS shards of master seed SEED (SIM_CONFIG); if
 #      the time runs short, fewer: the fits split the shards there (train..., valid, test = the last present);
 #   2. the six test splits of the pooled figure of record (bench/pooled_test_set.sh), beside the fits' data loading;
-#   3. one fit of START per ARMS entry LABEL:EPOCHS, side by side (fit --init-from, the FIT_CONFIGS recipe);
+#   3. one fit of START per ARMS entry LABEL:EPOCHS[:OVERLAY], side by side (fit --init-from, the FIT_CONFIGS recipe,
+#      then the arm's own config overlay if it names one);
 #   4. evaluate every fit, START, COMPARE and the PUBLISHED folders on the pool and on the new test split, and pair
 #      each fit with START and with the first PUBLISHED folder (bench/paired_comparison.py).
 #
 #   OUT (required); SEED (2032), N_SHARDS (96), START (checkpoints/branch-elm-d100), MODEL (branch-elm),
-#   ARMS ("branch-elm-d100-run39:12 branch-elm-d100-run39-long:24"), FIT_CONFIGS (the d_m 100 fine-tune of device run
-#   29), COMPARE (checkpoints/branch-elm-d20), PUBLISHED (.carry/published/published-best-elm-d100
+#   ARMS (run 29's 12-epoch cycle on all the new data, and on its first 5888 simulations: which of the two set apart
+#   runs 27 and 28, which gained nothing, from run 29, which gained), FIT_CONFIGS (the d_m 100 fine-tune of device
+#   run 29), COMPARE (checkpoints/branch-elm-d20), PUBLISHED (.carry/published/published-best-elm-d100
 #   .carry/published/published-branch-elm-d20: elmneuron folders, copied from ../shared, never committed),
 #   RESERVE_S (600: what the simulation leaves for the rest), EVAL_RESERVE_S (200: what the fits leave),
 #   WORKERS (4: loader workers per fit; must divide [data] streams), SIM_CONFIG (configs/neuronio_gpu.toml),
@@ -29,8 +31,9 @@ set -u
 PY="${PYTHON:-python3}"; R="${R:-/tmp/new_data_session}"
 SEED="${SEED:-2032}"; N_SHARDS="${N_SHARDS:-96}"; MODEL="${MODEL:-branch-elm}"
 START="${START:-checkpoints/branch-elm-d100}"; COMPARE="${COMPARE-checkpoints/branch-elm-d20}"
-ARMS="${ARMS:-branch-elm-d100-run39:12 branch-elm-d100-run39-long:24}"
-FIT_CONFIGS="${FIT_CONFIGS:-configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml}"
+ARMS="${ARMS:-branch-elm-d100-run39:12 branch-elm-d100-run39-n5888:12:configs/recipes/train_5888.toml}"
+FIT_CONFIGS="${FIT_CONFIGS:-configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml
+  configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml}"
 PUBLISHED="${PUBLISHED-.carry/published/published-best-elm-d100 .carry/published/published-branch-elm-d20}"
 EVAL_CONFIGS="${EVAL_CONFIGS:-configs/neuronio.toml}"
 RESERVE_S="${RESERVE_S:-600}"; EVAL_RESERVE_S="${EVAL_RESERVE_S:-200}"; WORKERS="${WORKERS:-4}"
@@ -55,7 +58,9 @@ watch() {  # until the run is done or WATCH_S have passed; the log's new lines a
     n=$(wc -l < "$R/logs/run.log")
     [ "$n" -gt "$shown" ] && sed -n "$((shown + 1)),${n}p" "$R/logs/run.log"; shown=$n
     if [ -f "$R/done" ]; then pack; return 0; fi
-    [ "$(date +%s)" -ge "$until" ] && { echo "(watching stopped; the run goes on: call watch again at once)"; pack; return 0; }
+    if [ "$(date +%s)" -ge "$until" ]; then
+      echo "(watching stopped; the run goes on: call watch again at once)"; pack; return 0
+    fi
     sleep 5
   done
 }
@@ -63,7 +68,7 @@ watch() {  # until the run is done or WATCH_S have passed; the log's new lines a
 run() {
   exec > "$R/logs/run.log" 2>&1
   trap 'stamp "run ended"; touch "$R/done"' EXIT
-  local sim_s fit_s arm label epochs test pool src pairs=() first_published=""
+  local sim_s fit_s arm label epochs overlay test pool src pairs=() first_published=""
   mkdir -p "$R/out" "$R/runs" "$R/split"
   # the carried morphology (never committed) where none is set: the simulate verb of every stage needs it
   [ -z "${L5PC_MORPHOLOGY:-}" ] && [ -f .carry/cell1.asc ] && export L5PC_MORPHOLOGY=$PWD/.carry/cell1.asc
@@ -86,15 +91,17 @@ run() {
   fit_s=$(( $(left) - EVAL_RESERVE_S ))
   stamp "fits from $START, side by side: $ARMS (at most $fit_s s)"
   for arm in $ARMS; do
-    label=${arm%%:*}; epochs=${arm##*:}
-    timeout --signal=TERM "$fit_s" "$PY" -m pipelines fit --model "$MODEL" $(configs "$FIT_CONFIGS") \
+    label=${arm%%:*}; epochs=${arm#*:}; overlay=""
+    [ "${epochs#*:}" != "$epochs" ] && overlay="--config ${epochs#*:}" && epochs=${epochs%%:*}
+    timeout --signal=TERM "$fit_s" "$PY" -m pipelines fit --model "$MODEL" $(configs "$FIT_CONFIGS") $overlay \
       --config "$R/out/workers.toml" --epochs "$epochs" --init-from "$START" --data "$W/data" --out "$R/runs/$label" \
       ${FIT_EXTRA:-} > "$R/logs/fit-$label.log" 2>&1 &
   done
   wait $(jobs -p | grep -vx "$pool_pid")
   for arm in $ARMS; do
     label=${arm%%:*}
-    tr '\r' '\n' < "$R/logs/fit-$label.log" | grep -E "^(training|epoch [0-9]+/|error)|Error" | tail -n 4 | sed "s/^/[$label] /"
+    tr '\r' '\n' < "$R/logs/fit-$label.log" | grep -E "^(training|epoch [0-9]+/|error)|Error" | tail -n 4 \
+      | sed "s/^/[$label] /"
   done
   wait "$pool_pid" || { stamp "error: the pooled test set was not made (logs/pool.log)"; tail -n 3 "$R/logs/pool.log"; }
   pool=$(tail -n 1 "$R/out/pool.txt" 2>/dev/null)

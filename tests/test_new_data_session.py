@@ -31,6 +31,7 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
     (tmp_path / "tiny.toml").write_text(
         '[train]\ndevice = "cpu"\nnum_threads = 1\nvalid_simulations = 2\n[data]\nsimulations_per_load = 4\n'
         '[train.branch_elm]\nbatch_size = 4\nbatches_per_epoch = 3\n[evaluate]\ndevice = "cpu"\n')
+    (tmp_path / "first2.toml").write_text("[data]\nmax_train_simulations = 2\n")  # an arm's own overlay
     published = tmp_path / "published-best-elm-d100"
     published.symlink_to(PUBLISHED)
     fit = ("configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml "
@@ -39,7 +40,8 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
     env = {**os.environ, "SMALL": "1", "R": str(tmp_path / "r"), "OUT": str(out), "PYTHON": sys.executable,
            "L5PC_MORPHOLOGY": str(morphology_path), "SEED": "917", "N_SHARDS": "4", "SPLITS": "918:3 919:3",
            "SIM_CONFIG": f"configs/quick.toml {tmp_path / 'small.toml'}", "FIT_CONFIGS": fit,
-           "EVAL_CONFIGS": f"configs/neuronio.toml {tmp_path / 'tiny.toml'}", "WORKERS": "1", "ARMS": "short:1 long:2",
+           "EVAL_CONFIGS": f"configs/neuronio.toml {tmp_path / 'tiny.toml'}", "WORKERS": "1",
+           "ARMS": f"short:1 long:2:{tmp_path / 'first2.toml'}",
            "PUBLISHED": str(published), "RESERVE_S": "300", "EVAL_RESERVE_S": "120"}
 
     assert session(["watch", "5"], env).returncode == 1  # a machine with no run answers at once
@@ -55,10 +57,11 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
         names = set(packed.getnames())
         packed.extractall(tmp_path / "back")
     back = tmp_path / "back"
-    for arm in ("short", "long"):
+    for arm, epochs, simulations in (("short", 1, 4), ("long", 2, 2)):
         assert f"runs/{arm}/checkpoint_best.pt" in names
         summary = json.loads((back / "runs" / arm / "summary.json").read_text())
         assert summary["initialized_from"]["source"].endswith("checkpoints/branch-elm-d100")
+        assert (summary["epochs_completed"], summary["training_simulations"]) == (epochs, simulations)
     # every model on both sets: the two arms, their start, the released d_m 20 and the published folder
     for which, simulations in (("split", 2), ("pool", 4)):
         scored = {p.parent.name for p in (back / f"eval_{which}").glob("*/evaluation.json")}
