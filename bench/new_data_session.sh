@@ -118,7 +118,7 @@ run() {
         --checkpoint "$src" > "$R/logs/eval-$which-$(basename "$src").log" 2>&1 &
     done
     wait
-    grep -h -E "\[whole\]|error" "$R"/logs/eval-$which-*.log | cut -c1-160 | sed "s/^/[$which] /"
+    grep -h -E "\[windowed\]|error" "$R"/logs/eval-$which-*.log | cut -c1-160 | sed "s/^/[$which] /"
   done
   for p in $PUBLISHED; do first_published=$(basename "$p"); break; done
   for arm in $ARMS; do
