@@ -31,7 +31,7 @@ set -u
 PY="${PYTHON:-python3}"; R="${R:-/tmp/new_data_session}"
 SEED="${SEED:-2032}"; N_SHARDS="${N_SHARDS:-96}"; MODEL="${MODEL:-branch-elm}"
 START="${START:-checkpoints/branch-elm-d100}"; COMPARE="${COMPARE-checkpoints/branch-elm-d20}"
-ARMS="${ARMS:-branch-elm-d100-run39:12 branch-elm-d100-run39-n5888:12:configs/recipes/train_5888.toml}"
+ARMS="${ARMS:-branch-elm-d100-run39:12 branch-elm-d100-run39-n5888:12:configs/train_subsets/first_5888.toml}"
 FIT_CONFIGS="${FIT_CONFIGS:-configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml
   configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml}"
 PUBLISHED="${PUBLISHED-.carry/published/published-best-elm-d100 .carry/published/published-branch-elm-d20}"
