@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
 
 from common.errors import UserInputError, first_line  # noqa: E402
 from common.jsonio import update_json_rows  # noqa: E402
+from pipelines.evaluate_task import SPLIT_NAMES  # noqa: E402
 from surrogate.tasks import TASKS  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
                                                           if spec.input_kind == "pixels"])
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--checkpoint", required=True, action="append", metavar="LABEL=RUN_DIR")
-    parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    parser.add_argument("--split", default="test", choices=SPLIT_NAMES)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "test_time_views.json")
