@@ -1,11 +1,13 @@
 """bench/new_data_session.sh as a dry run on the CPU: started detached, watched by a second call, it simulates a new
 dataset, fine-tunes the released d_m 100 on it in two arms side by side, scores every model on a pooled test set and on
-the new split, pairs each arm with its start and the published model, and leaves all of it in out.tgz."""
+the new split, pairs each arm with its start and the published model, and leaves all of it in out.tgz; then
+bench/record_new_data_session.py records what came back and releases an arm."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -72,3 +74,41 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
     pairs = {(row["a"], row["b"]) for row in pool["rows"]}
     assert pairs == {("short", "branch-elm-d100"), ("short", "published-best-elm-d100"), ("long", "branch-elm-d100"),
                      ("long", "published-best-elm-d100"), ("branch-elm-d100", "published-best-elm-d100")}
+
+    # what came back, recorded in copies of the results files, and the short arm released
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("surrogate_accuracy.json", "paired_comparison.json"):
+        shutil.copy(REPO / "bench" / "results" / name, results / name)
+    record = [sys.executable, "bench/record_new_data_session.py", "--session", str(back), "--device-run", "99",
+              "--device", "this CPU", "--results", str(results), "--recorded-as", "branch-elm-d20=branch-elm",
+              "--start-note", "the released one", "--release", "short", "--release-to", str(tmp_path / "released")]
+    refused = subprocess.run(record[:-4] + ["--release", "nosuch"], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --release nosuch: not an arm")
+    assert json.loads((results / "surrogate_accuracy.json").read_text()) == json.loads(
+        (REPO / "bench" / "results" / "surrogate_accuracy.json").read_text())  # nothing written before the refusal
+    recorded = subprocess.run(record, cwd=REPO, capture_output=True, text=True)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    accuracy = json.loads((results / "surrogate_accuracy.json").read_text())
+    for arm in ("short", "long"):
+        entry = accuracy["models"][arm]
+        assert set(entry["test_sets"]) == {"gpu_engine_seed917", "gpu_engine_pooled2"}
+        assert entry["device_run"] == 99 and entry["initialized_from"]["source"] == \
+            "checkpoints/branch-elm-d100 (the released one)"
+        evaluation = json.loads((back / "eval_pool" / arm / "evaluation.json").read_text())
+        assert entry["test_sets"]["gpu_engine_pooled2"]["test_auc"] == evaluation["windowed"]["spike"]["auc"]
+    assert accuracy["datasets"]["train_seed917"]["simulations"] == 4
+    for scored in (accuracy["published_checkpoints"]["published-best-elm-d100"], accuracy["models"]["branch-elm"]):
+        assert {"gpu_engine_seed917", "gpu_engine_pooled2"} <= set(scored["test_sets"])
+    rows = json.loads((results / "paired_comparison.json").read_text())["rows"]
+    labels = {row["test_set"] for row in rows if row.get("device_run") == 99}
+    # the pool's pairs under the pool's record name (the 2-simulation split may hold no spike to pair on)
+    assert "gpu_engine_pooled2" in labels and labels <= {"gpu_engine_seed917", "gpu_engine_pooled2"}
+    released = tmp_path / "released" / "branch-elm-d100"
+    scores = json.loads((released / "scores.json").read_text())
+    assert scores["test_sets"] == accuracy["models"]["short"]["test_sets"]
+    predicted = subprocess.run([sys.executable, "-m", "pipelines", "predict", "--checkpoint", str(released),
+                                "--inputs", str(sorted((tmp_path / "r" / "split").glob("shard_*.h5"))[0]),
+                                "--out", str(tmp_path / "pred.h5"), "--device", "cpu"],
+                               cwd=REPO, capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
