@@ -128,9 +128,11 @@ run() {
     [ -n "$first_published" ] && pairs+=(--pair "$label:$first_published")
   done
   [ -n "$first_published" ] && pairs+=(--pair "$(basename "$START"):$first_published")
+  # the test sets' record names (bench/record_new_data_session.py): the new split by its seed, the pool by its splits
+  local -A labels=([split]="gpu_engine_seed$SEED" [pool]="gpu_engine_pooled$(( $(wc -w <<< "$pool") / 2 ))")
   for which in split pool; do
     [ -d "$R/eval_$which" ] && [ ${#pairs[@]} -gt 0 ] || continue
-    "$PY" bench/paired_comparison.py --runs "$R/eval_$which" --label "gpu_engine_seed${SEED}_$which" "${pairs[@]}" \
+    "$PY" bench/paired_comparison.py --runs "$R/eval_$which" --label "${labels[$which]}" "${pairs[@]}" \
       --out "$R/out/paired_$which.json" 2>&1 | tail -n $(( ${#pairs[@]} / 2 + 2 ))
   done
 }

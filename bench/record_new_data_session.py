@@ -19,7 +19,6 @@ Nothing is recomputed: every number is read from a file the pipeline wrote.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tomllib
 from datetime import datetime, timezone
@@ -31,16 +30,12 @@ for path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(path))
 
 from common.errors import DatasetError, UserInputError, first_line  # noqa: E402
-from common.jsonio import update_json_rows, write_json  # noqa: E402
+from common.jsonio import read_json, update_json_rows, write_json  # noqa: E402
 from surrogate_accuracy import model_entry, release, scores_of  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PUBLISHED_PREFIX = "published-"  # new_data_session.sh's names for the published folders
 POOL_TOLERANCE = 1e-6  # a recorded model scored again on the same pool must come out the same
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def session_scores(session: Path, seed: int) -> tuple[dict[str, dict], str, str]:
@@ -50,7 +45,7 @@ def session_scores(session: Path, seed: int) -> tuple[dict[str, dict], str, str]
     scores: dict[str, dict] = {}
     for folder, label in (("eval_split", split_label), ("eval_pool", None)):
         for path in sorted((session / folder).glob("*/evaluation.json")):
-            entry = scores_of(_read(path))
+            entry = scores_of(read_json(path))
             if label is None:  # the pool is named by how many splits it holds
                 label = pool_label = f"gpu_engine_pooled{len(entry.get('test_shard_paths', entry['test_shards']))}"
             scores.setdefault(path.parent.name, {})[label] = entry
@@ -91,7 +86,7 @@ def record(args: argparse.Namespace) -> None:
     seed = dataset["seed"]
     scores, split_label, pool_label = session_scores(session, seed)
     accuracy_path = args.results / "surrogate_accuracy.json"
-    accuracy = _read(accuracy_path)
+    accuracy = read_json(accuracy_path)
     if any("=" not in item for item in args.recorded_as):
         raise UserInputError(f"--recorded-as takes EVAL_NAME=MODEL, got {args.recorded_as}")
     recorded_as = dict(item.split("=", 1) for item in args.recorded_as)
@@ -135,7 +130,7 @@ def record(args: argparse.Namespace) -> None:
         target["test_sets"][split_label] = tests[split_label]
         target["test_sets"].setdefault(pool_label, tests[pool_label])
 
-    summaries = [_read(session / "runs" / arm / "summary.json") for arm in arms]
+    summaries = [read_json(session / "runs" / arm / "summary.json") for arm in arms]
     first = max(summaries, key=lambda summary: summary["training_simulations"])  # the whole training set
     split = next(iter(scores.values()))[split_label]
     accuracy["datasets"][f"train_seed{seed}"] = {
@@ -150,14 +145,11 @@ def record(args: argparse.Namespace) -> None:
     write_json(accuracy_path, accuracy)
     print(f"-> {accuracy_path}: {len(arms)} arm(s), {split_label} and {pool_label}")
 
-    # new_data_session.sh labels its pairs <split label>_split / _pool; here they take the test sets' record names
-    labels = {f"{split_label}_split": split_label, f"{split_label}_pool": pool_label}
     rows = []
     for path in sorted((session / "out").glob("paired_*.json")) + args.pairs:
-        rows += [{**row, "test_set": labels.get(row["test_set"], row["test_set"]), "device_run": args.device_run}
-                 for row in _read(path)["rows"]]
+        rows += [{**row, "device_run": args.device_run} for row in read_json(path)["rows"]]
     paired_path = args.results / "paired_comparison.json"
-    paired = _read(paired_path)
+    paired = read_json(paired_path)
     described = paired.get("test_sets", {}) | {split_label: (
         f"the test split ({split['test_shards'][0]}) of the GPU-engine dataset of seed {seed} "
         f"({split['test_simulations_kept']} of {split['test_simulations']} kept, {split['test_spike_bins']} spike "

@@ -72,6 +72,7 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
         assert evaluation["test"]["simulations"] == simulations
     pool = json.loads((back / "out" / "paired_pool.json").read_text())
     pairs = {(row["a"], row["b"]) for row in pool["rows"]}
+    assert {row["test_set"] for row in pool["rows"]} == {"gpu_engine_pooled2"}  # the pool's record name: 2 splits
     assert pairs == {("short", "branch-elm-d100"), ("short", "published-best-elm-d100"), ("long", "branch-elm-d100"),
                      ("long", "published-best-elm-d100"), ("branch-elm-d100", "published-best-elm-d100")}
 
