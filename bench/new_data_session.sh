@@ -14,9 +14,12 @@
 #      the time runs short, fewer: the fits split the shards there (train..., valid, test = the last present);
 #   2. the six test splits of the pooled figure of record (bench/pooled_test_set.sh), beside the fits' data loading;
 #   3. one fit of START per ARMS entry LABEL:EPOCHS[:OVERLAY], side by side (fit --init-from, the FIT_CONFIGS recipe,
-#      then the arm's own config overlay if it names one);
+#      then the arm's own config overlay if it names one); START "scratch": new models, trained from their first step;
 #   4. evaluate every fit, START, COMPARE and the PUBLISHED folders on the pool and on the new test split, and pair
-#      each fit with START and with the first PUBLISHED folder (bench/paired_comparison.py).
+#      each fit with START and with the first PUBLISHED folder (bench/paired_comparison.py);
+#   5. a fit whose best checkpoint is over SHIP_BYTES (the TCN's: 74 MB, past the device tool's 16 MB a file) comes
+#      back in float16 (bench/half_precision_checkpoint.py, 18.5 MB for the TCN) in 15-MB parts beside out.tgz,
+#      $OUT/LABEL-fp16.pt.part-*, its md5 in out/LABEL-fp16.md5: `cat LABEL-fp16.pt.part-* > LABEL-fp16.pt`.
 #
 #   OUT (required); SEED (2032), N_SHARDS (96), START (checkpoints/branch-elm-d100), MODEL (branch-elm),
 #   ARMS (run 29's 12-epoch cycle on all the new data, and on its first 5888 simulations: which of the two set apart
@@ -25,18 +28,20 @@
 #   .carry/published/published-branch-elm-d20: elmneuron folders, copied from ../shared, never committed),
 #   RESERVE_S (600: what the simulation leaves for the rest), EVAL_RESERVE_S (200: what the fits leave),
 #   WORKERS (4: loader workers per fit; must divide [data] streams), SIM_CONFIG (configs/neuronio_gpu.toml),
+#   SHIP_BYTES (12000000), FIT_EXTRA (more fit options, every arm),
 #   SPLITS (pooled_test_set.sh's), EVAL_CONFIGS (configs/neuronio.toml), R (/tmp/new_data_session), PYTHON (python3).
 #   A dry run on a CPU: tests/test_new_data_session.py.
 set -u
 PY="${PYTHON:-python3}"; R="${R:-/tmp/new_data_session}"
 SEED="${SEED:-2032}"; N_SHARDS="${N_SHARDS:-96}"; MODEL="${MODEL:-branch-elm}"
 START="${START:-checkpoints/branch-elm-d100}"; COMPARE="${COMPARE-checkpoints/branch-elm-d20}"
-ARMS="${ARMS:-branch-elm-d100-run39:12 branch-elm-d100-run39-n5888:12:configs/train_subsets/first_5888.toml}"
+ARMS="${ARMS:-branch-elm-d100-new:12 branch-elm-d100-new-n5888:12:configs/train_subsets/first_5888.toml}"
 FIT_CONFIGS="${FIT_CONFIGS:-configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml
   configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml}"
 PUBLISHED="${PUBLISHED-.carry/published/published-best-elm-d100 .carry/published/published-branch-elm-d20}"
 EVAL_CONFIGS="${EVAL_CONFIGS:-configs/neuronio.toml}"
 RESERVE_S="${RESERVE_S:-600}"; EVAL_RESERVE_S="${EVAL_RESERVE_S:-200}"; WORKERS="${WORKERS:-4}"
+SHIP_BYTES="${SHIP_BYTES:-12000000}"
 W=$R/work
 
 usage() { echo "usage: bash bench/new_data_session.sh start WATCH_S TOTAL_S | watch WATCH_S" >&2; exit 2; }
@@ -44,11 +49,19 @@ stamp() { echo "[T0+$(( $(date +%s) - $(cat "$R/t0") )) s] $*"; }
 left() { echo $(( $(cat "$R/deadline") - $(date +%s) )); }
 configs() { local c; for c in $1; do printf -- '--config %s ' "$c"; done; }
 
-pack() {  # what comes back: small files only
+small() {  # the files of a run folder under SHIP_BYTES, relative to $R
+  local f; for f in $(cd "$R" && ls -d "$@" 2>/dev/null); do [ "$(stat -c %s "$R/$f")" -le "$SHIP_BYTES" ] && echo "$f"; done
+}
+
+pack() {  # what comes back: small files, and the large checkpoints in float16 parts
   [ -n "${OUT:-}" ] || return 0
   mkdir -p "$OUT"
-  tar czf "$OUT/out.tgz" -C "$R" out logs $(cd "$R" && ls -d runs/*/checkpoint_best.pt runs/*/metrics.csv \
+  local f
+  tar czf "$OUT/out.tgz" -C "$R" out logs $(small runs/*/checkpoint_best.pt) $(cd "$R" && ls -d runs/*/metrics.csv \
     runs/*/summary.json eval_*/*/evaluation.json 2>/dev/null)
+  for f in "$R"/ship/*-fp16.pt; do
+    [ -f "$f" ] && rm -f "$OUT/$(basename "$f").part-"* && split -b 15M "$f" "$OUT/$(basename "$f").part-"
+  done
   ls -la "$OUT" | tail -n +4
 }
 
@@ -68,7 +81,8 @@ watch() {  # until the run is done or WATCH_S have passed; the log's new lines a
 run() {
   exec > "$R/logs/run.log" 2>&1
   trap 'stamp "run ended"; touch "$R/done"' EXIT
-  local sim_s fit_s arm label epochs overlay test pool src pairs=() first_published=""
+  local sim_s fit_s arm label epochs overlay test pool src pairs=() first_published="" init="--init-from $START"
+  [ "$START" = scratch ] && init=""
   mkdir -p "$R/out" "$R/runs" "$R/split"
   # the carried morphology (never committed) where none is set: the simulate verb of every stage needs it
   [ -z "${L5PC_MORPHOLOGY:-}" ] && [ -f .carry/cell1.asc ] && export L5PC_MORPHOLOGY=$PWD/.carry/cell1.asc
@@ -94,7 +108,7 @@ run() {
     label=${arm%%:*}; epochs=${arm#*:}; overlay=""
     [ "${epochs#*:}" != "$epochs" ] && overlay="--config ${epochs#*:}" && epochs=${epochs%%:*}
     timeout --signal=TERM "$fit_s" "$PY" -m pipelines fit --model "$MODEL" $(configs "$FIT_CONFIGS") $overlay \
-      --config "$R/out/workers.toml" --epochs "$epochs" --init-from "$START" --data "$W/data" --out "$R/runs/$label" \
+      --config "$R/out/workers.toml" --epochs "$epochs" $init --data "$W/data" --out "$R/runs/$label" \
       ${FIT_EXTRA:-} > "$R/logs/fit-$label.log" 2>&1 &
   done
   wait $(jobs -p | grep -vx "$pool_pid")
@@ -103,13 +117,21 @@ run() {
     tr '\r' '\n' < "$R/logs/fit-$label.log" | grep -E "^(training|epoch [0-9]+/|error)|Error" | tail -n 4 \
       | sed "s/^/[$label] /"
   done
+  mkdir -p "$R/ship"
+  for arm in $ARMS; do  # before the evaluations: weights that come back even if the time runs out there
+    label=${arm%%:*}; src="$R/runs/$label/checkpoint_best.pt"
+    [ -f "$src" ] && [ "$(stat -c %s "$src")" -gt "$SHIP_BYTES" ] || continue
+    "$PY" bench/half_precision_checkpoint.py "$src" "$R/ship/$label-fp16.pt" \
+      && (cd "$R/ship" && md5sum "$label-fp16.pt") > "$R/out/$label-fp16.md5"
+  done
   wait "$pool_pid" || { stamp "error: the pooled test set was not made (logs/pool.log)"; tail -n 3 "$R/logs/pool.log"; }
   pool=$(tail -n 1 "$R/out/pool.txt" 2>/dev/null)
   stamp "evaluate (pool: ${pool:-none})"
 
   local sources=()
   for arm in $ARMS; do [ -f "$R/runs/${arm%%:*}/checkpoint_best.pt" ] && sources+=("$R/runs/${arm%%:*}"); done
-  sources+=("$START" $COMPARE $PUBLISHED)
+  [ -n "$init" ] && sources+=("$START")
+  sources+=($COMPARE $PUBLISHED)
   for which in split pool; do
     local data_args="--data $R/split"; [ $which = pool ] && data_args=$pool
     [ -n "$data_args" ] || continue
@@ -124,10 +146,10 @@ run() {
   for arm in $ARMS; do
     label=${arm%%:*}
     [ -f "$R/runs/$label/checkpoint_best.pt" ] || continue
-    pairs+=(--pair "$label:$(basename "$START")")
+    [ -n "$init" ] && pairs+=(--pair "$label:$(basename "$START")")
     [ -n "$first_published" ] && pairs+=(--pair "$label:$first_published")
   done
-  [ -n "$first_published" ] && pairs+=(--pair "$(basename "$START"):$first_published")
+  [ -n "$init" ] && [ -n "$first_published" ] && pairs+=(--pair "$(basename "$START"):$first_published")
   # the test sets' record names (bench/record_new_data_session.py): the new split by its seed, the pool by its splits
   local -A labels=([split]="gpu_engine_seed$SEED" [pool]="gpu_engine_pooled$(( $(wc -w <<< "$pool") / 2 ))")
   for which in split pool; do

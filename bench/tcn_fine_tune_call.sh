@@ -73,14 +73,6 @@ grep -h -E "\[whole\]|error" "$R"/logs/eval-*.log | cut -c1-200
   --out "$R/out/paired.json" 2>&1 | tail -n 3
 
 # fp16 weights (half the bytes, so two 15-MB parts), the training copy of the weights left out
-"$PY" - "$W/runs/$NEW/checkpoint_best.pt" "$K/$NEW-fp16.pt" <<'PY'
-import sys
-from surrogate.checkpoints import checkpoint_soma_transform, load_checkpoint, save_checkpoint
-c = load_checkpoint(sys.argv[1])
-save_checkpoint(sys.argv[2], model_kind=c["model_kind"], model_config=c["model_config"],
-                model_state={k: v.half() if v.is_floating_point() else v for k, v in c["model_state"].items()},
-                soma_transform=checkpoint_soma_transform(c), epoch=c.get("epoch", 0), global_step=c.get("global_step", 0),
-                best_metric=c.get("best_metric"), extra={k: v for k, v in c["extra"].items() if k != "training_model_state"})
-PY
+"$PY" bench/half_precision_checkpoint.py "$W/runs/$NEW" "$K/$NEW-fp16.pt" || exit 1
 md5sum "$K/$NEW-fp16.pt" > "$R/out/$NEW.md5" && split -b 15M "$K/$NEW-fp16.pt" "$OUT/$NEW-fp16.pt.part-" || exit 1
 stamp "done"

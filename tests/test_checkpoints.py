@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from simulation.errors import ConfigError, UserInputError
-from surrogate.checkpoints import CheckpointError, inference_checkpoint, load_checkpoint, load_model, save_checkpoint
+from surrogate.checkpoints import (CheckpointError, half_precision_checkpoint, inference_checkpoint, load_checkpoint,
+                                  load_model, save_checkpoint)
 from surrogate.registry import build_model, model_config_of
 from surrogate.targets import PUBLISHED_SOMA_TRANSFORM, SomaTransform
 from surrogate.elm import neuronio_routing, num_parameters
@@ -154,6 +155,19 @@ def test_round_trip(tmp_path, kind, config):
     assert again_info["soma_transform"] == info["soma_transform"]
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
+
+    # the float16 form (the TCN's, to carry and commit): half the model's bytes, the training record kept, the same
+    # model to float16's rounding
+    half = half_precision_checkpoint(path, tmp_path / "half" / "checkpoint_best.pt")
+    halved = load_checkpoint(half)
+    assert halved["optimizer_state"] is None and halved["extra"] == load_checkpoint(path)["extra"]
+    floats = [k for k, v in halved["model_state"].items() if v.is_floating_point()]
+    assert floats and all(halved["model_state"][k].dtype == torch.float16 for k in floats)
+    rounded, rounded_info = load_model(half)
+    assert rounded_info["num_parameters"] == info["num_parameters"]
+    assert all(v.dtype != torch.float16 for v in rounded.state_dict().values())  # loaded back into float32
+    with torch.no_grad():
+        torch.testing.assert_close(rounded(x), model(x), rtol=1e-2, atol=1e-2)
 
 
 def test_run_directory_falls_back_to_last_checkpoint(tmp_path):
@@ -300,8 +314,8 @@ def test_released_checkpoints_load_and_predict_on_the_cpu(path):
     """checkpoints/<kind>-d<memory>/: inference only, its scores beside it, and it runs on the CPU."""
     scores = json.loads((path.parent / "scores.json").read_text())
     model, info = load_model(path.parent, device="cpu")
-    kind, memory = path.parent.name.rsplit("-d", 1)
-    assert info["model_kind"] == kind and info["model_config"]["num_memory"] == int(memory)
+    kind, _, memory = path.parent.name.partition("-d")  # "tcn": no memory size in its name
+    assert info["model_kind"] == kind and info["model_config"].get("num_memory") == (int(memory) if memory else None)
     assert info["num_parameters"] == scores["num_parameters"]
     assert load_checkpoint(path)["optimizer_state"] is None
     assert info["soma_transform"] == PUBLISHED_SOMA_TRANSFORM  # trained with the published target transform
@@ -313,3 +327,23 @@ def test_released_checkpoints_load_and_predict_on_the_cpu(path):
 
 def test_checkpoints_are_released():
     assert {p.parent.name for p in RELEASED} >= {"branch-elm-d20", "branch-elm-d100", "elm-d100"}
+
+
+def test_half_precision_command_line(tmp_path):
+    """bench/half_precision_checkpoint.py: a run directory in, float16 out; a missing source is one line, exit 2."""
+    import subprocess
+    import sys
+
+    model = build_model("tcn", {"depth": 2, "width": 6, "first_kernel_size": 5, "kernel_size": 3})
+    save_checkpoint(tmp_path / "run" / "checkpoint_best.pt", model_kind="tcn", model_config=model_config_of(model),
+                    soma_transform=PUBLISHED_SOMA_TRANSFORM, model_state=model.state_dict(),
+                    extra={"training_model_state": model.state_dict(), "training_time_s": 12.5})
+    command = [sys.executable, "bench/half_precision_checkpoint.py"]
+    done = subprocess.run(command + [str(tmp_path / "run"), str(tmp_path / "half.pt")], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(tmp_path / "half.pt")["extra"] == {"training_time_s": 12.5}  # no training copy
+    missing = subprocess.run(command + [str(tmp_path / "nothing"), str(tmp_path / "out.pt")], cwd=REPO,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nothing'} not found"
+    assert not (tmp_path / "out.pt").exists()

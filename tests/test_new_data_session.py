@@ -5,6 +5,7 @@ bench/record_new_data_session.py records what came back and releases an arm."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -113,3 +114,80 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
                                 "--out", str(tmp_path / "pred.h5"), "--device", "cpu"],
                                cwd=REPO, capture_output=True, text=True)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_tcn_from_scratch_comes_back_in_float16_parts(tmp_path, morphology_path):
+    """START=scratch: a new TCN, no --init-from, no start to score or pair; its 74-MB best checkpoint comes back as
+    float16 parts under the device tool's 16 MB a file, which reassemble into a checkpoint the pipeline reads."""
+    published_d20 = PUBLISHED.parent / "num_memory_20"
+    if not published_d20.is_dir():
+        pytest.skip("../shared/pretrained/elmneuron not beside the repository")
+    (tmp_path / "small.toml").write_text("[dataset]\nsimulations_per_shard = 2\n[inputs]\nduration_ms = 2000\n")
+    (tmp_path / "tiny.toml").write_text(
+        '[train]\ndevice = "cpu"\nnum_threads = 1\nvalid_simulations = 2\n[data]\nsimulations_per_load = 4\n'
+        '[train.tcn]\nbatch_size = 4\nbatches_per_epoch = 3\n[evaluate]\ndevice = "cpu"\n')
+    published = tmp_path / "published-branch-elm-d20"
+    published.symlink_to(published_d20)
+    fit = ("configs/neuronio.toml configs/recipes/one_session.toml configs/recipes/tcn_small_batch.toml "
+           f"configs/recipes/tcn_scratch_session.toml configs/recipes/weight_average.toml {tmp_path / 'tiny.toml'}")
+    out = tmp_path / "out"
+    env = {**os.environ, "SMALL": "1", "R": str(tmp_path / "r"), "OUT": str(out), "PYTHON": sys.executable,
+           "L5PC_MORPHOLOGY": str(morphology_path), "SEED": "927", "N_SHARDS": "3", "SPLITS": "928:3",
+           "SIM_CONFIG": f"configs/quick.toml {tmp_path / 'small.toml'}", "FIT_CONFIGS": fit, "MODEL": "tcn",
+           "START": "scratch", "ARMS": "tcn-new:1", "COMPARE": "", "PUBLISHED": str(published),
+           "EVAL_CONFIGS": f"configs/neuronio.toml {tmp_path / 'tiny.toml'}", "WORKERS": "1",
+           "RESERVE_S": "300", "EVAL_RESERVE_S": "120"}
+    started = session(["start", "850", "1000"], env, timeout=1000)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    assert "run ended" in started.stdout and "fits from scratch" in started.stdout
+
+    with tarfile.open(out / "out.tgz") as packed:
+        names = set(packed.getnames())
+        packed.extractall(tmp_path / "back")
+    back = tmp_path / "back"
+    assert "runs/tcn-new/summary.json" in names and "runs/tcn-new/checkpoint_best.pt" not in names
+    summary = json.loads((back / "runs" / "tcn-new" / "summary.json").read_text())
+    assert summary["model_kind"] == "tcn" and not summary.get("initialized_from")
+    parts = sorted(out.glob("tcn-new-fp16.pt.part-*"))
+    assert len(parts) == 2 and all(part.stat().st_size <= 15 * 2**20 for part in parts)
+    weights = tmp_path / "tcn-new-fp16.pt"
+    weights.write_bytes(b"".join(part.read_bytes() for part in parts))
+    md5, name = (back / "out" / "tcn-new-fp16.md5").read_text().split()
+    assert name == weights.name and hashlib.md5(weights.read_bytes()).hexdigest() == md5
+    assert weights.stat().st_size < 20e6  # 9.2M parameters in 2 bytes each, the training copy left out
+
+    # the float16 copy is the trained model to float16's rounding
+    import torch
+    from surrogate.checkpoints import load_checkpoint
+    full = load_checkpoint(tmp_path / "r" / "runs" / "tcn-new" / "checkpoint_best.pt")["model_state"]
+    half = load_checkpoint(weights)["model_state"]
+    assert set(half) == set(full)
+    for key, value in full.items():
+        if value.is_floating_point():
+            assert half[key].dtype == torch.float16
+            torch.testing.assert_close(half[key].float(), value, rtol=2**-10, atol=1e-7)
+
+    for which in ("split", "pool"):
+        scored = {p.parent.name for p in (back / f"eval_{which}").glob("*/evaluation.json")}
+        assert scored == {"tcn-new", "published-branch-elm-d20"}
+    if (back / "out" / "paired_pool.json").is_file():  # a 2-simulation pool may hold no spike to pair on
+        rows = json.loads((back / "out" / "paired_pool.json").read_text())["rows"]
+        assert {(row["a"], row["b"]) for row in rows} == {("tcn-new", "published-branch-elm-d20")}
+    predicted = subprocess.run([sys.executable, "-m", "pipelines", "predict", "--checkpoint", str(weights),
+                                "--inputs", str(sorted((tmp_path / "r" / "split").glob("shard_*.h5"))[0]),
+                                "--out", str(tmp_path / "pred.h5"), "--device", "cpu"],
+                               cwd=REPO, capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("surrogate_accuracy.json", "paired_comparison.json"):
+        shutil.copy(REPO / "bench" / "results" / name, results / name)
+    recorded = subprocess.run([sys.executable, "bench/record_new_data_session.py", "--session", str(back),
+                               "--device-run", "99", "--device", "this CPU", "--results", str(results)],
+                              cwd=REPO, capture_output=True, text=True)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    entry = json.loads((results / "surrogate_accuracy.json").read_text())["models"]["tcn-new"]
+    assert entry["model_kind"] == "tcn" and "initialized_from" not in entry
+    assert set(entry["test_sets"]) == {"gpu_engine_seed927", "gpu_engine_pooled1"}
