@@ -28,7 +28,9 @@
 #   .carry/published/published-branch-elm-d20: elmneuron folders, copied from ../shared, never committed),
 #   RESERVE_S (600: what the simulation leaves for the rest), EVAL_RESERVE_S (200: what the fits leave),
 #   WORKERS (4: loader workers per fit; must divide [data] streams), SIM_CONFIG (configs/neuronio_gpu.toml),
-#   SHIP_BYTES (12000000), FIT_EXTRA (more fit options, every arm),
+#   SHIP_BYTES (12000000), FIT_EXTRA (more fit options, every arm), POOL_FIRST (0; 1: the pool is simulated before
+#   the fits start rather than beside them: beside the TCN's fit on an H100 (device run 41) each of its six splits
+#   took 73 s and the fit's epochs 36 s instead of 24),
 #   SPLITS (pooled_test_set.sh's), EVAL_CONFIGS (configs/neuronio.toml), R (/tmp/new_data_session), PYTHON (python3).
 #   A dry run on a CPU: tests/test_new_data_session.py.
 set -u
@@ -41,7 +43,7 @@ FIT_CONFIGS="${FIT_CONFIGS:-configs/neuronio.toml configs/models/branch-elm-d100
 PUBLISHED="${PUBLISHED-.carry/published/published-best-elm-d100 .carry/published/published-branch-elm-d20}"
 EVAL_CONFIGS="${EVAL_CONFIGS:-configs/neuronio.toml}"
 RESERVE_S="${RESERVE_S:-600}"; EVAL_RESERVE_S="${EVAL_RESERVE_S:-200}"; WORKERS="${WORKERS:-4}"
-SHIP_BYTES="${SHIP_BYTES:-12000000}"
+SHIP_BYTES="${SHIP_BYTES:-12000000}"; POOL_FIRST="${POOL_FIRST:-0}"
 W=$R/work
 
 usage() { echo "usage: bash bench/new_data_session.sh start WATCH_S TOTAL_S | watch WATCH_S" >&2; exit 2; }
@@ -101,7 +103,8 @@ run() {
 
   SIM_CONFIG="${SIM_CONFIG:-configs/neuronio_gpu.toml}" PYTHON="$PY" bash bench/pooled_test_set.sh "$R/pool" \
     > "$R/out/pool.txt" 2> "$R/logs/pool.log" &
-  local pool_pid=$!
+  local pool_pid=$! pool_status=""
+  if [ "$POOL_FIRST" = 1 ]; then stamp "the pooled test set first"; wait "$pool_pid"; pool_status=$?; fi
   fit_s=$(( $(left) - EVAL_RESERVE_S ))
   stamp "fits from $START, side by side: $ARMS (at most $fit_s s)"
   for arm in $ARMS; do
@@ -124,7 +127,8 @@ run() {
     "$PY" bench/half_precision_checkpoint.py "$src" "$R/ship/$label-fp16.pt" \
       && (cd "$R/ship" && md5sum "$label-fp16.pt") > "$R/out/$label-fp16.md5"
   done
-  wait "$pool_pid" || { stamp "error: the pooled test set was not made (logs/pool.log)"; tail -n 3 "$R/logs/pool.log"; }
+  [ -n "$pool_status" ] || { wait "$pool_pid"; pool_status=$?; }
+  [ "$pool_status" = 0 ] || { stamp "error: the pooled test set was not made (logs/pool.log)"; tail -n 3 "$R/logs/pool.log"; }
   pool=$(tail -n 1 "$R/out/pool.txt" 2>/dev/null)
   stamp "evaluate (pool: ${pool:-none})"
 

@@ -137,10 +137,12 @@ def test_a_tcn_from_scratch_comes_back_in_float16_parts(tmp_path, morphology_pat
            "SIM_CONFIG": f"configs/quick.toml {tmp_path / 'small.toml'}", "FIT_CONFIGS": fit, "MODEL": "tcn",
            "START": "scratch", "ARMS": "tcn-new:1", "COMPARE": "", "PUBLISHED": str(published),
            "EVAL_CONFIGS": f"configs/neuronio.toml {tmp_path / 'tiny.toml'}", "WORKERS": "1",
-           "RESERVE_S": "300", "EVAL_RESERVE_S": "120"}
+           "RESERVE_S": "300", "EVAL_RESERVE_S": "120", "POOL_FIRST": "1"}
     started = session(["start", "850", "1000"], env, timeout=1000)
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     assert "run ended" in started.stdout and "fits from scratch" in started.stdout
+    assert started.stdout.index("the pooled test set first") < started.stdout.index("fits from scratch")
+    assert "the pooled test set was not made" not in started.stdout
 
     with tarfile.open(out / "out.tgz") as packed:
         names = set(packed.getnames())
