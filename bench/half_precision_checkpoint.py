@@ -4,8 +4,9 @@
 
 SOURCE: a checkpoint or a run directory (its best checkpoint). DESTINATION gets the model in float16 with its training
 record, without the optimiser or the training copy of averaged weights (surrogate.checkpoints.half_precision_checkpoint):
-the TCN's 9.2M parameters in 18.5 MB, where a run's best checkpoint holds 74 MB. `fit --init-from`, `evaluate` and
-`predict` read it as they read any checkpoint. Exit 2, with one line, for a missing or unreadable SOURCE.
+the TCN's 9.2M parameters in 18.5 MB, where a run's best checkpoint, optimiser state included, holds 148 MB.
+`fit --init-from`, `evaluate` and `predict` read it as they read any checkpoint. Exit 2, with one line, for a missing
+or unreadable SOURCE.
 """
 
 from __future__ import annotations

@@ -12,14 +12,15 @@
 # The run, each stage bounded by the deadline:
 #   1. setup (the carried wheels, the mechanisms) and simulate N_SHARDS shards of master seed SEED (SIM_CONFIG); if
 #      the time runs short, fewer: the fits split the shards there (train..., valid, test = the last present);
-#   2. the six test splits of the pooled figure of record (bench/pooled_test_set.sh), beside the fits' data loading;
+#   2. the six test splits of the pooled figure of record (bench/pooled_test_set.sh), beside the fits (or before them);
 #   3. one fit of START per ARMS entry LABEL:EPOCHS[:OVERLAY], side by side (fit --init-from, the FIT_CONFIGS recipe,
 #      then the arm's own config overlay if it names one); START "scratch": new models, trained from their first step;
 #   4. evaluate every fit, START, COMPARE and the PUBLISHED folders on the pool and on the new test split, and pair
 #      each fit with START and with the first PUBLISHED folder (bench/paired_comparison.py);
-#   5. a fit whose best checkpoint is over SHIP_BYTES (the TCN's: 74 MB, past the device tool's 16 MB a file) comes
-#      back in float16 (bench/half_precision_checkpoint.py, 18.5 MB for the TCN) in 15-MB parts beside out.tgz,
-#      $OUT/LABEL-fp16.pt.part-*, its md5 in out/LABEL-fp16.md5: `cat LABEL-fp16.pt.part-* > LABEL-fp16.pt`.
+#   5. a fit whose best checkpoint is over SHIP_BYTES (the TCN's: 148 MB with its optimiser state, past the device
+#      tool's 16 MB a file) comes back in float16 (bench/half_precision_checkpoint.py, 18.5 MB for the TCN) in 15-MB
+#      parts beside out.tgz, $OUT/LABEL-fp16.pt.part-*, its md5 in out/LABEL-fp16.md5:
+#      `cat LABEL-fp16.pt.part-* > LABEL-fp16.pt`.
 #
 #   OUT (required); SEED (2032), N_SHARDS (96), START (checkpoints/branch-elm-d100), MODEL (branch-elm),
 #   ARMS (run 29's 12-epoch cycle on all the new data, and on its first 5888 simulations: which of the two set apart
@@ -51,15 +52,18 @@ stamp() { echo "[T0+$(( $(date +%s) - $(cat "$R/t0") )) s] $*"; }
 left() { echo $(( $(cat "$R/deadline") - $(date +%s) )); }
 configs() { local c; for c in $1; do printf -- '--config %s ' "$c"; done; }
 
-small() {  # the files of a run folder under SHIP_BYTES, relative to $R
-  local f; for f in $(cd "$R" && ls -d "$@" 2>/dev/null); do [ "$(stat -c %s "$R/$f")" -le "$SHIP_BYTES" ] && echo "$f"; done
+small_checkpoints() {  # the fits' best checkpoints of at most SHIP_BYTES, relative to $R
+  local f
+  for f in "$R"/runs/*/checkpoint_best.pt; do
+    [ -f "$f" ] && [ "$(stat -c %s "$f")" -le "$SHIP_BYTES" ] && echo "${f#"$R"/}"
+  done
 }
 
 pack() {  # what comes back: small files, and the large checkpoints in float16 parts
   [ -n "${OUT:-}" ] || return 0
   mkdir -p "$OUT"
   local f
-  tar czf "$OUT/out.tgz" -C "$R" out logs $(small runs/*/checkpoint_best.pt) $(cd "$R" && ls -d runs/*/metrics.csv \
+  tar czf "$OUT/out.tgz" -C "$R" out logs $(small_checkpoints) $(cd "$R" && ls -d runs/*/metrics.csv \
     runs/*/summary.json eval_*/*/evaluation.json 2>/dev/null)
   for f in "$R"/ship/*-fp16.pt; do
     [ -f "$f" ] && rm -f "$OUT/$(basename "$f").part-"* && split -b 15M "$f" "$OUT/$(basename "$f").part-"

@@ -26,26 +26,33 @@ def session(args, env, timeout=900):
                           timeout=timeout)
 
 
+def small_session_env(tmp_path, morphology_path, table: str, fit: str, published: Path, **overrides) -> dict:
+    """The environment of a dry run: tiny shards and fits on the CPU (table: the fit's [train.*] table), the fit
+    recipe FIT_CONFIGS then the tiny overlay, the published folder under its eval name."""
+    (tmp_path / "small.toml").write_text("[dataset]\nsimulations_per_shard = 2\n[inputs]\nduration_ms = 2000\n")
+    (tmp_path / "tiny.toml").write_text(
+        '[train]\ndevice = "cpu"\nnum_threads = 1\nvalid_simulations = 2\n[data]\nsimulations_per_load = 4\n'
+        f'[{table}]\nbatch_size = 4\nbatches_per_epoch = 3\n[evaluate]\ndevice = "cpu"\n')
+    return {**os.environ, "SMALL": "1", "R": str(tmp_path / "r"), "OUT": str(tmp_path / "out"),
+            "PYTHON": sys.executable, "L5PC_MORPHOLOGY": str(morphology_path),
+            "SIM_CONFIG": f"configs/quick.toml {tmp_path / 'small.toml'}",
+            "FIT_CONFIGS": f"{fit} {tmp_path / 'tiny.toml'}",
+            "EVAL_CONFIGS": f"configs/neuronio.toml {tmp_path / 'tiny.toml'}", "WORKERS": "1",
+            "PUBLISHED": str(published), "RESERVE_S": "300", "EVAL_RESERVE_S": "120", **overrides}
+
+
 @pytest.mark.slow
 def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_path):
     if not PUBLISHED.is_dir():
         pytest.skip("../shared/pretrained/elmneuron not beside the repository")
-    (tmp_path / "small.toml").write_text("[dataset]\nsimulations_per_shard = 2\n[inputs]\nduration_ms = 2000\n")
-    (tmp_path / "tiny.toml").write_text(
-        '[train]\ndevice = "cpu"\nnum_threads = 1\nvalid_simulations = 2\n[data]\nsimulations_per_load = 4\n'
-        '[train.branch_elm]\nbatch_size = 4\nbatches_per_epoch = 3\n[evaluate]\ndevice = "cpu"\n')
     (tmp_path / "first2.toml").write_text("[data]\nmax_train_simulations = 2\n")  # an arm's own overlay
     published = tmp_path / "published-best-elm-d100"
     published.symlink_to(PUBLISHED)
     fit = ("configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml "
-           f"configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml {tmp_path / 'tiny.toml'}")
+           "configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml")
     out = tmp_path / "out"
-    env = {**os.environ, "SMALL": "1", "R": str(tmp_path / "r"), "OUT": str(out), "PYTHON": sys.executable,
-           "L5PC_MORPHOLOGY": str(morphology_path), "SEED": "917", "N_SHARDS": "4", "SPLITS": "918:3 919:3",
-           "SIM_CONFIG": f"configs/quick.toml {tmp_path / 'small.toml'}", "FIT_CONFIGS": fit,
-           "EVAL_CONFIGS": f"configs/neuronio.toml {tmp_path / 'tiny.toml'}", "WORKERS": "1",
-           "ARMS": f"short:1 long:2:{tmp_path / 'first2.toml'}",
-           "PUBLISHED": str(published), "RESERVE_S": "300", "EVAL_RESERVE_S": "120"}
+    env = small_session_env(tmp_path, morphology_path, "train.branch_elm", fit, published, SEED="917", N_SHARDS="4",
+                            SPLITS="918:3 919:3", ARMS=f"short:1 long:2:{tmp_path / 'first2.toml'}")
 
     assert session(["watch", "5"], env).returncode == 1  # a machine with no run answers at once
     started = session(["start", "20", "1200"], env)  # the first call stops watching long before the run ends
@@ -118,26 +125,19 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
 
 @pytest.mark.slow
 def test_a_tcn_from_scratch_comes_back_in_float16_parts(tmp_path, morphology_path):
-    """START=scratch: a new TCN, no --init-from, no start to score or pair; its 74-MB best checkpoint comes back as
+    """START=scratch: a new TCN, no --init-from, no start to score or pair; its 148-MB best checkpoint comes back as
     float16 parts under the device tool's 16 MB a file, which reassemble into a checkpoint the pipeline reads."""
     published_d20 = PUBLISHED.parent / "num_memory_20"
     if not published_d20.is_dir():
         pytest.skip("../shared/pretrained/elmneuron not beside the repository")
-    (tmp_path / "small.toml").write_text("[dataset]\nsimulations_per_shard = 2\n[inputs]\nduration_ms = 2000\n")
-    (tmp_path / "tiny.toml").write_text(
-        '[train]\ndevice = "cpu"\nnum_threads = 1\nvalid_simulations = 2\n[data]\nsimulations_per_load = 4\n'
-        '[train.tcn]\nbatch_size = 4\nbatches_per_epoch = 3\n[evaluate]\ndevice = "cpu"\n')
     published = tmp_path / "published-branch-elm-d20"
     published.symlink_to(published_d20)
     fit = ("configs/neuronio.toml configs/recipes/one_session.toml configs/recipes/tcn_small_batch.toml "
-           f"configs/recipes/tcn_scratch_session.toml configs/recipes/weight_average.toml {tmp_path / 'tiny.toml'}")
+           "configs/recipes/tcn_scratch_session.toml configs/recipes/weight_average.toml")
     out = tmp_path / "out"
-    env = {**os.environ, "SMALL": "1", "R": str(tmp_path / "r"), "OUT": str(out), "PYTHON": sys.executable,
-           "L5PC_MORPHOLOGY": str(morphology_path), "SEED": "927", "N_SHARDS": "3", "SPLITS": "928:3",
-           "SIM_CONFIG": f"configs/quick.toml {tmp_path / 'small.toml'}", "FIT_CONFIGS": fit, "MODEL": "tcn",
-           "START": "scratch", "ARMS": "tcn-new:1", "COMPARE": "", "PUBLISHED": str(published),
-           "EVAL_CONFIGS": f"configs/neuronio.toml {tmp_path / 'tiny.toml'}", "WORKERS": "1",
-           "RESERVE_S": "300", "EVAL_RESERVE_S": "120", "POOL_FIRST": "1"}
+    env = small_session_env(tmp_path, morphology_path, "train.tcn", fit, published, SEED="927", N_SHARDS="3",
+                            SPLITS="928:3", MODEL="tcn", START="scratch", ARMS="tcn-new:1", COMPARE="",
+                            POOL_FIRST="1")
     started = session(["start", "850", "1000"], env, timeout=1000)
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     assert "run ended" in started.stdout and "fits from scratch" in started.stdout
