@@ -239,14 +239,12 @@ def published_scores(directories: dict[str, Path]) -> dict:
     return out
 
 
-RELEASED_KINDS = ("elm", "branch-elm", "tcn")  # the ELM family (issue 8, deliverable 5), and the TCN in float16
-HALF_PRECISION_KINDS = ("tcn",)  # 9.2M parameters: 18.5 MB in float16 (37 MB in float32), so that it survives in git
+RELEASED_KINDS = ("elm", "branch-elm")  # small enough to commit (issue 8, deliverable 5)
 
 
 def release(runs: Path, result: dict, directory: Path) -> list[Path]:
-    """Each released kind's best checkpoint, without training state, as DIR/<kind>-d<memory>/ (the TCN as DIR/tcn/,
-    in float16)."""
-    from surrogate.checkpoints import BEST_CHECKPOINT, half_precision_checkpoint, inference_checkpoint
+    """Each ELM-family model's best checkpoint, without training state, as DIR/<kind>-d<memory>/."""
+    from surrogate.checkpoints import BEST_CHECKPOINT, inference_checkpoint
 
     folders = []
     for name, entry in result["models"].items():
@@ -260,8 +258,7 @@ def release(runs: Path, result: dict, directory: Path) -> list[Path]:
                                                    "windows_seen_with_initial") if key in entry}
         provenance |= {"test_sets": entry["test_sets"], "datasets": result["datasets"], "device": result["device"],
                        "date": result["date"], "notes": result.get("notes", [])}
-        write = half_precision_checkpoint if kind in HALF_PRECISION_KINDS else inference_checkpoint
-        write(runs / name / BEST_CHECKPOINT, folder / BEST_CHECKPOINT, extra=provenance)
+        inference_checkpoint(runs / name / BEST_CHECKPOINT, folder / BEST_CHECKPOINT, extra=provenance)
         write_json(folder / "scores.json", provenance)
         folders.append(folder)
     return folders

@@ -314,8 +314,8 @@ def test_released_checkpoints_load_and_predict_on_the_cpu(path):
     """checkpoints/<kind>-d<memory>/: inference only, its scores beside it, and it runs on the CPU."""
     scores = json.loads((path.parent / "scores.json").read_text())
     model, info = load_model(path.parent, device="cpu")
-    kind, _, memory = path.parent.name.partition("-d")  # "tcn": no memory size in its name
-    assert info["model_kind"] == kind and info["model_config"].get("num_memory") == (int(memory) if memory else None)
+    kind, memory = path.parent.name.rsplit("-d", 1)
+    assert info["model_kind"] == kind and info["model_config"]["num_memory"] == int(memory)
     assert info["num_parameters"] == scores["num_parameters"]
     assert load_checkpoint(path)["optimizer_state"] is None
     assert info["soma_transform"] == PUBLISHED_SOMA_TRANSFORM  # trained with the published target transform
