@@ -31,7 +31,8 @@
 #   WORKERS (4: loader workers per fit; must divide [data] streams), SIM_CONFIG (configs/neuronio_gpu.toml),
 #   SHIP_BYTES (12000000), FIT_EXTRA (more fit options, every arm), POOL_FIRST (0; 1: the pool is simulated before
 #   the fits start rather than beside them: beside the TCN's fit on an H100 (device run 41) each of its six splits
-#   took 73 s and the fit's epochs 36 s instead of 24),
+#   took 73 s and the fit's epochs 36 s instead of 24), MIN_FIT_S (240: what the pool first leaves the fits at least;
+#   in device run 42 the pool, then simulated one split after another, took 478 s and left the fit none),
 #   SPLITS (pooled_test_set.sh's), EVAL_CONFIGS (configs/neuronio.toml), R (/tmp/new_data_session), PYTHON (python3).
 #   A dry run on a CPU: tests/test_new_data_session.py.
 set -u
@@ -44,7 +45,7 @@ FIT_CONFIGS="${FIT_CONFIGS:-configs/neuronio.toml configs/models/branch-elm-d100
 PUBLISHED="${PUBLISHED-.carry/published/published-best-elm-d100 .carry/published/published-branch-elm-d20}"
 EVAL_CONFIGS="${EVAL_CONFIGS:-configs/neuronio.toml}"
 RESERVE_S="${RESERVE_S:-600}"; EVAL_RESERVE_S="${EVAL_RESERVE_S:-200}"; WORKERS="${WORKERS:-4}"
-SHIP_BYTES="${SHIP_BYTES:-12000000}"; POOL_FIRST="${POOL_FIRST:-0}"
+SHIP_BYTES="${SHIP_BYTES:-12000000}"; POOL_FIRST="${POOL_FIRST:-0}"; MIN_FIT_S="${MIN_FIT_S:-240}"
 W=$R/work
 
 usage() { echo "usage: bash bench/new_data_session.sh start WATCH_S TOTAL_S | watch WATCH_S" >&2; exit 2; }
@@ -108,7 +109,12 @@ run() {
   SIM_CONFIG="${SIM_CONFIG:-configs/neuronio_gpu.toml}" PYTHON="$PY" bash bench/pooled_test_set.sh "$R/pool" \
     > "$R/out/pool.txt" 2> "$R/logs/pool.log" &
   local pool_pid=$! pool_status=""
-  if [ "$POOL_FIRST" = 1 ]; then stamp "the pooled test set first"; wait "$pool_pid"; pool_status=$?; fi
+  if [ "$POOL_FIRST" = 1 ]; then  # first, but never into the fits' MIN_FIT_S: past that it goes on beside them
+    stamp "the pooled test set first"
+    while kill -0 "$pool_pid" 2>/dev/null && [ "$(left)" -gt $(( EVAL_RESERVE_S + MIN_FIT_S )) ]; do sleep 2; done
+    if kill -0 "$pool_pid" 2>/dev/null; then stamp "the pooled test set goes on beside the fits"
+    else wait "$pool_pid"; pool_status=$?; fi
+  fi
   fit_s=$(( $(left) - EVAL_RESERVE_S ))
   stamp "fits from $START, side by side: $ARMS (at most $fit_s s)"
   for arm in $ARMS; do

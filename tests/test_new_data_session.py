@@ -52,7 +52,8 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
            "configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml")
     out = tmp_path / "out"
     env = small_session_env(tmp_path, morphology_path, "train.branch_elm", fit, published, SEED="917", N_SHARDS="4",
-                            SPLITS="918:3 919:3", ARMS=f"short:1 long:2:{tmp_path / 'first2.toml'}")
+                            SPLITS="918:3 919:3", ARMS=f"short:1 long:2:{tmp_path / 'first2.toml'}",
+                            POOL_FIRST="1", MIN_FIT_S="100000")  # the pool first, but not into the fits' time
 
     assert session(["watch", "5"], env).returncode == 1  # a machine with no run answers at once
     started = session(["start", "20", "1200"], env)  # the first call stops watching long before the run ends
@@ -62,6 +63,7 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
     watched = session(["watch", "850"], env)
     assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-3000:]
     assert "run ended" in watched.stdout and "simulated 4 shards; test split shard_00003.h5" in watched.stdout
+    assert watched.stdout.index("the pooled test set goes on beside the fits") < watched.stdout.index("fits from")
 
     with tarfile.open(out / "out.tgz") as packed:
         names = set(packed.getnames())
