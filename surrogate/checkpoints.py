@@ -259,9 +259,9 @@ def half_precision_checkpoint(source: str | Path, destination: str | Path, extra
     record, which `fit --init-from` reads to count the training behind it).
 
     For a large model (the 9.2M-parameter TCN: 18.5 MB) carried between GPU sessions under the device tool's limits
-    on what travels (too large to commit: checkpoints/ holds the ELM family only). `fit --init-from`, `evaluate` and `predict` read it as any
-    checkpoint: loading casts the weights back to the model's float32 (a rounding of at most 2^-11 relative, far
-    below training noise).
+    on what travels (too large to commit: checkpoints/ holds the ELM family only). `fit --init-from`, `evaluate`
+    and `predict` read it as any checkpoint: loading casts the weights back to the model's float32 (a rounding of
+    at most 2^-11 relative, far below training noise).
     """
     checkpoint = load_checkpoint(source)
     state = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["model_state"].items()}
