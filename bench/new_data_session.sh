@@ -12,7 +12,8 @@
 # The run, each stage bounded by the deadline:
 #   1. setup (the carried wheels, the mechanisms) and simulate N_SHARDS shards of master seed SEED (SIM_CONFIG); if
 #      the time runs short, fewer: the fits split the shards there (train..., valid, test = the last present);
-#   2. the six test splits of the pooled figure of record (bench/pooled_test_set.sh), beside the fits (or before them);
+#   2. the six test splits of the pooled figure of record (bench/pooled_test_set.sh: one simulate run, one GPU batch),
+#      before the fits (or beside them);
 #   3. one fit of START per ARMS entry LABEL:EPOCHS[:OVERLAY], side by side (fit --init-from, the FIT_CONFIGS recipe,
 #      then the arm's own config overlay if it names one); START "scratch": new models, trained from their first step;
 #   4. evaluate every fit, START, COMPARE and the PUBLISHED folders on the pool and on the new test split, and pair
@@ -29,10 +30,11 @@
 #   .carry/published/published-branch-elm-d20: elmneuron folders, copied from ../shared, never committed),
 #   RESERVE_S (600: what the simulation leaves for the rest), EVAL_RESERVE_S (200: what the fits leave),
 #   WORKERS (4: loader workers per fit; must divide [data] streams), SIM_CONFIG (configs/neuronio_gpu.toml),
-#   SHIP_BYTES (12000000), FIT_EXTRA (more fit options, every arm), POOL_FIRST (0; 1: the pool is simulated before
-#   the fits start rather than beside them: beside the TCN's fit on an H100 (device run 41) each of its six splits
-#   took 73 s and the fit's epochs 36 s instead of 24), MIN_FIT_S (240: what the pool first leaves the fits at least;
-#   in device run 42 the pool, then simulated one split after another, took 478 s and left the fit none),
+#   SHIP_BYTES (12000000), FIT_EXTRA (more fit options, every arm), POOL_FIRST (1: the pool is simulated before the
+#   fits start; 0: beside them. Beside the TCN's fit on an H100 the fit's epochs took 36 s instead of 24 (device run
+#   41), and in device run 43 the fit, loading 12032 simulations beside six pool processes, had not trained a step
+#   after 240 s), MIN_FIT_S (240: what the pool first leaves the fits at least; in device run 42 the pool, then
+#   simulated one split after another, took 478 s and would have left the fit none),
 #   SPLITS (pooled_test_set.sh's), EVAL_CONFIGS (configs/neuronio.toml), R (/tmp/new_data_session), PYTHON (python3).
 #   A dry run on a CPU: tests/test_new_data_session.py.
 set -u
@@ -45,7 +47,7 @@ FIT_CONFIGS="${FIT_CONFIGS:-configs/neuronio.toml configs/models/branch-elm-d100
 PUBLISHED="${PUBLISHED-.carry/published/published-best-elm-d100 .carry/published/published-branch-elm-d20}"
 EVAL_CONFIGS="${EVAL_CONFIGS:-configs/neuronio.toml}"
 RESERVE_S="${RESERVE_S:-600}"; EVAL_RESERVE_S="${EVAL_RESERVE_S:-200}"; WORKERS="${WORKERS:-4}"
-SHIP_BYTES="${SHIP_BYTES:-12000000}"; POOL_FIRST="${POOL_FIRST:-0}"; MIN_FIT_S="${MIN_FIT_S:-240}"
+SHIP_BYTES="${SHIP_BYTES:-12000000}"; POOL_FIRST="${POOL_FIRST:-1}"; MIN_FIT_S="${MIN_FIT_S:-240}"
 W=$R/work
 
 usage() { echo "usage: bash bench/new_data_session.sh start WATCH_S TOTAL_S | watch WATCH_S" >&2; exit 2; }
@@ -120,7 +122,7 @@ run() {
   for arm in $ARMS; do
     label=${arm%%:*}; epochs=${arm#*:}; overlay=""
     [ "${epochs#*:}" != "$epochs" ] && overlay="--config ${epochs#*:}" && epochs=${epochs%%:*}
-    timeout --signal=TERM "$fit_s" "$PY" -m pipelines fit --model "$MODEL" $(configs "$FIT_CONFIGS") $overlay \
+    PYTHONUNBUFFERED=1 timeout --signal=TERM "$fit_s" "$PY" -m pipelines fit --model "$MODEL" $(configs "$FIT_CONFIGS") $overlay \
       --config "$R/out/workers.toml" --epochs "$epochs" $init --data "$W/data" --out "$R/runs/$label" \
       ${FIT_EXTRA:-} > "$R/logs/fit-$label.log" 2>&1 &
   done

@@ -105,6 +105,9 @@ def make_client(scheduler_address: str | None = None, n_workers: int = 0, retrie
             # GPU workers start without it.
             environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
                        if key != "MALLOC_TRIM_THRESHOLD_"}
+            # nor inherit it: a CPU cluster's nanny that restarted a dead worker wrote it into this process's
+            # environment, after that cluster's start (put back on leaving the block)
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
             with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
                 cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler,
                                                                   "options": {"dashboard_address": ":0"}},

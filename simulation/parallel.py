@@ -1,6 +1,7 @@
 """Simulate in parallel with dask: submit tasks, write each shard as soon as its simulations are done.
 
     generate_dataset(config, out_dir, morphology, client)            every unfinished shard of a seeded dataset
+    generate_datasets([(config, out_dir), ...], morphology, client)  several at once (GPU batches span them)
     resimulate(config, input_spikes, out_path, morphology, client)   given input rasters -> one shard
     run_shards(client, tasks, shards, write, ...)                    the one loop over completed tasks both use
 
@@ -27,6 +28,7 @@ Libraries do not print: progress goes to an optional callback `progress(done, to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -39,7 +41,7 @@ from common.locks import DirectoryLock
 
 from .cluster import GPU_RESOURCE, gpu_workers, prepare_workers, unique_token
 from .config import SimulationConfig
-from .errors import InputShapeError
+from .errors import InputShapeError, UserInputError
 from .morphology import check_morphology
 from .plan import OutputState, ShardPlan, dataset_attrs, inspect_output_dir, plan_shards
 from .gpu.worker import simulate_given_batch, simulate_seeded_batch
@@ -94,6 +96,7 @@ def run_shards(
     done: int = 0,
     total: int | None = None,
     resources: dict | None = None,
+    simulation_of: dict[int, tuple[int, int]] | None = None,
 ) -> list[Path]:
     """Run `tasks` on the cluster; `write(shard, results)` each shard once all of its simulations are done.
 
@@ -105,6 +108,10 @@ def run_shards(
     earlier run counts as done from the start). Returns the paths `write` returned, in the
     order written; raises SimulationsFailed, after writing every shard whose simulations all
     succeeded, if some simulation failed after its retries.
+
+    The loop's keys (the tasks' `simulation_indices`, the shards' indices) are the simulation
+    indices of one dataset; for several datasets they are keys unique across them, and
+    `simulation_of` maps each key to its (master seed, simulation index) to name failures.
     """
     from distributed import as_completed
 
@@ -141,7 +148,8 @@ def run_shards(
             if progress:
                 progress(done, total)
             for shard in ready:  # every simulation of this shard has finished, successfully or not
-                results, shard_failures = _gather(client, shard, future_of, task_of, master_seed, fetched)
+                results, shard_failures = _gather(client, shard, future_of, task_of, fetched,
+                                                  simulation_of or {i: (master_seed, i) for i in shard.simulation_indices})
                 if shard_failures:
                     failures += shard_failures
                 else:
@@ -159,8 +167,8 @@ def run_shards(
     return written
 
 
-def _gather(client, shard: ShardPlan, future_of: dict, task_of: dict, master_seed: int | None,
-            fetched: dict[str, list]):
+def _gather(client, shard: ShardPlan, future_of: dict, task_of: dict, fetched: dict[str, list],
+            simulation_of: dict[int, tuple[int | None, int]]):
     """(the shard's results in its order, []) or (None, failures) if any of its simulations failed.
 
     Tasks' results already in `fetched` (task key -> its result list) are not fetched again; the
@@ -168,7 +176,7 @@ def _gather(client, shard: ShardPlan, future_of: dict, task_of: dict, master_see
     worker holding it dies, dask recomputes it, and that attempt may fail too.
     """
     def failed() -> list[SimulationFailure]:
-        return [SimulationFailure(i, master_seed, _failure_message(future_of[i]))
+        return [SimulationFailure(simulation_of[i][1], simulation_of[i][0], _failure_message(future_of[i]))
                 for i in shard.simulation_indices if future_of[i].status == "error"]
 
     if failed():
@@ -221,23 +229,27 @@ def task_resources(config: SimulationConfig) -> dict | None:
     return {GPU_RESOURCE: 1} if config.solver.method == "gpu" else None
 
 
-def seeded_tasks(config: SimulationConfig, morphology: Path, shards: Sequence[ShardPlan], n_gpu_workers: int = 1) -> list[Task]:
-    """How the simulations of `shards` are grouped into tasks, in shard order.
+def seeded_tasks(config: SimulationConfig, morphology: Path, simulations: Sequence[tuple[int, SimulationConfig, int]],
+                 n_gpu_workers: int = 1) -> list[Task]:
+    """How `simulations`, (loop key, its dataset's config, simulation index) in shard order, are grouped into tasks.
 
     On the CPU engines one simulation per task; on the GPU engine [parallel] gpu_batch_size
-    simulations per task, integrated at once on the worker's GPU (a batch may span shards;
-    a simulation's result does not depend on its batch). Dask hands the tasks out in order, so
-    a GPU worker's next task is likely the one `n_gpu_workers` places further: its task draws
-    those inputs ahead, while the GPU integrates (gpu.worker).
+    simulations per task, integrated at once on the worker's GPU (a batch may span shards and
+    datasets; a simulation's result does not depend on its batch). Dask hands the tasks out in
+    order, so a GPU worker's next task is likely the one `n_gpu_workers` places further: its
+    task draws those inputs ahead, while the GPU integrates (gpu.worker).
     """
-    indices = [i for shard in shards for i in shard.simulation_indices]
     if config.solver.method == "gpu":
-        groups = batches(indices, config.parallel.gpu_batch_size)
+        groups = batches(list(simulations), config.parallel.gpu_batch_size)
         ahead = max(1, n_gpu_workers)
-        return [Task(batch, simulate_seeded_batch,
-                     (config, str(morphology), batch, groups[k + ahead] if k + ahead < len(groups) else ()))
-                for k, batch in enumerate(groups)]
-    return [Task((i,), simulate_seeded, (config, str(morphology), (i,))) for i in indices]
+
+        def seeded(group) -> tuple[tuple[int, int], ...]:
+            return tuple((dataset.dataset.seed, i) for _, dataset, i in group)
+
+        return [Task(tuple(key for key, _, _ in group), simulate_seeded_batch,
+                     (config, str(morphology), seeded(group), seeded(groups[k + ahead]) if k + ahead < len(groups) else ()))
+                for k, group in enumerate(groups)]
+    return [Task((key,), simulate_seeded, (dataset, str(morphology), (i,))) for key, dataset, i in simulations]
 
 
 def generate_dataset(
@@ -259,50 +271,119 @@ def generate_dataset(
     leaves the finished shards intact), and SimulationsFailed (after writing every shard
     whose simulations all succeeded) if some simulations failed after `config.parallel.retries` retries.
     """
-    out_dir = Path(out_dir)
+    return generate_datasets([(config, out_dir)], morphology, client, progress, shards)[0]
+
+
+def generate_datasets(
+    datasets: Sequence[tuple[SimulationConfig, str | os.PathLike]],
+    morphology: str | os.PathLike,
+    client,
+    progress: Progress | None = None,
+    shards: Sequence[int] | None = None,
+) -> list[list[Path]]:
+    """generate_dataset for several (config, out_dir) at once; returns each one's planned shard paths.
+
+    The configs may differ in [dataset] alone (seed, shard count): e.g. the test splits of
+    several datasets (`shards=[-1]`). Each directory gets exactly what generate_dataset would
+    write there. On the GPU engine their simulations share batches, which is the point: a
+    batch's time grows slowly with its cells, so six test splits of 128 in one batch of 768
+    take little longer than one split alone (bench/pooled_test_set.sh). Locks every directory.
+    """
+    datasets = [(config, Path(out_dir)) for config, out_dir in datasets]
+    check_simulated_together(datasets)
     morphology = check_morphology(morphology)
-    plans = plan_shards(config, shards)
-    total = sum(len(plan.simulation_indices) for plan in plans)
-    paths = [out_dir / plan.file_name for plan in plans]
-    state = inspect_output_dir(config, out_dir, morphology, shards)
-    if not state.todo:  # nothing to write: a finished dataset may sit on a read-only disk
+    plans = [plan_shards(config, shards) for config, _ in datasets]
+    total = sum(len(plan.simulation_indices) for dataset_plans in plans for plan in dataset_plans)
+    paths = [[out_dir / plan.file_name for plan in dataset_plans] for (_, out_dir), dataset_plans in zip(datasets, plans)]
+
+    def states() -> list[OutputState]:
+        return [inspect_output_dir(config, out_dir, morphology, shards) for config, out_dir in datasets]
+
+    def report_done(found: list[OutputState]) -> None:
         if progress:
-            progress(state.simulations_done, total)
+            progress(sum(state.simulations_done for state in found), total)
+
+    found = states()
+    if not any(state.todo for state in found):  # nothing to write: finished datasets may sit on a read-only disk
+        report_done(found)
         return paths
-    with DirectoryLock(out_dir, "simulate"):  # re-entrant: the command line already holds it
-        check_writable(out_dir)
-        # again under the lock: the run that held it before may have finished shards meanwhile
-        state = inspect_output_dir(config, out_dir, morphology, shards)
-        for stale in state.stale_temporaries:  # no other writer can be running now
+    with contextlib.ExitStack() as locks:
+        for _, out_dir in datasets:  # re-entrant: the command line already holds them
+            locks.enter_context(DirectoryLock(out_dir, "simulate"))
+            check_writable(out_dir)
+        # again under the locks: the run that held one before may have finished shards meanwhile
+        found = states()
+        for stale in (path for state in found for path in state.stale_temporaries):  # no other writer can run now
             stale.unlink(missing_ok=True)
-        if state.todo:
-            _simulate_missing_shards(config, out_dir, morphology, client, state, progress, total)
-        elif progress:
-            progress(state.simulations_done, total)
+        if any(state.todo for state in found):
+            _simulate_missing_shards([(config, out_dir, state) for (config, out_dir), state in zip(datasets, found)],
+                                     morphology, client, progress, total)
+        else:
+            report_done(found)
     return paths
 
 
-def _simulate_missing_shards(config: SimulationConfig, out_dir: Path, morphology: Path, client, state: OutputState,
+def check_simulated_together(datasets: Sequence[tuple[SimulationConfig, str | os.PathLike]]) -> None:
+    """UserInputError unless these datasets can share a run: configs alike but for [dataset], directories distinct."""
+    if not datasets:
+        raise UserInputError("no dataset to simulate")
+    first, first_dir = datasets[0]
+    for config, out_dir in datasets[1:]:
+        differing = [f.name for f in dataclasses.fields(first)
+                     if f.name != "dataset" and getattr(config, f.name) != getattr(first, f.name)]
+        if differing:
+            raise UserInputError(f"datasets simulated together may differ in [dataset] alone: {out_dir}'s config "
+                                 f"differs from {first_dir}'s in [{differing[0]}]")
+    directories = [Path(out_dir).resolve() for _, out_dir in datasets]
+    for k, directory in enumerate(directories):
+        if directory in directories[:k]:
+            raise UserInputError(f"two datasets simulated together write into the same directory {directory}")
+
+
+def _simulate_missing_shards(datasets: list[tuple[SimulationConfig, Path, OutputState]], morphology: Path, client,
                              progress: Progress | None, total: int) -> None:
+    """Simulate the missing shards of every dataset in one loop of run_shards.
+
+    The loop's keys: dataset d's simulation i is key offset_d + i, its shard k loop shard
+    shard_offset_d + k, with offsets 0 for the first dataset (one dataset: the keys are its
+    indices) and past the end of the one before for the others.
+    """
     from .dataset import write_shard
 
+    config = datasets[0][0]
     segments = prepare_workers(client, config, morphology)
-    attrs = dataset_attrs(config, morphology) | {"created_by": "simulate"}
+    loop_shards: list[ShardPlan] = []
+    target: dict[int, tuple[SimulationConfig, Path, dict, ShardPlan]] = {}  # loop shard -> its dataset and real shard
+    simulations: list[tuple[int, SimulationConfig, int]] = []  # (loop key, dataset's config, simulation index)
+    simulation_of: dict[int, tuple[int, int]] = {}
+    key_offset = shard_offset = 0
+    for dataset, out_dir, state in datasets:
+        attrs = dataset_attrs(dataset, morphology) | {"created_by": "simulate"}
+        for plan in state.todo:
+            keys = tuple(key_offset + i for i in plan.simulation_indices)
+            loop_shards.append(ShardPlan(shard_offset + plan.index, keys))
+            target[shard_offset + plan.index] = (dataset, out_dir, attrs, plan)
+            simulations += [(key, dataset, i) for key, i in zip(keys, plan.simulation_indices)]
+            simulation_of |= {key: (dataset.dataset.seed, i) for key, i in zip(keys, plan.simulation_indices)}
+        key_offset += dataset.dataset.n_shards * dataset.dataset.simulations_per_shard
+        shard_offset += dataset.dataset.n_shards
 
-    def write(shard: ShardPlan, results: list[dict]) -> Path:
+    def write(loop_shard: ShardPlan, results: list[dict]) -> Path:
+        dataset, out_dir, attrs, shard = target[loop_shard.index]
         path = out_dir / shard.file_name
         # a full disk, a revoked permission: the shards already written are intact
         with as_output_error(path, "the shards already written are intact: make room and run the same command again to resume"):
             return write_shard(
-                path, **_stack_shard(results, config.inputs.duration_ms),
+                path, **_stack_shard(results, dataset.inputs.duration_ms),
                 simulation_index=np.asarray(shard.simulation_indices, dtype=np.int64),
                 segments=segments, attrs=attrs | {"shard_index": shard.index},
-                compression_level=config.dataset.compression_level,
+                compression_level=dataset.dataset.compression_level,
             )
 
-    run_shards(client, seeded_tasks(config, morphology, state.todo, gpu_workers(client)), state.todo, write,
-               retries=config.parallel.retries, master_seed=config.dataset.seed,
-               progress=progress, done=state.simulations_done, total=total, resources=task_resources(config))
+    done = sum(state.simulations_done for _, _, state in datasets)
+    run_shards(client, seeded_tasks(config, morphology, simulations, gpu_workers(client)), loop_shards, write,
+               retries=config.parallel.retries, master_seed=config.dataset.seed, progress=progress, done=done,
+               total=total, resources=task_resources(config), simulation_of=simulation_of)
 
 
 def resimulate(

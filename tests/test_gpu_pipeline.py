@@ -108,22 +108,77 @@ def test_a_batch_draws_the_next_batch_inputs_while_it_simulates(reference, morph
 
     config_path, paths = reference
     config = load_simulation_config(config_path)
-    tasks = seeded_tasks(config, morphology_path, plan_shards(config))
-    assert [t.args[2:] for t in tasks] == [((0, 1, 2, 3), (4, 5)), ((4, 5), ())]  # batches of 4, one ahead
-    assert [t.args[3] for t in seeded_tasks(config, morphology_path, plan_shards(config), n_gpu_workers=2)] == [(), ()]
+    simulations = [(i, config, i) for plan in plan_shards(config) for i in plan.simulation_indices]
+    tasks = seeded_tasks(config, morphology_path, simulations)
+    assert [t.simulation_indices for t in tasks] == [(0, 1, 2, 3), (4, 5)]  # batches of 4, one ahead
+    assert [t.args[2:] for t in tasks] == [(((SEED, 0), (SEED, 1), (SEED, 2), (SEED, 3)), ((SEED, 4), (SEED, 5))),
+                                           (((SEED, 4), (SEED, 5)), ())]
+    assert [t.args[3] for t in seeded_tasks(config, morphology_path, simulations, n_gpu_workers=2)] == [(), ()]
     soma = np.concatenate([read_shard(p).soma_voltage for p in paths])
-    first = worker.simulate_seeded_batch(config, str(morphology_path), (0, 1), prefetch=(4, 5))
+    first = worker.simulate_seeded_batch(config, str(morphology_path), ((SEED, 0), (SEED, 1)), prefetch=((SEED, 4), (SEED, 5)))
     ahead = {key[-1]: future for key, future in worker._prefetched.items()}
     assert sorted(ahead) == [4, 5]
-    second = worker.simulate_seeded_batch(config, str(morphology_path), (4, 5))
+    second = worker.simulate_seeded_batch(config, str(morphology_path), ((SEED, 4), (SEED, 5)))
     assert all(future.done() for future in ahead.values()) and not worker._prefetched
     drawn = [ahead[i].result()[1] for i in (4, 5)]  # the prefetched rasters are the ones returned
     assert all(r["packed_input_spikes"] is d for r, d in zip(second, drawn))
-    worker.simulate_seeded_batch(config, str(morphology_path), (2,), prefetch=(3,))
-    third = worker.simulate_seeded_batch(config, str(morphology_path), (1,))  # (3,) went elsewhere: dropped
+    worker.simulate_seeded_batch(config, str(morphology_path), ((SEED, 2),), prefetch=((SEED, 3),))
+    third = worker.simulate_seeded_batch(config, str(morphology_path), ((SEED, 1),))  # (3,) went elsewhere: dropped
     assert not worker._prefetched
     for result in first + second + third:
         np.testing.assert_array_equal(result["soma_voltage"], soma[result["simulation_index"]])
+
+
+def test_several_datasets_share_batches_and_each_gets_its_own_shards(reference, tmp_path, morphology_path):
+    """simulate --dataset OVERLAY DIR (twice) --shards -1: the test splits of two datasets of different seeds and
+    sizes in one run, in batches of 4 that span both (3 + 3 simulations); each directory holds what a run of its
+    own would write: seed 11's last shard is the reference's, seed 12's the engine on SeedSequence([12, i])."""
+    config_path, paths = reference
+    overlays = []
+    for seed, n_shards in ((SEED, 2), (12, 3)):
+        overlays.append(tmp_path / f"seed{seed}.toml")
+        overlays[-1].write_text(f"[dataset]\nseed = {seed}\nn_shards = {n_shards}\n")
+    code = dispatcher.main(["simulate", "--config", str(config_path), "--dataset", str(overlays[0]), str(tmp_path / "a"),
+                            "--dataset", str(overlays[1]), str(tmp_path / "b"), "--shards", "-1",
+                            "--morphology", str(morphology_path)])
+    assert code == 0
+    assert [p.name for p in (tmp_path / "a").glob("shard_*.h5")] == ["shard_00001.h5"]
+    assert [p.name for p in (tmp_path / "b").glob("shard_*.h5")] == ["shard_00002.h5"]
+    ours, theirs = read_shard(tmp_path / "a" / "shard_00001.h5"), read_shard(paths[1])
+    for name in ("input_spikes", "soma_voltage", "nexus_voltage", "output_spikes", "simulation_index"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
+    assert ours.attrs["master_seed"] == SEED and ours.attrs["shard_index"] == 1
+
+    other = read_shard(tmp_path / "b" / "shard_00002.h5")
+    config = load_simulation_config([config_path, overlays[1]])
+    simulator = get_simulator(config, morphology_path)
+    segments = simulator.segments
+    rasters = np.stack([generate_input_spikes(config.inputs, segments.length_um, segments.is_basal, simulation_rng(12, i))
+                        for i in (6, 7, 8)])
+    direct = GPUEngine(export_cell(simulator), config.solver, config.recording, backend="cpu").run(rasters)
+    assert list(other.simulation_index) == [6, 7, 8] and other.attrs["master_seed"] == 12
+    assert other.attrs["config"]["dataset"]["n_shards"] == 3 and other.attrs["shard_index"] == 2
+    np.testing.assert_array_equal(other.input_spikes, rasters)
+    np.testing.assert_array_equal(other.soma_voltage, np.stack([r.soma_voltage for r in direct]))
+    # a run of its own finds seed 12's split done: the shard is the dataset's, not a look-alike
+    again = dispatcher.main(["simulate", "--config", str(config_path), "--config", str(overlays[1]), "--out",
+                             str(tmp_path / "b"), "--shards", "-1", "--morphology", str(morphology_path)])
+    assert again == 0 and [p.name for p in (tmp_path / "b").glob("shard_*.h5")] == ["shard_00002.h5"]
+
+
+@pytest.mark.parametrize("overlay,same_dir,named", [("[dataset]\nseed = 12\n[inputs]\nduration_ms = 200\n", False, "[inputs]"),
+                                                    ("[dataset]\nseed = 12\n", True, "same directory")])
+def test_datasets_that_cannot_share_a_run_are_one_line_errors(tmp_path, morphology_path, capsys, overlay, same_dir, named):
+    config_path = write_config(tmp_path)
+    (tmp_path / "other.toml").write_text(overlay)
+    (tmp_path / "same.toml").write_text("")
+    second = tmp_path / "a" if same_dir else tmp_path / "b"
+    code = dispatcher.main(["simulate", "--config", str(config_path), "--dataset", str(tmp_path / "same.toml"), str(tmp_path / "a"),
+                            "--dataset", str(tmp_path / "other.toml"), str(second), "--morphology", str(morphology_path)])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and named in error[0]
+    assert not (tmp_path / "a").exists() or not list((tmp_path / "a").glob("shard_*.h5"))
 
 
 def test_an_overlay_config_grows_the_dataset_as_one_file_would(reference, tmp_path, morphology_path):
@@ -191,6 +246,23 @@ def test_gpu_workers_keep_glibcs_adaptive_mmap_threshold():
         finally:
             close_client(client)
         assert environ() == here
+
+
+def test_gpu_workers_start_without_it_after_a_cpu_worker_was_restarted():
+    """A nanny that restarts a CPU worker (it died, or was restarted) writes MALLOC_TRIM_THRESHOLD_ into this process's
+    environment after its cluster started; a GPU cluster started later still spawns its workers without it."""
+    import os
+
+    cpu = make_client(n_workers=1)
+    try:
+        cpu.restart()
+    finally:
+        close_client(cpu)
+    gpu = make_client(gpu_devices=[""])
+    try:
+        assert list(gpu.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == [None]
+    finally:
+        close_client(gpu)
 
 
 def test_gpu_tasks_need_gpu_workers(tmp_path, morphology_path):

@@ -8,6 +8,8 @@ once, exports it to the engine once, and then, per task:
     -> one engine run for the whole batch -> one result dict per simulation (tasks.result_dict)
 
 so the GPU integrates thousands of cells at once while the dask loop writes shards as usual.
+The master seeds of one batch may differ: the test splits of several datasets share a batch
+(parallel.generate_datasets), since a batch of 768 cells takes little longer than one of 128.
 Drawing a 6-s raster takes about half a second of a core (two FFT smoothings, four random
 matrices), minutes for a batch of thousands, so while the GPU integrates one batch the pool
 already draws the batch the driver expects this worker to take next (`prefetch`). The draws
@@ -32,7 +34,7 @@ from ..config import SimulationConfig
 
 _cached: tuple[tuple, object] | None = None
 _draw_pool: ThreadPoolExecutor | None = None
-# inputs being drawn ahead for the next task: (master seed, the inputs table, simulation index) -> its draw
+# inputs being drawn ahead for the next task: (the inputs table, master seed, simulation index) -> its draw
 _prefetched: dict[tuple, Future] = {}
 
 
@@ -69,36 +71,36 @@ def _pool() -> ThreadPoolExecutor:
     return _draw_pool
 
 
-def simulate_seeded_batch(config: SimulationConfig, morphology: str, simulation_indices: tuple[int, ...],
-                          prefetch: tuple[int, ...] = ()) -> list[dict]:
-    """Draw the inputs of every simulation index from (master seed, i), simulate them all at once.
+def simulate_seeded_batch(config: SimulationConfig, morphology: str, simulations: tuple[tuple[int, int], ...],
+                          prefetch: tuple[tuple[int, int], ...] = ()) -> list[dict]:
+    """Draw the inputs of every simulation (master seed, i) from SeedSequence([seed, i]), simulate them all at once.
 
     The inputs of `prefetch` (the batch this worker is expected to take next) are drawn on the
-    CPU threads while the GPU integrates this batch.
+    CPU threads while the GPU integrates this batch. `config` gives the cell and the input
+    statistics; its own [dataset] seed is not read.
     """
     from ..inputs import generate_input_spikes, simulation_rng
     from ..run import get_simulator
     from .engine import EventList
 
     segments = get_simulator(config, morphology).segments
-    stream = (config.dataset.seed, repr(config.inputs))
+    statistics = repr(config.inputs)
 
-    def draw(i):
-        raster = generate_input_spikes(config.inputs, segments.length_um, segments.is_basal,
-                                       simulation_rng(config.dataset.seed, i))
+    def draw(seed, i):
+        raster = generate_input_spikes(config.inputs, segments.length_um, segments.is_basal, simulation_rng(seed, i))
         return EventList.from_raster(raster), np.packbits(raster, axis=-1)
 
     ahead = dict(_prefetched)
     _prefetched.clear()
-    futures = [ahead.pop((*stream, i), None) or _pool().submit(draw, i) for i in simulation_indices]
+    futures = [ahead.pop((statistics, seed, i), None) or _pool().submit(draw, seed, i) for seed, i in simulations]
     for unused in ahead.values():  # drawn for a batch another worker took
         unused.cancel()
     # the first task of a worker exports the cell and compiles the kernel while the pool draws
     engine = get_engine(config, morphology)
     drawn = [future.result() for future in futures]
-    for i in prefetch:
-        _prefetched[(*stream, i)] = _pool().submit(draw, i)
-    return _results(engine, simulation_indices, [d[0] for d in drawn], [d[1] for d in drawn])
+    for seed, i in prefetch:
+        _prefetched[(statistics, seed, i)] = _pool().submit(draw, seed, i)
+    return _results(engine, [i for _, i in simulations], [d[0] for d in drawn], [d[1] for d in drawn])
 
 
 def simulate_given_batch(config: SimulationConfig, morphology: str, rows: tuple[int, ...],
