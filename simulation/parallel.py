@@ -91,7 +91,6 @@ def run_shards(
     write: WriteShard,
     *,
     retries: int,
-    master_seed: int | None,
     progress: Progress | None = None,
     done: int = 0,
     total: int | None = None,
@@ -109,9 +108,9 @@ def run_shards(
     order written; raises SimulationsFailed, after writing every shard whose simulations all
     succeeded, if some simulation failed after its retries.
 
-    The loop's keys (the tasks' `simulation_indices`, the shards' indices) are the simulation
-    indices of one dataset; for several datasets they are keys unique across them, and
-    `simulation_of` maps each key to its (master seed, simulation index) to name failures.
+    The loop's keys (the tasks' `simulation_indices`, the shards' indices) are unique across
+    everything simulated; `simulation_of` maps each to its (master seed, simulation index), which
+    names a failure. Without it the keys are rows of given inputs, named by row without a seed.
     """
     from distributed import as_completed
 
@@ -148,8 +147,7 @@ def run_shards(
             if progress:
                 progress(done, total)
             for shard in ready:  # every simulation of this shard has finished, successfully or not
-                results, shard_failures = _gather(client, shard, future_of, task_of, fetched,
-                                                  simulation_of or {i: (master_seed, i) for i in shard.simulation_indices})
+                results, shard_failures = _gather(client, shard, future_of, task_of, fetched, simulation_of)
                 if shard_failures:
                     failures += shard_failures
                 else:
@@ -168,16 +166,19 @@ def run_shards(
 
 
 def _gather(client, shard: ShardPlan, future_of: dict, task_of: dict, fetched: dict[str, list],
-            simulation_of: dict[int, tuple[int | None, int]]):
+            simulation_of: dict[int, tuple[int, int]] | None):
     """(the shard's results in its order, []) or (None, failures) if any of its simulations failed.
 
     Tasks' results already in `fetched` (task key -> its result list) are not fetched again; the
     others are, and are added to it. A result can also fail after its task finished: when the
     worker holding it dies, dask recomputes it, and that attempt may fail too.
     """
+    def failure(key: int) -> SimulationFailure:
+        seed, index = simulation_of[key] if simulation_of else (None, key)
+        return SimulationFailure(index, seed, _failure_message(future_of[key]))
+
     def failed() -> list[SimulationFailure]:
-        return [SimulationFailure(simulation_of[i][1], simulation_of[i][0], _failure_message(future_of[i]))
-                for i in shard.simulation_indices if future_of[i].status == "error"]
+        return [failure(i) for i in shard.simulation_indices if future_of[i].status == "error"]
 
     if failed():
         return None, failed()
@@ -382,7 +383,7 @@ def _simulate_missing_shards(datasets: list[tuple[SimulationConfig, Path, Output
 
     done = sum(state.simulations_done for _, _, state in datasets)
     run_shards(client, seeded_tasks(config, morphology, simulations, gpu_workers(client)), loop_shards, write,
-               retries=config.parallel.retries, master_seed=config.dataset.seed, progress=progress, done=done,
+               retries=config.parallel.retries, progress=progress, done=done,
                total=total, resources=task_resources(config), simulation_of=simulation_of)
 
 
@@ -432,6 +433,6 @@ def resimulate(
     tasks = [Task(rows, function, (config, str(morphology), rows, [np.packbits(input_spikes[row], axis=-1) for row in rows], int(duration)))
              for rows in batches(list(range(n)), size)]
     [path] = run_shards(client, tasks, [ShardPlan(0, tuple(range(n)))], write,
-                        retries=config.parallel.retries, master_seed=None, progress=progress, total=n,
+                        retries=config.parallel.retries, progress=progress, total=n,
                         resources=task_resources(config))
     return path

@@ -559,7 +559,7 @@ def test_a_batch_spanning_many_shards_is_fetched_from_its_worker_once(tmp_path):
         return tmp_path / shard.file_name
 
     try:
-        run_shards(client, tasks, shards, write, retries=0, master_seed=None)
+        run_shards(client, tasks, shards, write, retries=0)
     finally:
         close_client(client)
     assert sorted(fetched_keys) == sorted(set(fetched_keys)) and len(fetched_keys) == 2  # each batch once
