@@ -21,7 +21,12 @@
 #   5. a fit whose best checkpoint is over SHIP_BYTES (the TCN's: 148 MB with its optimiser state, past the device
 #      tool's 16 MB a file) comes back in float16 (bench/half_precision_checkpoint.py, 18.5 MB for the TCN) in 15-MB
 #      parts beside out.tgz, $OUT/LABEL-fp16.pt.part-*, its md5 in out/LABEL-fp16.md5:
-#      `cat LABEL-fp16.pt.part-* > LABEL-fp16.pt`.
+#      `cat LABEL-fp16.pt.part-* > LABEL-fp16.pt`;
+#   6. with NEXT_SEED, a second link of the chain in the same run: steps 1, 3, 4 and 5 again under $R/next (the same
+#      layout, so record_new_data_session.py --session .../next records it), on NEXT_SHARDS shards of NEXT_SEED, for
+#      the NEXT_ARMS fits from the arm of step 3 with the best validation AUC, scored on the same pool and paired
+#      with that arm. The TCN gains from about 2000 batches of a new dataset and over-fits it after (device runs 43,
+#      44), so a session's time is better spent on two datasets than on one.
 #
 #   OUT (required); SEED (2032), N_SHARDS (96), START (checkpoints/branch-elm-d100), MODEL (branch-elm),
 #   ARMS (run 29's 12-epoch cycle on all the new data, and on its first 5888 simulations: which of the two set apart
@@ -35,7 +40,10 @@
 #   41), and in device run 43 the fit, loading 12032 simulations beside six pool processes, had not trained a step
 #   after 240 s), MIN_FIT_S (240: what the pool first leaves the fits at least; in device run 42 the pool, then
 #   simulated one split after another, took 478 s and would have left the fit none),
-#   SPLITS (pooled_test_set.sh's), EVAL_CONFIGS (configs/neuronio.toml), R (/tmp/new_data_session), PYTHON (python3).
+#   SPLITS (pooled_test_set.sh's), EVAL_CONFIGS (configs/neuronio.toml), R (/tmp/new_data_session), PYTHON (python3),
+#   NEXT_SEED (none: one link), NEXT_SHARDS (48), NEXT_ARMS (next-link:4), NEXT_RESERVE_S (240: what the second
+#   link's simulation leaves for its fits and scores; RESERVE_S then covers the first link's rest and all of the
+#   second link).
 #   A dry run on a CPU: tests/test_new_data_session.py.
 set -u
 PY="${PYTHON:-python3}"; R="${R:-/tmp/new_data_session}"
@@ -48,6 +56,8 @@ PUBLISHED="${PUBLISHED-.carry/published/published-best-elm-d100 .carry/published
 EVAL_CONFIGS="${EVAL_CONFIGS:-configs/neuronio.toml}"
 RESERVE_S="${RESERVE_S:-600}"; EVAL_RESERVE_S="${EVAL_RESERVE_S:-200}"; WORKERS="${WORKERS:-4}"
 SHIP_BYTES="${SHIP_BYTES:-12000000}"; POOL_FIRST="${POOL_FIRST:-1}"; MIN_FIT_S="${MIN_FIT_S:-240}"
+NEXT_SEED="${NEXT_SEED:-}"; NEXT_SHARDS="${NEXT_SHARDS:-48}"; NEXT_ARMS="${NEXT_ARMS:-next-link:4}"
+NEXT_RESERVE_S="${NEXT_RESERVE_S:-240}"
 W=$R/work
 
 usage() { echo "usage: bash bench/new_data_session.sh start WATCH_S TOTAL_S | watch WATCH_S" >&2; exit 2; }
@@ -55,20 +65,20 @@ stamp() { echo "[T0+$(( $(date +%s) - $(cat "$R/t0") )) s] $*"; }
 left() { echo $(( $(cat "$R/deadline") - $(date +%s) )); }
 configs() { local c; for c in $1; do printf -- '--config %s ' "$c"; done; }
 
-small_checkpoints() {  # the fits' best checkpoints of at most SHIP_BYTES, relative to $R
+small_checkpoints() {  # the fits' best checkpoints of at most SHIP_BYTES, relative to $R (both links)
   local f
-  for f in "$R"/runs/*/checkpoint_best.pt; do
+  for f in "$R"/runs/*/checkpoint_best.pt "$R"/next/runs/*/checkpoint_best.pt; do
     [ -f "$f" ] && [ "$(stat -c %s "$f")" -le "$SHIP_BYTES" ] && echo "${f#"$R"/}"
   done
 }
 
-pack() {  # what comes back: small files, and the large checkpoints in float16 parts
+pack() {  # what comes back: small files, and the large checkpoints in float16 parts (next/: the second link's)
   [ -n "${OUT:-}" ] || return 0
   mkdir -p "$OUT"
   local f
-  tar czf "$OUT/out.tgz" -C "$R" out logs $(small_checkpoints) $(cd "$R" && ls -d runs/*/metrics.csv \
-    runs/*/summary.json eval_*/*/evaluation.json 2>/dev/null)
-  for f in "$R"/ship/*-fp16.pt; do
+  tar czf "$OUT/out.tgz" -C "$R" out logs $(small_checkpoints) $(cd "$R" && ls -d {,next/}runs/*/metrics.csv \
+    {,next/}runs/*/summary.json {,next/}eval_*/*/evaluation.json next/out next/logs 2>/dev/null)
+  for f in "$R"/ship/*-fp16.pt "$R"/next/ship/*-fp16.pt; do
     [ -f "$f" ] && rm -f "$OUT/$(basename "$f").part-"* && split -b 15M "$f" "$OUT/$(basename "$f").part-"
   done
   ls -la "$OUT" | tail -n +4
@@ -90,6 +100,41 @@ watch() {  # until the run is done or WATCH_S have passed; the log's new lines a
 run() {
   exec > "$R/logs/run.log" 2>&1
   trap 'stamp "run ended"; touch "$R/done"' EXIT
+  link
+  if [ -n "$NEXT_SEED" ]; then next_link; fi
+}
+
+best_arm() {  # the arm of this link with the best validation AUC (the test sets play no part in the choice)
+  "$PY" - "$R/runs" $ARMS <<'PY'
+import json, sys
+from pathlib import Path
+scores = {}
+for label in (arm.split(":")[0] for arm in sys.argv[2:]):
+    summary = Path(sys.argv[1]) / label / "summary.json"
+    auc = json.loads(summary.read_text()).get("best_valid_auc") if summary.is_file() else None
+    if auc is not None:
+        scores[label] = auc
+if not scores:
+    sys.exit(1)
+print(max(scores, key=scores.get))
+PY
+}
+
+next_link() {  # a second link in the same run: NEXT_ARMS from this link's best arm, on NEXT_SEED's data, the same pool
+  local best pool start next=$R/next
+  best=$(best_arm) || { stamp "no next link: no arm of this link finished an epoch"; return 0; }
+  pool=$(tail -n 1 "$R/out/pool.txt" 2>/dev/null)
+  [ -n "$pool" ] || { stamp "no next link: no pooled test set"; return 0; }
+  # a link needs one GPU batch of new data (about 150 s with its inputs drawn: device run 44's last call) and its rest
+  [ "$(left)" -gt $(( NEXT_RESERVE_S + 150 )) ] || { stamp "no next link: only $(left) s left"; return 0; }
+  start=$R/runs/$best
+  stamp "next link: seed $NEXT_SEED from $best (the best validation AUC of this link's arms), into $next"
+  mkdir -p "$next/logs" && cp "$R/t0" "$R/deadline" "$next/"
+  R=$next SEED=$NEXT_SEED N_SHARDS=$NEXT_SHARDS START=$start ARMS=$NEXT_ARMS COMPARE="" RESERVE_S=$NEXT_RESERVE_S \
+    POOL=$pool NEXT_SEED="" bash "$0" link
+}
+
+link() {  # one link: simulate SEED, fit every arm from START, ship, evaluate, pair
   local sim_s fit_s arm label epochs overlay test pool src pairs=() first_published="" init="--init-from $START"
   [ "$START" = scratch ] && init=""
   mkdir -p "$R/out" "$R/runs" "$R/split"
@@ -108,10 +153,16 @@ run() {
   test=$(tail -n 1 "$R/out/shards.txt"); ln -sf "$test" "$R/split/"; md5sum "$test" > "$R/out/test_shard.md5"
   stamp "simulated $(wc -l < "$R/out/shards.txt") shards; test split $(basename "$test")"
 
-  SIM_CONFIG="${SIM_CONFIG:-configs/neuronio_gpu.toml}" PYTHON="$PY" bash bench/pooled_test_set.sh "$R/pool" \
-    > "$R/out/pool.txt" 2> "$R/logs/pool.log" &
-  local pool_pid=$! pool_status=""
-  if [ "$POOL_FIRST" = 1 ]; then  # first, but never into the fits' MIN_FIT_S: past that it goes on beside them
+  local pool_pid="" pool_status=""
+  if [ -n "${POOL:-}" ]; then  # a later link scores on the pool its first link made
+    echo "$POOL" > "$R/out/pool.txt"; pool_status=0
+  else
+    SIM_CONFIG="${SIM_CONFIG:-configs/neuronio_gpu.toml}" PYTHON="$PY" bash bench/pooled_test_set.sh "$R/pool" \
+      > "$R/out/pool.txt" 2> "$R/logs/pool.log" &
+    pool_pid=$!
+  fi
+  # the pool first, but never into the fits' MIN_FIT_S: past that it goes on beside them
+  if [ "$POOL_FIRST" = 1 ] && [ -n "$pool_pid" ]; then
     stamp "the pooled test set first"
     while kill -0 "$pool_pid" 2>/dev/null && [ "$(left)" -gt $(( EVAL_RESERVE_S + MIN_FIT_S )) ]; do sleep 2; done
     if kill -0 "$pool_pid" 2>/dev/null; then stamp "the pooled test set goes on beside the fits"
@@ -189,5 +240,6 @@ case "${1:-}" in
     [ -f "$R/t0" ] || { echo "error: no run on this machine ($R/t0 missing): the machine was replaced" >&2; exit 1; }
     watch "$2" ;;
   run) run ;;
+  link) link ;;
   *) usage ;;
 esac

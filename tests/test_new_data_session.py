@@ -128,7 +128,9 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
 @pytest.mark.slow
 def test_a_tcn_from_scratch_comes_back_in_float16_parts(tmp_path, morphology_path):
     """START=scratch: a new TCN, no --init-from, no start to score or pair; its 148-MB best checkpoint comes back as
-    float16 parts under the device tool's 16 MB a file, which reassemble into a checkpoint the pipeline reads."""
+    float16 parts under the device tool's 16 MB a file, which reassemble into a checkpoint the pipeline reads. With
+    NEXT_SEED a second link follows in the same run: the best arm (here the only one) fine-tuned on another seed's
+    data, scored on the same pool and paired with its start, in next/ of the same layout."""
     published_d20 = PUBLISHED.parent / "num_memory_20"
     if not published_d20.is_dir():
         pytest.skip("../shared/pretrained/elmneuron not beside the repository")
@@ -139,12 +141,15 @@ def test_a_tcn_from_scratch_comes_back_in_float16_parts(tmp_path, morphology_pat
     out = tmp_path / "out"
     env = small_session_env(tmp_path, morphology_path, "train.tcn", fit, published, SEED="927", N_SHARDS="3",
                             SPLITS="928:3", MODEL="tcn", START="scratch", ARMS="tcn-new:1", COMPARE="",
-                            POOL_FIRST="1")
-    started = session(["start", "850", "1000"], env, timeout=1000)
+                            POOL_FIRST="1", NEXT_SEED="929", NEXT_SHARDS="3",
+                            NEXT_ARMS="tcn-next:1:configs/recipes/tcn_chain_link.toml")
+    started = session(["start", "1100", "1300"], env, timeout=1300)
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     assert "run ended" in started.stdout and "fits from scratch" in started.stdout
     assert started.stdout.index("the pooled test set first") < started.stdout.index("fits from scratch")
     assert "the pooled test set was not made" not in started.stdout
+    assert "next link: seed 929 from tcn-new" in started.stdout
+    assert started.stdout.index("next link") < started.stdout.index("run ended")
 
     with tarfile.open(out / "out.tgz") as packed:
         names = set(packed.getnames())
@@ -195,3 +200,24 @@ def test_a_tcn_from_scratch_comes_back_in_float16_parts(tmp_path, morphology_pat
     entry = json.loads((results / "surrogate_accuracy.json").read_text())["models"]["tcn-new"]
     assert entry["model_kind"] == "tcn" and "initialized_from" not in entry
     assert set(entry["test_sets"]) == {"gpu_engine_seed927", "gpu_engine_pooled1"}
+
+    # the second link: from the first link's arm, on seed 929's data, scored on the first link's pool
+    next_back = back / "next"
+    assert (next_back / "out" / "pool.txt").read_text() == (back / "out" / "pool.txt").read_text()
+    summary = json.loads((next_back / "runs" / "tcn-next" / "summary.json").read_text())
+    assert summary["initialized_from"]["source"].endswith("runs/tcn-new") and summary["epochs_completed"] == 1
+    assert len(sorted(out.glob("tcn-next-fp16.pt.part-*"))) == 2
+    assert (next_back / "out" / "tcn-next-fp16.md5").is_file()
+    for which in ("split", "pool"):
+        scored = {p.parent.name for p in (next_back / f"eval_{which}").glob("*/evaluation.json")}
+        assert scored == {"tcn-next", "tcn-new", "published-branch-elm-d20"}
+    pool_of = {p.parent.name: json.loads(p.read_text()) for p in (back / "eval_pool").glob("*/evaluation.json")}
+    again = json.loads((next_back / "eval_pool" / "tcn-new" / "evaluation.json").read_text())
+    for metric in ("spike", "soma", "spike_bins_evaluated"):  # the start scores on the same pool as it did
+        assert again["windowed"][metric] == pool_of["tcn-new"]["windowed"][metric]
+    recorded = subprocess.run([sys.executable, "bench/record_new_data_session.py", "--session", str(next_back),
+                               "--device-run", "99", "--device", "this CPU", "--results", str(results)],
+                              cwd=REPO, capture_output=True, text=True)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    entry = json.loads((results / "surrogate_accuracy.json").read_text())["models"]["tcn-next"]
+    assert set(entry["test_sets"]) == {"gpu_engine_seed929", "gpu_engine_pooled1"}
