@@ -141,7 +141,8 @@ def record(args: argparse.Namespace) -> None:
     accuracy["datasets"][f"test_gpu_engine_seed{seed}"] = {
         "simulations": split["test_simulations"], "shards": len(split["test_shards"]), "master_seed": seed,
         "shard": split["test_shards"][0]}
-    accuracy["notes"] = accuracy.get("notes", []) + args.note
+    # recording a run again (say with its CVode scores added) keeps one copy of each of its notes
+    accuracy["notes"] = [n for n in accuracy.get("notes", []) if n not in args.note] + args.note
     write_json(accuracy_path, accuracy)
     print(f"-> {accuracy_path}: {len(arms)} arm(s), {split_label} and {pool_label}")
 
