@@ -119,4 +119,3 @@ def main(args: argparse.Namespace) -> int:
               f"{100 * summary['fraction_without_spikes']:.0f}% silent, "
               f"soma {summary['soma_voltage_mean_mV']:.1f} +- {summary['soma_voltage_std_mV']:.1f} mV")
     return 0
-
