@@ -17,7 +17,8 @@
 #   3. one fit of START per ARMS entry LABEL:EPOCHS[:OVERLAY], side by side (fit --init-from, the FIT_CONFIGS recipe,
 #      then the arm's own config overlay if it names one); START "scratch": new models, trained from their first step;
 #   4. evaluate every fit, START, COMPARE and the PUBLISHED folders on the pool and on the new test split, and pair
-#      each fit with START and with the first PUBLISHED folder (bench/paired_comparison.py);
+#      each fit with START and with the first PUBLISHED folder (bench/paired_comparison.py); then the report of every
+#      model on the pool (`pipelines report`, out/pooled_report: tables, ROC and traces);
 #   5. a fit whose best checkpoint is over SHIP_BYTES (the TCN's: 148 MB with its optimiser state, past the device
 #      tool's 16 MB a file) comes back in float16 (bench/half_precision_checkpoint.py, 18.5 MB for the TCN) in 15-MB
 #      parts beside out.tgz, $OUT/LABEL-fp16.pt.part-*, its md5 in out/LABEL-fp16.md5:
@@ -43,7 +44,8 @@
 #   SPLITS (pooled_test_set.sh's), EVAL_CONFIGS (configs/neuronio.toml), R (/tmp/new_data_session), PYTHON (python3),
 #   NEXT_SEED (none: one link), NEXT_SHARDS (48), NEXT_ARMS (next-link:4), NEXT_RESERVE_S (240: what the second
 #   link's simulation leaves for its fits and scores; RESERVE_S then covers the first link's rest and all of the
-#   second link).
+#   second link), REPORT (1: after the first link's scores, `pipelines report` on the pool's evaluations into
+#   out/pooled_report, at most 180 s; 0: none).
 #   A dry run on a CPU: tests/test_new_data_session.py.
 set -u
 PY="${PYTHON:-python3}"; R="${R:-/tmp/new_data_session}"
@@ -57,7 +59,7 @@ EVAL_CONFIGS="${EVAL_CONFIGS:-configs/neuronio.toml}"
 RESERVE_S="${RESERVE_S:-600}"; EVAL_RESERVE_S="${EVAL_RESERVE_S:-200}"; WORKERS="${WORKERS:-4}"
 SHIP_BYTES="${SHIP_BYTES:-12000000}"; POOL_FIRST="${POOL_FIRST:-1}"; MIN_FIT_S="${MIN_FIT_S:-240}"
 NEXT_SEED="${NEXT_SEED:-}"; NEXT_SHARDS="${NEXT_SHARDS:-48}"; NEXT_ARMS="${NEXT_ARMS:-next-link:4}"
-NEXT_RESERVE_S="${NEXT_RESERVE_S:-240}"
+NEXT_RESERVE_S="${NEXT_RESERVE_S:-240}"; REPORT="${REPORT:-1}"
 W=$R/work
 
 usage() { echo "usage: bash bench/new_data_session.sh start WATCH_S TOTAL_S | watch WATCH_S" >&2; exit 2; }
@@ -224,6 +226,14 @@ link() {  # one link: simulate SEED, fit every arm from START, ship, evaluate, p
     "$PY" bench/paired_comparison.py --runs "$R/eval_$which" --label "${labels[$which]}" "${pairs[@]}" \
       --out "$R/out/paired_$which.json" 2>&1 | tail -n $(( ${#pairs[@]} / 2 + 2 ))
   done
+  # the report of every model on the pool this link made (tables, ROC, traces: docs/results/pooled), last, since
+  # the pairs matter more; the traces' raster comes from the pool's first split
+  local report_s=$(( $(left) - 10 )); [ "$report_s" -gt 180 ] && report_s=180
+  if [ "$REPORT" = 1 ] && [ -z "${POOL:-}" ] && [ -d "$R/eval_pool" ] && [ "$report_s" -gt 0 ]; then
+    timeout "$report_s" "$PY" -m pipelines report --runs "$R/eval_pool" --data "$(awk '{print $2}' <<< "$pool")" \
+      --out "$R/out/pooled_report" > "$R/logs/report.log" 2>&1 \
+      && stamp "pooled report: out/pooled_report/report.md" || stamp "no pooled report (logs/report.log)"
+  fi
 }
 
 case "${1:-}" in

@@ -199,6 +199,8 @@ def _training_data(evaluation: dict) -> str:
     simulated_ms = training.get("training_simulated_ms")
     if isinstance(simulated_ms, (int, float)):
         text += f" ({simulated_ms / 1000:.0f} s)"
+    if training.get("initialized_from"):  # fit --init-from: the time and data are this fine-tune's alone
+        text += ", fine-tune"
     return text
 
 
@@ -228,6 +230,9 @@ def scores_table(runs: list[RunResult], mode: str) -> list[str]:
             f"| {_number(raw['rmse_mV'], 3)} | {_number(aligned['rmse_mV'], 3)} | {_number(aligned['mae_mV'], 3)} "
             f"| {_number(aligned['explained_variance_percent'], 1)} "
             f"| {_duration(e.get('training_time_s'))} | {_training_data(e) if not e.get('published') else 'NeuronIO'} |")
+    if any("fine-tune" in line for line in lines[2:]):
+        lines += ["", "*fine-tune*: the training time and data are those of the model's last fit alone, which started "
+                      "from an already trained model (`fit --init-from`)."]
     return lines
 
 
@@ -479,13 +484,14 @@ def data_efficiency(runs: list[RunResult]) -> dict[str, list[dict]]:
     (windowed) against the number of training simulations (summary.json's, through evaluation.json), sorted by it.
 
     Runs that differ in [data] max_train_simulations (or in dataset) give the points; {} when no model has two sizes.
+    A fine-tune (fit --init-from) is no point: its training set leaves out all that its start learnt from.
     """
     points: dict[str, list[dict]] = {}
     for run in runs:
         e = run.evaluation
         training = e.get("training") or {}
         n, windowed = training.get("training_simulations"), e.get("windowed")
-        if e.get("published") or not n or not windowed:
+        if e.get("published") or training.get("initialized_from") or not n or not windowed:
             continue
         model = sized_name(e["model_kind"], e.get("model_config"))  # d_m 20 and d_m 100 are two curves
         points.setdefault(model, []).append({

@@ -85,6 +85,12 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
     assert {row["test_set"] for row in pool["rows"]} == {"gpu_engine_pooled2"}  # the pool's record name: 2 splits
     assert pairs == {("short", "branch-elm-d100"), ("short", "published-best-elm-d100"), ("long", "branch-elm-d100"),
                      ("long", "published-best-elm-d100"), ("branch-elm-d100", "published-best-elm-d100")}
+    # the report of every model scored on the pool, with its figures, in out/
+    assert "pooled report: out/pooled_report/report.md" in watched.stdout
+    report = (back / "out" / "pooled_report" / "report.md").read_text()
+    for model in ("short", "long", "branch-elm-d100", "branch-elm-d20", "published-best-elm-d100"):
+        assert sum(line.startswith(f"| {model}") for line in report.splitlines()) == 2  # windowed and whole
+    assert (back / "out" / "pooled_report" / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
     # what came back, recorded in copies of the results files, and the short arm released
     results = tmp_path / "results"

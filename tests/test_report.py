@@ -82,6 +82,26 @@ def test_report_without_data_or_training_curves_says_what_is_missing(reported, t
     assert "## Notes" in (out / "report.md").read_text()
 
 
+def test_report_marks_a_fine_tune_whose_time_and_data_are_its_last_fit_alone(reported, tmp_path):
+    """A model fitted with --init-from (its training record names initialized_from) is marked, and a note says
+    that the time and data columns leave out the training of the model it started from."""
+    assert "fine-tune" not in (reported["out"] / "report.md").read_text()
+    runs = tmp_path / "runs"
+    shutil.copytree(reported["runs"], runs)
+    evaluation_path = runs / "tcn" / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text())
+    evaluation["training"]["initialized_from"] = {"source": "runs/tcn-before", "training_time_s": 60.0}
+    evaluation_path.write_text(json.dumps(evaluation))
+    out = tmp_path / "reports"
+    assert cli(["report", "--runs", str(runs), "--data", str(reported["data"]), "--out", str(out),
+                "--published", str(reported["published"])]) == 0
+    text = (out / "report.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| tcn |")]
+    assert len(rows) == 2 and all("3 sims (4 s), fine-tune |" in row for row in rows)
+    assert not any("fine-tune" in line for line in text.splitlines() if line.startswith("| elm |"))
+    assert "started from an already trained model" in text
+
+
 def test_report_refuses_a_data_directory_that_does_not_exist(reported, tmp_path, capsys):
     """A --data typo is an error (exit 2, one line), not a report quietly drawn without its raster."""
     out = tmp_path / "reports"
@@ -199,6 +219,11 @@ def test_data_efficiency_from_runs_on_nested_training_sets(tmp_path):
     config.write_text("[data]\nwindow_ms = 200\nburn_in_ms = 50\nignore_first_ms = 300\n[evaluate]\ndevice = \"cpu\"\n")
     assert cli(["evaluate", "--config", str(config), "--data", str(data), "--runs", str(runs),
                 "--models", ",".join([*names, "elm_d3"])]) == 0
+    # a fine-tune on 5 simulations of a model trained before: its size leaves out its start's data, so no point
+    shutil.copytree(runs / "elm_n1", runs / "elm_n1_tuned")
+    tuned = json.loads((runs / "elm_n1_tuned" / "evaluation.json").read_text())
+    tuned["training"] |= {"training_simulations": 5, "initialized_from": {"source": str(runs / "elm_nall")}}
+    (runs / "elm_n1_tuned" / "evaluation.json").write_text(json.dumps(tuned))
     assert cli(["report", "--runs", str(runs), "--data", str(data), "--out", str(out)]) == 0
 
     curves = json.loads((out / "data_efficiency.json").read_text())
