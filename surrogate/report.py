@@ -230,7 +230,8 @@ def scores_table(runs: list[RunResult], mode: str) -> list[str]:
             f"| {_number(raw['rmse_mV'], 3)} | {_number(aligned['rmse_mV'], 3)} | {_number(aligned['mae_mV'], 3)} "
             f"| {_number(aligned['explained_variance_percent'], 1)} "
             f"| {_duration(e.get('training_time_s'))} | {_training_data(e) if not e.get('published') else 'NeuronIO'} |")
-    if any("fine-tune" in line for line in lines[2:]):
+    if any((run.evaluation.get("training") or {}).get("initialized_from") and not run.evaluation.get("published")
+           and run.evaluation.get(mode) for run in runs):
         lines += ["", "*fine-tune*: the training time and data are those of the model's last fit alone, which started "
                       "from an already trained model (`fit --init-from`)."]
     return lines
