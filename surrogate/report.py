@@ -189,6 +189,11 @@ def _duration(seconds) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _is_fine_tune(evaluation: dict) -> bool:
+    """A model of ours fitted with --init-from: its training record covers its last fit alone."""
+    return bool((evaluation.get("training") or {}).get("initialized_from")) and not evaluation.get("published")
+
+
 def _training_data(evaluation: dict) -> str:
     """The training set size from summary.json, e.g. '9 sims (54 s)'."""
     training = evaluation.get("training") or {}
@@ -199,7 +204,7 @@ def _training_data(evaluation: dict) -> str:
     simulated_ms = training.get("training_simulated_ms")
     if isinstance(simulated_ms, (int, float)):
         text += f" ({simulated_ms / 1000:.0f} s)"
-    if training.get("initialized_from"):  # fit --init-from: the time and data are this fine-tune's alone
+    if _is_fine_tune(evaluation):
         text += ", fine-tune"
     return text
 
@@ -230,8 +235,7 @@ def scores_table(runs: list[RunResult], mode: str) -> list[str]:
             f"| {_number(raw['rmse_mV'], 3)} | {_number(aligned['rmse_mV'], 3)} | {_number(aligned['mae_mV'], 3)} "
             f"| {_number(aligned['explained_variance_percent'], 1)} "
             f"| {_duration(e.get('training_time_s'))} | {_training_data(e) if not e.get('published') else 'NeuronIO'} |")
-    if any((run.evaluation.get("training") or {}).get("initialized_from") and not run.evaluation.get("published")
-           and run.evaluation.get(mode) for run in runs):
+    if any(_is_fine_tune(run.evaluation) and run.evaluation.get(mode) for run in runs):
         lines += ["", "*fine-tune*: the training time and data are those of the model's last fit alone, which started "
                       "from an already trained model (`fit --init-from`)."]
     return lines
@@ -492,7 +496,7 @@ def data_efficiency(runs: list[RunResult]) -> dict[str, list[dict]]:
         e = run.evaluation
         training = e.get("training") or {}
         n, windowed = training.get("training_simulations"), e.get("windowed")
-        if e.get("published") or training.get("initialized_from") or not n or not windowed:
+        if e.get("published") or _is_fine_tune(e) or not n or not windowed:
             continue
         model = sized_name(e["model_kind"], e.get("model_config"))  # d_m 20 and d_m 100 are two curves
         points.setdefault(model, []).append({
