@@ -45,7 +45,8 @@
 #   NEXT_SEED (none: one link), NEXT_SHARDS (48), NEXT_ARMS (next-link:4), NEXT_RESERVE_S (240: what the second
 #   link's simulation leaves for its fits and scores; RESERVE_S then covers the first link's rest and all of the
 #   second link), REPORT (1: after the first link's scores, `pipelines report` on the pool's evaluations into
-#   out/pooled_report, at most 180 s; 0: none).
+#   out/pooled_report, at most 180 s, with the published per-d_m table when eval_results.csv lies beside the
+#   PUBLISHED folders, and the fits' training curves; 0: none).
 #   A dry run on a CPU: tests/test_new_data_session.py.
 set -u
 PY="${PYTHON:-python3}"; R="${R:-/tmp/new_data_session}"
@@ -228,10 +229,18 @@ link() {  # one link: simulate SEED, fit every arm from START, ship, evaluate, p
   done
   # the report of every model on the pool this link made (tables, ROC, traces: docs/results/pooled), last, since
   # the pairs matter more; the traces' raster comes from the pool's first split
+  # and the published per-d_m table from eval_results.csv beside the PUBLISHED folders (carried with them); each
+  # fit's metrics.csv goes beside its scores for the report's training curves
   local report_s=$(( $(left) - 10 )); [ "$report_s" -gt 180 ] && report_s=180
   if [ "$REPORT" = 1 ] && [ -z "${POOL:-}" ] && [ -d "$R/eval_pool" ] && [ "$report_s" -gt 0 ]; then
+    local table_dir=""; for p in $PUBLISHED; do table_dir=$(dirname "$p"); break; done
+    for arm in $ARMS; do
+      label=${arm%%:*}
+      [ -f "$R/runs/$label/metrics.csv" ] && [ -d "$R/eval_pool/$label" ] \
+        && cp "$R/runs/$label/metrics.csv" "$R/eval_pool/$label/"
+    done
     timeout "$report_s" "$PY" -m pipelines report --runs "$R/eval_pool" --data "$(awk '{print $2}' <<< "$pool")" \
-      --out "$R/out/pooled_report" > "$R/logs/report.log" 2>&1 \
+      ${table_dir:+--published "$table_dir"} --out "$R/out/pooled_report" > "$R/logs/report.log" 2>&1 \
       && stamp "pooled report: out/pooled_report/report.md" || stamp "no pooled report (logs/report.log)"
   fi
 }

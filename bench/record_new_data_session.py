@@ -35,7 +35,10 @@ from surrogate_accuracy import model_entry, release, scores_of  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PUBLISHED_PREFIX = "published-"  # new_data_session.sh's names for the published folders
-POOL_TOLERANCE = 1e-6  # a recorded model scored again on the same pool must come out the same
+# A recorded model scored again on the same pool must come out the same, to float16's rounding: a TCN carried
+# between sessions in float16 (half_precision_checkpoint.py) scored 1.0e-6 AUC off its float32 original in device
+# run 46 (0.9900600 against 0.9900590); another pool, or another model, differs by 1e-4 or more.
+POOL_TOLERANCE = 1e-5
 
 
 def session_scores(session: Path, seed: int) -> tuple[dict[str, dict], str, str]:

@@ -40,8 +40,9 @@ PUBLISHED_REFERENCES = (
 )
 KIND_COLOURS = {"elm": "tab:blue", "branch-elm": "tab:orange", "tcn": "tab:green", "lstm": "tab:purple"}
 # runs that are not one model kind's own directory (named runs, published weights): each its own colour, as far as
-# these go (the palette then repeats)
-EXTRA_COLOURS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "black", "gold", "navy",
+# these go (the palette then repeats); never the target's colour, which a model drawn over it would hide
+TARGET_COLOUR = "black"  # the simulated soma voltage and spikes in the traces figure
+EXTRA_COLOURS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "indigo", "gold", "navy",
                  "teal", "magenta", "lime")
 FIGURES = ("roc.png", "traces.png", "params.png", "training.png")  # data_efficiency.png too when the runs allow it
 DATA_EFFICIENCY_JSON = "data_efficiency.json"
@@ -375,7 +376,8 @@ def plot_traces(runs: list[RunResult], data_dir: Path | None, path: Path, window
     else:
         title += f" ({note})"
     ax_v, ax_p = axes
-    ax_v.plot(t[a:b], np.minimum(soma_true[a:b], -55.0), color="black", lw=1.0,
+    # the target on top of the models, so that it stays visible however many are drawn
+    ax_v.plot(t[a:b], np.minimum(soma_true[a:b], -55.0), color=TARGET_COLOUR, lw=1.2, zorder=3,
               label="simulated, clipped\nat -55 mV (target)")
     for run, j in matching:
         if "windowed" in run.examples:
@@ -389,9 +391,9 @@ def plot_traces(runs: list[RunResult], data_dir: Path | None, path: Path, window
     ax_v.legend(**legend)
     spike_times = np.flatnonzero(spikes_true[a:b]) + a
     for s in spike_times:
-        ax_p.axvline(s, color="black", lw=0.8, ls="--", alpha=0.7)
+        ax_p.axvline(s, color=TARGET_COLOUR, lw=0.8, ls="--", alpha=0.7)
     if len(spike_times):
-        ax_p.plot([], [], color="black", ls="--", lw=0.8, label="simulated spike")
+        ax_p.plot([], [], color=TARGET_COLOUR, ls="--", lw=0.8, label="simulated spike")
     ax_p.set(ylim=(-0.02, 1.02), ylabel="spike probability", xlabel="time (ms)")
     ax_p.legend(**legend)
     ax_p.set_xlim(a, b)

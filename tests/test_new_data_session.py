@@ -48,6 +48,7 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
     (tmp_path / "first2.toml").write_text("[data]\nmax_train_simulations = 2\n")  # an arm's own overlay
     published = tmp_path / "published-best-elm-d100"
     published.symlink_to(PUBLISHED)
+    (tmp_path / "eval_results.csv").symlink_to(PUBLISHED.parent / "eval_results.csv")  # the per-d_m table, beside it
     fit = ("configs/neuronio.toml configs/models/branch-elm-d100.toml configs/recipes/one_session.toml "
            "configs/recipes/fine_tune_new_data.toml configs/recipes/weight_average.toml")
     out = tmp_path / "out"
@@ -91,6 +92,9 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
     for model in ("short", "long", "branch-elm-d100", "branch-elm-d20", "published-best-elm-d100"):
         assert sum(line.startswith(f"| {model}") for line in report.splitlines()) == 2  # windowed and whole
     assert (back / "out" / "pooled_report" / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    # the published per-d_m rows from the eval_results.csv carried beside the folder, and the fits' training curves
+    assert "| Branch-ELM d_m=20 (" in report and "table was not found" not in report
+    assert (back / "out" / "pooled_report" / "training.png").read_bytes()[:4] == b"\x89PNG"
 
     # what came back, recorded in copies of the results files, and the short arm released
     results = tmp_path / "results"
@@ -229,3 +233,59 @@ def test_a_tcn_from_scratch_comes_back_in_float16_parts(tmp_path, morphology_pat
     accuracy = json.loads((results / "surrogate_accuracy.json").read_text())
     assert set(accuracy["models"]["tcn-next"]["test_sets"]) == {"gpu_engine_seed929", "gpu_engine_pooled1"}
     assert accuracy["notes"].count("the second link") == 1
+
+
+def _evaluation(auc: float, shard_paths: list[str]) -> dict:
+    """An evaluation.json of the evaluate stage, as far as the record reads it."""
+    return {"test": {"simulations": 128, "shards": [Path(p).name for p in shard_paths], "shard_paths": shard_paths},
+            "windowed": {"simulations_kept": 120, "spike_bins_evaluated": 600,
+                         "spike": {"auc": auc, "tp_at_fp": {}},
+                         "soma": {"raw": {"rmse_mV": 0.7}, "aligned": {"rmse_mV": 0.7}}}}
+
+
+def test_a_recorded_model_scored_on_another_pool_is_refused(tmp_path):
+    """The record scores the start and the published folders again on the pool of record; a score that differs from
+    the recorded one by more than float16's rounding means another pool or another model: exit 2, one line, and the
+    results files untouched. Within the rounding (a float16 copy of the model) it records."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("surrogate_accuracy.json", "paired_comparison.json"):
+        shutil.copy(REPO / "bench" / "results" / name, results / name)
+    accuracy = json.loads((results / "surrogate_accuracy.json").read_text())
+    recorded = accuracy["published_checkpoints"]["published-branch-elm-d20"]["test_sets"]["gpu_engine_pooled6"]
+    pool = recorded["test_shard_paths"]
+
+    session = tmp_path / "session"
+    (session / "out").mkdir(parents=True)
+    (session / "out" / "seed.toml").write_text("[dataset]\nseed = 4999\nn_shards = 3\n")
+    (session / "runs" / "arm").mkdir(parents=True)
+    (session / "runs" / "arm" / "summary.json").write_text(json.dumps({
+        "model_kind": "tcn", "num_parameters": 10, "training_time_s": 1.0, "best_epoch": 1, "best_valid_auc": 0.9,
+        "epochs_completed": 1, "finished": True, "windows_seen": 8, "training_simulations": 256,
+        "training_simulated_ms": 1536000, "device": "cuda", "shards": {"train": ["a.h5", "b.h5"]}}))
+    split = ["/machine/split/shard_00002.h5"]
+
+    def session_with(published_auc: float) -> list[str]:
+        for name, auc, shards in (("arm", 0.99, split), ("arm", 0.99, pool),
+                                  ("published-branch-elm-d20", published_auc, split),
+                                  ("published-branch-elm-d20", published_auc, pool)):
+            folder = session / ("eval_pool" if shards is pool else "eval_split") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "evaluation.json").write_text(json.dumps(_evaluation(auc, shards)))
+        return [sys.executable, "bench/record_new_data_session.py", "--session", str(session), "--device-run", "99",
+                "--device", "this CPU", "--results", str(results)]
+
+    before = (results / "surrogate_accuracy.json").read_bytes()
+    refused = subprocess.run(session_with(recorded["test_auc"] + 1e-4), cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("error: published-branch-elm-d20 scores AUC") and "not the same pool" in \
+        refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert (results / "surrogate_accuracy.json").read_bytes() == before
+
+    rounded = subprocess.run(session_with(recorded["test_auc"] + 5e-6), cwd=REPO, capture_output=True, text=True)
+    assert rounded.returncode == 0, rounded.stdout + rounded.stderr
+    accuracy = json.loads((results / "surrogate_accuracy.json").read_text())
+    assert accuracy["models"]["arm"]["test_sets"]["gpu_engine_pooled6"]["test_auc"] == 0.99
+    # the recorded pool score stays the one of record; the new split's is added
+    scored = accuracy["published_checkpoints"]["published-branch-elm-d20"]["test_sets"]
+    assert scored["gpu_engine_pooled6"]["test_auc"] == recorded["test_auc"] and "gpu_engine_seed4999" in scored

@@ -11,7 +11,8 @@ import pytest
 
 from test_evaluate import cli, write_fake_dataset, write_fake_run
 
-from surrogate.report import PUBLISHED_REFERENCES, collect_runs, read_metrics_csv, read_published_results
+from surrogate.report import (PUBLISHED_REFERENCES, TARGET_COLOUR, collect_runs, read_metrics_csv,
+                              read_published_results)
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO.parent / "shared" / "pretrained" / "elmneuron"
@@ -135,6 +136,7 @@ def test_every_named_run_gets_its_own_colour(reported, tmp_path):
         shutil.copytree(reported["runs"] / "tcn", runs / f"tcn-run{i}")
     colours = [run.colour for run in collect_runs(runs)]
     assert len(colours) == 9 and len(set(colours)) == 9
+    assert TARGET_COLOUR not in colours  # the seventh used to be black, the simulated trace's colour (device run 46)
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):
