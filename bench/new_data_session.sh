@@ -138,7 +138,7 @@ next_link() {  # a second link in the same run: NEXT_ARMS from this link's best 
 }
 
 link() {  # one link: simulate SEED, fit every arm from START, ship, evaluate, pair
-  local sim_s fit_s arm label epochs overlay test pool src pairs=() first_published="" init="--init-from $START"
+  local sim_s fit_s arm label epochs overlay test pool src pairs=() first_published="" table_dir="" init="--init-from $START"
   [ "$START" = scratch ] && init=""
   mkdir -p "$R/out" "$R/runs" "$R/split"
   # the carried morphology (never committed) where none is set: the simulate verb of every stage needs it
@@ -212,7 +212,8 @@ link() {  # one link: simulate SEED, fit every arm from START, ship, evaluate, p
     wait
     grep -h -E "\[windowed\]|error" "$R"/logs/eval-$which-*.log | cut -c1-160 | sed "s/^/[$which] /"
   done
-  for p in $PUBLISHED; do first_published=$(basename "$p"); break; done
+  # the first PUBLISHED folder: the fits' anchor in the pairs; its parent may hold the published per-d_m table
+  for p in $PUBLISHED; do first_published=$(basename "$p"); table_dir=$(dirname "$p"); break; done
   for arm in $ARMS; do
     label=${arm%%:*}
     [ -f "$R/runs/$label/checkpoint_best.pt" ] || continue
@@ -228,12 +229,11 @@ link() {  # one link: simulate SEED, fit every arm from START, ship, evaluate, p
       --out "$R/out/paired_$which.json" 2>&1 | tail -n $(( ${#pairs[@]} / 2 + 2 ))
   done
   # the report of every model on the pool this link made (tables, ROC, traces: docs/results/pooled), last, since
-  # the pairs matter more; the traces' raster comes from the pool's first split
-  # and the published per-d_m table from eval_results.csv beside the PUBLISHED folders (carried with them); each
-  # fit's metrics.csv goes beside its scores for the report's training curves
+  # the pairs matter more; the traces' raster comes from the pool's first split, the published per-d_m table from
+  # eval_results.csv beside the PUBLISHED folders (carried with them), the training curves from each fit's
+  # metrics.csv, copied beside its scores
   local report_s=$(( $(left) - 10 )); [ "$report_s" -gt 180 ] && report_s=180
   if [ "$REPORT" = 1 ] && [ -z "${POOL:-}" ] && [ -d "$R/eval_pool" ] && [ "$report_s" -gt 0 ]; then
-    local table_dir=""; for p in $PUBLISHED; do table_dir=$(dirname "$p"); break; done
     for arm in $ARMS; do
       label=${arm%%:*}
       [ -f "$R/runs/$label/metrics.csv" ] && [ -d "$R/eval_pool/$label" ] \
