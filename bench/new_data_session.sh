@@ -12,6 +12,7 @@
 # The run, each stage bounded by the deadline:
 #   1. setup (the carried wheels, the mechanisms) and simulate N_SHARDS shards of master seed SEED (SIM_CONFIG); if
 #      the time runs short, fewer: the fits split the shards there (train..., valid, test = the last present);
+#      out/shard_written_s.txt says when each shard was written, seconds after the start;
 #   2. the six test splits of the pooled figure of record (bench/pooled_test_set.sh: one simulate run, one GPU batch),
 #      before the fits (or beside them);
 #   3. one fit of START per ARMS entry LABEL:EPOCHS[:OVERLAY], side by side (fit --init-from, the FIT_CONFIGS recipe,
@@ -152,6 +153,10 @@ link() {  # one link: simulate SEED, fit every arm from START, ship, evaluate, p
   # neuronio_scale.sh installed the carried wheels into /tmp/site on the bare GPU machine; the rest needs them too
   [ -d /tmp/site ] && export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH"
   ls "$W/data"/shard_*.h5 > "$R/out/shards.txt" 2>/dev/null
+  # when each shard was written (seconds after T0): the GPU batches' pace, to plan the next session's time by
+  for f in $(cat "$R/out/shards.txt"); do
+    echo "$(basename "$f") $(( $(stat -c %Y "$f") - $(cat "$R/t0") ))"
+  done > "$R/out/shard_written_s.txt"
   [ "$(wc -l < "$R/out/shards.txt")" -ge 3 ] || { stamp "error: fewer than 3 shards simulated"; exit 1; }
   test=$(tail -n 1 "$R/out/shards.txt"); ln -sf "$test" "$R/split/"; md5sum "$test" > "$R/out/test_shard.md5"
   stamp "simulated $(wc -l < "$R/out/shards.txt") shards; test split $(basename "$test")"

@@ -70,6 +70,10 @@ def test_a_session_started_detached_and_watched_to_the_end(tmp_path, morphology_
         names = set(packed.getnames())
         packed.extractall(tmp_path / "back")
     back = tmp_path / "back"
+    # when each shard was written, seconds after the run's start: the simulation's pace, for the next plan
+    written = [line.split() for line in (back / "out" / "shard_written_s.txt").read_text().splitlines()]
+    assert [name for name, _ in written] == [f"shard_{i:05d}.h5" for i in range(4)]
+    assert all(0 <= int(seconds) <= 1200 for _, seconds in written)
     for arm, epochs, simulations in (("short", 1, 4), ("long", 2, 2)):
         assert f"runs/{arm}/checkpoint_best.pt" in names
         summary = json.loads((back / "runs" / arm / "summary.json").read_text())
