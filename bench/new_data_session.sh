@@ -154,9 +154,9 @@ link() {  # one link: simulate SEED, fit every arm from START, ship, evaluate, p
   [ -d /tmp/site ] && export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH"
   ls "$W/data"/shard_*.h5 > "$R/out/shards.txt" 2>/dev/null
   # when each shard was written (seconds after T0): the GPU batches' pace, to plan the next session's time by
-  for f in $(cat "$R/out/shards.txt"); do
-    echo "$(basename "$f") $(( $(stat -c %Y "$f") - $(cat "$R/t0") ))"
-  done > "$R/out/shard_written_s.txt"
+  local t0; t0=$(cat "$R/t0")
+  while read -r f; do echo "$(basename "$f") $(( $(stat -c %Y "$f") - t0 ))"; done < "$R/out/shards.txt" \
+    > "$R/out/shard_written_s.txt"
   [ "$(wc -l < "$R/out/shards.txt")" -ge 3 ] || { stamp "error: fewer than 3 shards simulated"; exit 1; }
   test=$(tail -n 1 "$R/out/shards.txt"); ln -sf "$test" "$R/split/"; md5sum "$test" > "$R/out/test_shard.md5"
   stamp "simulated $(wc -l < "$R/out/shards.txt") shards; test split $(basename "$test")"
