@@ -68,6 +68,47 @@ def smooth_rates(rates: np.ndarray, sigma_ms: int) -> np.ndarray:
     return np.maximum(smoothed, 0.0, out=smoothed)
 
 
+# Output samples per matrix product in smooth_held_rates: each block needs the held values of the
+# (block + M) / interval pieces in reach of its samples, so the work grows with the block only slowly,
+# while its weights (pieces x block) stay within a few MB for many draw threads at once.
+HELD_SMOOTHING_BLOCK_MS = 512
+
+
+def smooth_held_rates(held: np.ndarray, interval_ms: int, duration_ms: int, sigma_ms: int) -> np.ndarray:
+    """smooth_rates of rates held constant over `interval_ms` pieces, without expanding them first.
+
+    Row r of the rates is held[r, k] over [k L, min((k + 1) L, T)) (spec 5 step 9), so the 'same'
+    convolution of step 10 is a weighted sum of the pieces, output[r, t] = sum_k held[r, k] B[k, t],
+    where B[k, t] is the window summed over the samples piece k covers:
+        B[k, t] = C[t + c - k L + 1] - C[t + c - e_k + 1],  C[j] = w[0] + ... + w[j - 1] (0 below 0, 1 above M),
+    with c = (M - 1) // 2 and e_k the piece's end. About (M + L) / L pieces reach each output sample, so
+    the sums are matrix products over blocks of output samples, cheaper than the FFT's transforms of every
+    row at length T + M - 1 for NeuronIO's timescales: a whole raster is drawn 1.8-1.9x faster on one core
+    (bench/input_drawing.py, docs/gpu_engine.md). The result equals smooth_rates(np.repeat(held, L)[:, :T])
+    up to round-off (about 1e-15 of the largest rate), and the rasters drawn from it are the same bits
+    (tests/test_inputs.py).
+    """
+    window = gaussian_smoothing_window(sigma_ms)
+    m = window.size
+    c = (m - 1) // 2
+    cumulative = np.concatenate([[0.0], np.cumsum(window)])  # cumulative[j] = w[0] + ... + w[j - 1]
+    n_pieces = held.shape[1]
+    starts = np.arange(n_pieces) * interval_ms
+    ends = np.minimum(starts + interval_ms, duration_ms)
+    smoothed = np.empty((held.shape[0], duration_ms), dtype=np.result_type(held, window))
+    for t0 in range(0, duration_ms, HELD_SMOOTHING_BLOCK_MS):
+        t1 = min(t0 + HELD_SMOOTHING_BLOCK_MS, duration_ms)
+        # the pieces [start, end) within reach: start <= t1 - 1 + c and end - 1 >= t0 + c - (M - 1)
+        first = max(0, (t0 + c - m + 1) // interval_ms - 1)
+        last = min(n_pieces, (t1 - 1 + c) // interval_ms + 1)
+        t = np.arange(t0, t1)
+        upper = np.clip(t + c + 1 - starts[first:last, None], 0, m)
+        lower = np.clip(t + c + 1 - ends[first:last, None], 0, m)
+        smoothed[:, t0:t1] = held[:, first:last] @ (cumulative[upper] - cumulative[lower])
+    # round-off can leave -1e-20 where the rate is 0; a rate is never negative
+    return np.maximum(smoothed, 0.0, out=smoothed)
+
+
 def _tree_counts(rng: np.random.Generator, config: InputConfig, n_intervals: int) -> tuple[np.ndarray, np.ndarray]:
     """Coarse excitatory and inhibitory spike counts per 100 ms for one tree (spec 5 step 4)."""
     e_low, e_high = config.excitation_per_100ms
@@ -94,13 +135,21 @@ def _check_segments(length_um: np.ndarray, is_basal: np.ndarray) -> tuple[np.nda
 
 # --------------------------------------------------------------------------- the generator
 
+# How step 10 is computed: "held" (smooth_held_rates, the default) or "fft" (smooth_rates over the expanded
+# rates, the spec's own form); the same rates up to round-off, the same rasters (bench/input_drawing.py times both)
+SMOOTHINGS = ("held", "fft")
+
+
 def draw_rates(
-    config: InputConfig, length_um: np.ndarray, is_basal: np.ndarray, rng: np.random.Generator
+    config: InputConfig, length_um: np.ndarray, is_basal: np.ndarray, rng: np.random.Generator,
+    smoothing: str = "held",
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Smoothed expected spikes per 1-ms bin, (n_segments, T) excitatory and inhibitory (spec 5 steps 1-10).
 
     Also returns the drawn timescales {"rate_change_interval_ms", "smoothing_sigma_ms"}.
     """
+    if smoothing not in SMOOTHINGS:
+        raise ValueError(f"smoothing must be one of {SMOOTHINGS}, not {smoothing!r}")
     length_um, is_basal = _check_segments(length_um, is_basal)
     duration = config.duration_ms
 
@@ -138,8 +187,12 @@ def draw_rates(
     inhibition *= regularised_length[:, None]
 
     # steps 9-10: hold each coarse value for `interval` ms, crop, smooth
-    excitation = smooth_rates(np.repeat(excitation, interval, axis=1)[:, :duration], sigma)
-    inhibition = smooth_rates(np.repeat(inhibition, interval, axis=1)[:, :duration], sigma)
+    if smoothing == "held":  # both matrices in one pass: they share the pieces and the window
+        both = smooth_held_rates(np.concatenate([excitation, inhibition]), interval, duration, sigma)
+        excitation, inhibition = both[:len(length_um)], both[len(length_um):]
+    else:
+        excitation = smooth_rates(np.repeat(excitation, interval, axis=1)[:, :duration], sigma)
+        inhibition = smooth_rates(np.repeat(inhibition, interval, axis=1)[:, :duration], sigma)
     return excitation, inhibition, {"rate_change_interval_ms": int(interval), "smoothing_sigma_ms": int(sigma)}
 
 
@@ -151,14 +204,16 @@ def sample_spikes(rate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def generate_input_spikes(
-    config: InputConfig, length_um: np.ndarray, is_basal: np.ndarray, rng: np.random.Generator
+    config: InputConfig, length_um: np.ndarray, is_basal: np.ndarray, rng: np.random.Generator,
+    smoothing: str = "held",
 ) -> np.ndarray:
     """One simulation's input raster, (2 n_segments, duration_ms) bool.
 
     Row k < n_segments is the excitatory synapse on segment k, row n_segments + k the
     inhibitory one. `length_um` and `is_basal` follow the segment table (NeuronIO order).
+    `smoothing`: one of SMOOTHINGS (the same raster either way).
     """
-    excitation, inhibition, _ = draw_rates(config, length_um, is_basal, rng)
+    excitation, inhibition, _ = draw_rates(config, length_um, is_basal, rng, smoothing)
     excitatory_spikes = sample_spikes(excitation, rng)
     inhibitory_spikes = sample_spikes(inhibition, rng)
     return np.concatenate([excitatory_spikes, inhibitory_spikes], axis=0)

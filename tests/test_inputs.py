@@ -22,6 +22,7 @@ from simulation.inputs import (
     gaussian_smoothing_window,
     generate_input_spikes,
     simulation_rng,
+    smooth_held_rates,
     smooth_rates,
 )
 
@@ -149,6 +150,49 @@ def test_smoothing_in_row_blocks_is_bitwise_one_call_over_all_rows(sigma):
     np.testing.assert_array_equal(smooth_rates(rates, sigma), one_call)
 
 
+# (interval, sigma, duration): the widest window over the shortest pieces of the default config, pieces that do
+# not divide the duration, a window narrower than a piece, an even M, a duration shorter than the window or a piece;
+# most span several of smooth_held_rates' blocks of output samples
+@pytest.mark.parametrize("interval,sigma,duration", [
+    (6, 619, 6000), (37, 86, 6000), (469, 6, 6000), (25, 31, 1000), (2, 30, 400), (450, 600, 100), (13, 650, 777),
+])
+def test_held_smoothing_is_the_convolution_of_the_expanded_rates(interval, sigma, duration):
+    held = np.random.default_rng(interval).uniform(0.0, 0.1, (50, -(-duration // interval)))
+    held[:, 3::7] = 0.0  # pieces with no rate at all: their neighbourhood must stay >= 0
+    expanded = smooth_rates(np.repeat(held, interval, axis=1)[:, :duration], sigma)
+    smoothed = smooth_held_rates(held, interval, duration, sigma)
+    assert smoothed.shape == (50, duration) and smoothed.min() >= 0.0
+    np.testing.assert_allclose(smoothed, expanded, rtol=0, atol=1e-13 * expanded.max())
+
+
+def test_held_and_fft_smoothing_draw_the_same_rasters():
+    # the default ("held") changed how step 10 is computed, not the data: rasters drawn before it are drawn again
+    config = InputConfig()
+    for index in range(24):
+        held = generate_input_spikes(config, STAND_IN_LENGTH, STAND_IN_BASAL, simulation_rng(2025, index))
+        fft = generate_input_spikes(config, STAND_IN_LENGTH, STAND_IN_BASAL, simulation_rng(2025, index), "fft")
+        np.testing.assert_array_equal(held, fft)
+
+
+@pytest.mark.slow
+def test_the_pooled_test_set_is_drawn_the_same_with_either_smoothing(real_segments):
+    # the figure of record's 768 simulations (bench/pooled_test_set.sh: the last shard of each split), remade from
+    # their seeds every device session, must keep their inputs whichever smoothing drew them
+    length_um, is_basal = real_segments
+    config = InputConfig()
+    splits = {2025: 48, 2026: 80, 2027: 80, 2029: 48, 2030: 48, 2031: 96}
+    for seed, n_shards in splits.items():
+        for index in range((n_shards - 1) * 128, n_shards * 128):
+            held = generate_input_spikes(config, length_um, is_basal, simulation_rng(seed, index))
+            fft = generate_input_spikes(config, length_um, is_basal, simulation_rng(seed, index), "fft")
+            assert np.array_equal(held, fft), f"seed {seed}, simulation {index}"
+
+
+def test_an_unknown_smoothing_is_refused():
+    with pytest.raises(ValueError, match="smoothing"):
+        draw_rates(InputConfig(duration_ms=100), STAND_IN_LENGTH, STAND_IN_BASAL, simulation_rng(0, 0), "fast")
+
+
 def test_smoothing_halves_a_constant_rate_at_the_edges():
     sigma = 100
     smoothed = smooth_rates(np.ones((1, 6000)), sigma)[0]
@@ -207,5 +251,5 @@ def test_generation_is_fast_enough():
     start = time.perf_counter()
     for index in range(3):
         generate_input_spikes(config, STAND_IN_LENGTH, STAND_IN_BASAL, simulation_rng(0, index))
-    # ~0.2 s per 6-s simulation on one core; a generous bound for a loaded CI machine
+    # ~0.1 s per 6-s simulation on one core (0.2 s with the FFT smoothing); a generous bound for a loaded CI machine
     assert (time.perf_counter() - start) / 3 < 1.5

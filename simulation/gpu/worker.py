@@ -66,7 +66,7 @@ def _results(engine, indices, events, packed_inputs) -> list[dict]:
 
 def _pool() -> ThreadPoolExecutor:
     global _draw_pool
-    if _draw_pool is None:  # numpy's generators and FFTs release the GIL
+    if _draw_pool is None:  # numpy's generators, FFTs and matrix products release the GIL
         _draw_pool = ThreadPoolExecutor(available_cores(), thread_name_prefix="draw-inputs")
     return _draw_pool
 
