@@ -11,7 +11,8 @@ of one raster per thread is not timed. `--smoothing` times each way of computing
 convolution of the expanded rates, the code before it), and `--repeats` alternates all settings that many
 times, so that a ratio comes from one run on a noisy host; the rasters are the same bits either way
 (tests/test_inputs.py). Prints a table and writes bench/results/input_drawing.json: this host's rows
-replace its earlier ones, other hosts' rows and the file's other entries stay.
+(`--host`, by default its name, CPU model and cores) replace its earlier ones, other hosts' rows and the
+file's other entries stay.
 With MALLOC_TRIM_THRESHOLD_=65536 in the environment it draws as a dask worker with dask's default
 settings would (simulation/cluster.py starts GPU workers without it). Its matrix products run on one BLAS
 thread each, as in every dask worker (dask sets OPENBLAS_NUM_THREADS=1 and the like), unless the environment
@@ -39,7 +40,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from common.jsonio import update_json_rows  # noqa: E402
-from common.machine import available_cores  # noqa: E402
+from common.machine import available_cores, cpu_model  # noqa: E402
 from simulation.config import load_simulation_config  # noqa: E402
 from simulation.gpu.engine import EventList  # noqa: E402
 from simulation.inputs import SMOOTHINGS, generate_input_spikes, simulation_rng  # noqa: E402
@@ -77,6 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="times every setting is timed, alternately")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "neuronio_gpu.toml")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "input_drawing.json")
+    parser.add_argument("--host", default=None,
+                        help="what to call this machine in the results (default: host name, CPU model and cores)")
     args = parser.parse_args(argv)
     if min([args.rasters, args.repeats, *(args.threads or [1])]) < 1:
         print("error: --threads, --rasters and --repeats must be positive", file=sys.stderr)
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
     config = load_simulation_config(args.config)
     threads = args.threads or sorted({1, available_cores()})
     rows = []
-    host = {"host": platform.node(), "cores": available_cores()}
+    host = {"host": args.host or f"{platform.node()}: {cpu_model()}, {available_cores()} cores",
+            "cores": available_cores()}
     print(f"{'threads':>8} {'smoothing':>10} {'repeat':>6} {'rasters/s':>10} {'user s':>8} {'system s':>9}")
     for repeat in range(1, args.repeats + 1):
         for smoothing in args.smoothing:

@@ -191,18 +191,10 @@ def parallel_efficiency(worker_counts: list[int], per_worker: int, duration_ms: 
 def machine_info() -> dict:
     import neuron
 
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from common.machine import available_cores
+    from common.machine import available_cores, cpu_model
 
     return {
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "cores": available_cores(),
         "python": platform.python_version(),
         "neuron_version": neuron.__version__,
