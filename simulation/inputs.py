@@ -83,10 +83,10 @@ def smooth_held_rates(held: np.ndarray, interval_ms: int, duration_ms: int, sigm
         B[k, t] = C[t + c - k L + 1] - C[t + c - e_k + 1],  C[j] = w[0] + ... + w[j - 1] (0 below 0, 1 above M),
     with c = (M - 1) // 2 and e_k the piece's end. About (M + L) / L pieces reach each output sample, so
     the sums are matrix products over blocks of output samples, cheaper than the FFT's transforms of every
-    row at length T + M - 1 for NeuronIO's timescales: a whole raster is drawn 1.8-1.9x faster on one core
-    (bench/input_drawing.py, docs/gpu_engine.md). The result equals smooth_rates(np.repeat(held, L)[:, :T])
-    up to round-off (about 1e-15 of the largest rate), and the rasters drawn from it are the same bits
-    (tests/test_inputs.py).
+    row at length T + M - 1 for NeuronIO's timescales: whole rasters are drawn 1.7-2.1x faster on the
+    2-core development machine, 2.5-2.7x on the GPU machine's 16 cores (bench/input_drawing.py,
+    docs/gpu_engine.md). The result equals smooth_rates(np.repeat(held, L)[:, :T]) up to round-off (about
+    1e-15 of the largest rate), and the rasters drawn from it are the same bits (tests/test_inputs.py).
     """
     window = gaussian_smoothing_window(sigma_ms)
     m = window.size
