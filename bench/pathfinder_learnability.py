@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import sys
 import tempfile
@@ -40,6 +39,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from common.jsonio import update_json_rows  # noqa: E402
+from common.machine import available_cores, cpu_model  # noqa: E402
 
 VARIANTS = {"default": {}, "easy": {"contour_length": 6, "num_distractors": 0},
             "easy16": {"image_size": 16, "contour_length": 4, "num_distractors": 0, "seed_distance": 4.0}}
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
                         help="instead of the CNN: how well the circles' geometry alone predicts the label, on N images")
     args = parser.parse_args(argv)
     stamp = dict(updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 host=platform.node(), machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                 host=platform.node(), machine=f"{cpu_model()}, {available_cores()} cores",
                  python=platform.python_version())
     if args.marker_geometry:
         rows = [marker_geometry(name, args.marker_geometry, args.workers) for name in args.variant or ["default"]]
